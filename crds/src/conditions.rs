@@ -1,0 +1,48 @@
+//! Condition types and reasons, as constants so that operator, agent, tests and docs agree.
+//!
+//! Summary conditions (`status.conditions`) belong to the operator; node conditions
+//! (`status.nodes[].conditions`) belong to the agent of that node.
+
+/// Summary: the network is programmed on every node it selects.
+pub const READY: &str = "Ready";
+/// Summary: the operator or some agent is still working towards the spec.
+pub const PROGRESSING: &str = "Progressing";
+/// Summary: some selected node failed to program the network.
+pub const DEGRADED: &str = "Degraded";
+
+/// Node: the kernel state of this network matches the plan on the node.
+pub const PROGRAMMED: &str = "Programmed";
+/// Node: every side's interface exists on the node.
+pub const INTERFACES_PRESENT: &str = "InterfacesPresent";
+/// Node: the network's kernel state was removed from the node (teardown finished).
+pub const REMOVED: &str = "Removed";
+
+/// Reasons, CamelCase as Kubernetes API conventions ask.
+pub mod reason {
+    /// The spec failed validation; the message names the field.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Another network claims the same interface or ids on a common node.
+    pub const CONFLICT: &str = "Conflict";
+    /// Every selected node reports the network programmed.
+    pub const ALL_NODES_PROGRAMMED: &str = "AllNodesProgrammed";
+    /// Some selected nodes have not reported the current generation yet.
+    pub const WAITING_FOR_NODES: &str = "WaitingForNodes";
+    /// The selector matches no node.
+    pub const NO_NODES_SELECTED: &str = "NoNodesSelected";
+    /// Some node reports a failure.
+    pub const NODE_FAILED: &str = "NodeFailed";
+    /// No kernel ids could be allocated (range exhausted or explicit id taken).
+    pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+    /// Node: plan applied and verified.
+    pub const APPLIED: &str = "Applied";
+    /// Node: applying failed; the message says which kernel object and why.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Node: a side's interface is missing.
+    pub const INTERFACE_MISSING: &str = "InterfaceMissing";
+    /// Node: waiting for the operator to allocate ids.
+    pub const WAITING_FOR_ALLOCATION: &str = "WaitingForAllocation";
+    /// Node: every interface of the network is present.
+    pub const ALL_PRESENT: &str = "AllPresent";
+    /// Node: teardown finished.
+    pub const TORN_DOWN: &str = "TornDown";
+}

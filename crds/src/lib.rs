@@ -1,0 +1,41 @@
+//! The MirrorNetwork API: its types, the CRD generated from them, the spec validation that the
+//! operator and the agent share, and the names of conditions and reasons both report.
+//!
+//! ```text
+//! user YAML ──> v1alpha1::MirrorNetwork ──validate()──> ValidNetwork ──> operator / agent
+//!                     │
+//!                     └── crd() ──> crds/mirrornetwork.yaml (committed, checked by a test)
+//! ```
+
+pub mod conditions;
+pub mod file;
+pub mod v1alpha1;
+pub mod validation;
+
+pub use k8s_openapi;
+pub use kube;
+pub use v1alpha1::{
+    Allocation, Backend, BackendKind, MirrorNetwork, MirrorNetworkSpec, MirrorNetworkStatus,
+    NodeStatus, Side, SideAllocation, SideKernelIds,
+};
+pub use validation::{FieldError, SpecErrors, ValidNetwork, ValidSide, validate};
+
+/// API group of every mirrornet resource.
+pub const GROUP: &str = "mirrornet.io";
+
+/// Where the generated CRD is committed, relative to the workspace root.
+pub const CRD_PATH: &str = "crds/mirrornetwork.yaml";
+
+/// The command that rewrites [`CRD_PATH`] from the types.
+pub const CRD_REGENERATE: &str =
+    "cargo run -p mirrornet-api --bin crdgen > crds/mirrornetwork.yaml";
+
+/// The CRD as YAML, exactly as committed at [`CRD_PATH`].
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = MirrorNetwork::crd();
+    let body = serde_saphyr::to_string(&crd).expect("a CRD always serializes");
+    format!(
+        "# Generated from crds/src/v1alpha1.rs; do not edit. Regenerate with:\n#   {CRD_REGENERATE}\n{body}"
+    )
+}

@@ -1,0 +1,244 @@
+//! The `mirrornet.io/v1alpha1` MirrorNetwork resource: what a user declares and what the
+//! operator and the agents report back.
+//!
+//! Field names follow the sketch in DESIGN.md (`subnet`, `gatewayAddress`, `sides[].name`,
+//! `sides[].interface`, `sides[].aliasPrefix`, `nodeSelector`): users, docs and tools rely on
+//! them. Doc comments on fields become `kubectl explain` output, so they are written for the
+//! person running it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A network and its copies that reuse the same address range, joined on the selected nodes.
+///
+/// Every node selected by `nodeSelector` becomes a middleman: each side keeps its own routing
+/// domain, and a host on one side reaches a host on another side through that side's alias
+/// prefix (1:1 prefix NAT keeps the host bits).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mirrornet.io",
+    version = "v1alpha1",
+    kind = "MirrorNetwork",
+    plural = "mirrornetworks",
+    shortname = "mnet",
+    category = "mirrornet",
+    category = "networking",
+    status = "MirrorNetworkStatus",
+    cel,
+    validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (at most 63 lower case letters, digits and '-'): it names kernel objects"),
+    printcolumn = r#"{"name":"Ready","type":"integer","description":"Nodes where the network is programmed","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","description":"Nodes the network selects","jsonPath":".status.desiredNodes"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","description":"Datapath backend in use on the nodes","jsonPath":".status.backend"}"#,
+    printcolumn = r#"{"name":"Subnet","type":"string","priority":1,"description":"The address range every side uses","jsonPath":".spec.subnet"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Why the network is or is not Ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("isCIDR(self.subnet)").message("spec.subnet: not a CIDR prefix (expected e.g. 192.168.2.0/24)").field_path(".subnet"),
+    validation = Rule::new("!isCIDR(self.subnet) || cidr(self.subnet).masked() == cidr(self.subnet)").message("spec.subnet: host bits are set; write the network address of the prefix").field_path(".subnet"),
+    validation = Rule::new("isIP(self.gatewayAddress)").message("spec.gatewayAddress: not an IP address").field_path(".gatewayAddress"),
+    validation = Rule::new("!isCIDR(self.subnet) || !isIP(self.gatewayAddress) || ip(self.gatewayAddress).family() != cidr(self.subnet).ip().family() || cidr(self.subnet).containsIP(self.gatewayAddress)").message("spec.gatewayAddress: must lie inside spec.subnet").field_path(".gatewayAddress"),
+    validation = Rule::new("!isCIDR(self.subnet) || !isIP(self.gatewayAddress) || ip(self.gatewayAddress).family() == cidr(self.subnet).ip().family()").message("spec.gatewayAddress: IPv4 and IPv6 are mixed; use the family of spec.subnet").field_path(".gatewayAddress"),
+    validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() == cidr(self.subnet).ip().family())").message("spec.sides[].aliasPrefix: IPv4 and IPv6 are mixed; use the family of spec.subnet").field_path(".sides"),
+    validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || cidr(s.aliasPrefix).prefixLength() == cidr(self.subnet).prefixLength())").message("spec.sides[].aliasPrefix: prefix length must equal the length of spec.subnet").field_path(".sides"),
+    validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || !(cidr(s.aliasPrefix).containsCIDR(self.subnet) || cidr(self.subnet).containsCIDR(s.aliasPrefix)))").message("spec.sides[].aliasPrefix: overlaps spec.subnet").field_path(".sides"),
+    validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.name == a.name))").message("spec.sides[].name: side names must be unique").field_path(".sides"),
+    validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.interface == a.interface))").message("spec.sides[].interface: interface names must be unique in the network").field_path(".sides"),
+    validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, !isCIDR(a.aliasPrefix) || self.sides.exists_one(b, isCIDR(b.aliasPrefix) && cidr(b.aliasPrefix).masked() == cidr(a.aliasPrefix).masked()))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
+)]
+pub struct MirrorNetworkSpec {
+    /// Nodes that become middlemen for this network. An empty selector (`{}`) selects every
+    /// node; when the field is absent no node is selected. Ignored by the agent's file mode,
+    /// which always programs the machine it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+
+    /// The address range every side uses, as a CIDR prefix with host bits clear, for example
+    /// `192.168.2.0/24` or `fd00:2::/64`.
+    #[schemars(length(max = 43))]
+    pub subnet: String,
+
+    /// The middleman's own address on every side; it must lie inside `subnet`. Hosts route the
+    /// alias prefixes via this address.
+    #[schemars(length(max = 39))]
+    pub gateway_address: String,
+
+    /// The networks that share `subnet`: two or more, each reached by the others through its
+    /// alias prefix. The list is keyed by side name.
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub sides: Vec<Side>,
+
+    /// How each side's routing domain is built on a node: `VRF` (a VRF device per side, the
+    /// kernel needs CONFIG_NET_VRF), `PolicyRouting` (per-side routing tables selected by ip
+    /// rules, for kernels without VRF) or `Auto` (VRF where the kernel can create one).
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// One network that reuses the subnet, attached to the middleman by one interface.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Side {
+    /// Name of the side, a DNS label (lower case letters, digits and '-', at most 63
+    /// characters), unique in the network. It names the side in status, events and logs.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// The node's interface that attaches this side, e.g. `eth1`: at most 15 bytes, no '/',
+    /// whitespace or control characters, unique in the network.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[^/\s\x00-\x1f\x7f:]+$"))]
+    pub interface: String,
+
+    /// How this side's hosts appear to the other sides: a prefix of the same length as
+    /// `subnet` that does not overlap it. Two sides may share one alias; with three or more
+    /// sides every alias must be distinct.
+    #[schemars(length(max = 43))]
+    pub alias_prefix: String,
+
+    /// Kernel ids to use for this side instead of allocated ones. Every id given is checked
+    /// against the ids other networks hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ids: Option<SideKernelIds>,
+}
+
+/// Explicit kernel ids for one side. Any id left out is allocated.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SideKernelIds {
+    /// Routing table holding this side's routes (policy routing) or bound to its VRF device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295u32))]
+    pub table: Option<u32>,
+    /// Packet mark value, under the configured mark mask, that sends a packet to this side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub mark: Option<u32>,
+    /// Conntrack zone of connections that this side originates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub zone: Option<u16>,
+    /// Priority of this side's ip rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32765))]
+    pub rule_priority: Option<u32>,
+}
+
+/// The datapath backend asked for in the spec.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Backend {
+    /// VRF where the node's kernel can create VRF devices, PolicyRouting otherwise.
+    #[default]
+    Auto,
+    /// One VRF device per side, the sides' interfaces enslaved to it.
+    #[serde(rename = "VRF")]
+    Vrf,
+    /// Per-side routing tables selected by ip rules; no VRF devices.
+    PolicyRouting,
+}
+
+/// The backend actually programmed on a node (never `Auto`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// VRF devices.
+    #[serde(rename = "VRF")]
+    Vrf,
+    /// Policy routing tables.
+    PolicyRouting,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Vrf => "VRF",
+            BackendKind::PolicyRouting => "PolicyRouting",
+        })
+    }
+}
+
+/// What the operator and the agents report about a MirrorNetwork.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorNetworkStatus {
+    /// The `metadata.generation` the summary conditions were computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Summary conditions owned by the operator: `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Kernel ids allocated once for this network; every node uses the same ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+
+    /// Number of selected nodes that report the network programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_nodes: Option<i32>,
+
+    /// Number of nodes the network selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_nodes: Option<i32>,
+
+    /// The backend in use on the nodes: `VRF`, `PolicyRouting`, or `Mixed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+
+    /// One entry per node, each written by that node's agent (keyed by node name, so every
+    /// agent owns just its own entry under server-side apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["nodeName".into()]))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The kernel ids of a network, allocated by the operator (or, in file mode, by the agent).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    /// The bits of the packet mark that mirrornet uses; all other bits are preserved.
+    pub mark_mask: u32,
+    /// Ids per side, keyed by side name.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["side".into()]))]
+    pub sides: Vec<SideAllocation>,
+}
+
+/// The kernel ids of one side.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SideAllocation {
+    /// The side these ids belong to.
+    pub side: String,
+    /// Routing table of the side.
+    pub table: u32,
+    /// Packet mark value (under `markMask`) that sends a packet to this side.
+    pub mark: u32,
+    /// Conntrack zone of connections this side originates.
+    pub zone: u16,
+    /// Priority of the side's ip rules.
+    pub rule_priority: u32,
+}
+
+/// One node's report about this network, written by the agent on that node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Name of the node.
+    pub node_name: String,
+    /// The backend programmed on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
+    /// The `metadata.generation` the agent last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions of this node: `Programmed`, `InterfacesPresent`, `Removed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

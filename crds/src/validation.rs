@@ -1,0 +1,385 @@
+//! The one validation of a MirrorNetwork spec, shared by the operator and by the agent (which
+//! runs without an API server in file mode).
+//!
+//! `validate` turns the user's strings into a [`ValidNetwork`] of parsed, typed values, so that
+//! nothing downstream parses an address again and nothing invalid can reach a kernel. Every
+//! problem found is reported, each with the field path and the reason; the CEL rules in the
+//! CRD schema mirror what can be checked there, so `kubectl apply` rejects most of it early.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::v1alpha1::{Backend, MirrorNetworkSpec, SideKernelIds};
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
+/// Most sides one network may have: bounds the per-packet work and the CEL cost in the schema.
+pub const MAX_SIDES: usize = 16;
+
+/// One reason a spec was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `spec.sides[1].aliasPrefix`.
+    pub field: String,
+    /// What is wrong with it, in words a user can act on.
+    pub reason: String,
+}
+
+/// Every problem found in one spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<FieldError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Name of a side: a DNS label, unique in its network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SideName(String);
+
+impl SideName {
+    /// Checks that `name` is a DNS label (RFC 1123): 1-63 of `[a-z0-9-]`, no '-' at either end.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > 63 {
+            return Err(format!("{name:?} must be 1 to 63 characters long"));
+        }
+        let ok_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+            return Err(format!(
+                "{name:?} is not a DNS label (lower case letters, digits and '-', starting and ending with a letter or digit)"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SideName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Name of a network interface as the kernel accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    /// Checks the kernel's rules for link names (`dev_valid_name`): 1-15 bytes, not `.` or
+    /// `..`, no '/', ':' , whitespace or control characters.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if name.len() > MAX_INTERFACE_NAME {
+            return Err(format!(
+                "{name:?} is {} bytes long; the kernel allows at most {MAX_INTERFACE_NAME}",
+                name.len()
+            ));
+        }
+        if name == "." || name == ".." {
+            return Err(format!("{name:?} is not a valid interface name"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{name:?} contains {c:?}; interface names cannot contain '/', ':', whitespace or control characters"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A side after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSide {
+    pub name: SideName,
+    pub interface: InterfaceName,
+    /// How this side appears to the others; same length as the subnet, host bits clear.
+    pub alias: IpNet,
+    /// Ids the user fixed for this side.
+    pub kernel_ids: SideKernelIds,
+}
+
+/// A spec after validation: parsed, typed, and consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNetwork {
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
+    pub sides: Vec<ValidSide>,
+    pub backend: Backend,
+}
+
+impl ValidNetwork {
+    /// True for an IPv6 network.
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.subnet, IpNet::V6(_))
+    }
+}
+
+/// Parses a prefix and insists on the canonical form (host bits clear), because a prefix with
+/// host bits set is nearly always a typo for another network.
+fn parse_prefix(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a CIDR prefix (expected e.g. 192.168.2.0/24)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn family(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "IPv4",
+        IpNet::V6(_) => "IPv6",
+    }
+}
+
+/// Validates a spec. Returns every problem found, not only the first.
+pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, reason: String| errors.push(FieldError { field, reason });
+
+    let subnet = match parse_prefix(&spec.subnet) {
+        Ok(net) => Some(net),
+        Err(reason) => {
+            err("spec.subnet".into(), reason);
+            None
+        }
+    };
+
+    let gateway = match spec.gateway_address.trim().parse::<IpAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            err(
+                "spec.gatewayAddress".into(),
+                format!("{:?} is not an IP address", spec.gateway_address),
+            );
+            None
+        }
+    };
+    if let (Some(subnet), Some(gateway)) = (subnet, gateway) {
+        if subnet.addr().is_ipv4() != gateway.is_ipv4() {
+            err(
+                "spec.gatewayAddress".into(),
+                format!(
+                    "{gateway} is {} but spec.subnet {subnet} is {}; IPv4 and IPv6 cannot be mixed in one network",
+                    if gateway.is_ipv4() { "IPv4" } else { "IPv6" },
+                    family(&subnet)
+                ),
+            );
+        } else if !subnet.contains(&gateway) {
+            err(
+                "spec.gatewayAddress".into(),
+                format!("{gateway} is outside spec.subnet {subnet}"),
+            );
+        } else if gateway == subnet.network() && subnet.prefix_len() < subnet.max_prefix_len() - 1 {
+            err(
+                "spec.gatewayAddress".into(),
+                format!("{gateway} is the network address of {subnet}; pick a host address"),
+            );
+        } else if matches!(subnet, IpNet::V4(_))
+            && gateway == subnet.broadcast()
+            && subnet.prefix_len() < 31
+        {
+            err(
+                "spec.gatewayAddress".into(),
+                format!("{gateway} is the broadcast address of {subnet}; pick a host address"),
+            );
+        }
+    }
+
+    if spec.sides.len() < 2 {
+        err(
+            "spec.sides".into(),
+            format!(
+                "has {} side(s); a mirror network needs at least two",
+                spec.sides.len()
+            ),
+        );
+    }
+    if spec.sides.len() > MAX_SIDES {
+        err(
+            "spec.sides".into(),
+            format!(
+                "has {} sides; at most {MAX_SIDES} are supported",
+                spec.sides.len()
+            ),
+        );
+    }
+
+    let mut names = BTreeSet::new();
+    let mut interfaces = BTreeSet::new();
+    let mut aliases: Vec<(usize, IpNet)> = Vec::new();
+    let mut sides = Vec::new();
+    for (i, side) in spec.sides.iter().enumerate() {
+        let at = |field: &str| format!("spec.sides[{i}].{field}");
+        let name = match SideName::new(&side.name) {
+            Ok(n) => {
+                if !names.insert(n.clone()) {
+                    err(
+                        at("name"),
+                        format!("{:?} is used by another side", side.name),
+                    );
+                }
+                Some(n)
+            }
+            Err(reason) => {
+                err(at("name"), reason);
+                None
+            }
+        };
+        let interface = match InterfaceName::new(&side.interface) {
+            Ok(n) => {
+                if !interfaces.insert(n.clone()) {
+                    err(
+                        at("interface"),
+                        format!("{:?} is used by another side", side.interface),
+                    );
+                }
+                Some(n)
+            }
+            Err(reason) => {
+                err(at("interface"), reason);
+                None
+            }
+        };
+        let alias = match parse_prefix(&side.alias_prefix) {
+            Ok(alias) => {
+                let mut ok = true;
+                if let Some(subnet) = subnet {
+                    if family(&alias) != family(&subnet) {
+                        err(
+                            at("aliasPrefix"),
+                            format!(
+                                "{alias} is {} but spec.subnet {subnet} is {}; IPv4 and IPv6 cannot be mixed in one network",
+                                family(&alias),
+                                family(&subnet)
+                            ),
+                        );
+                        ok = false;
+                    } else if alias.prefix_len() != subnet.prefix_len() {
+                        err(
+                            at("aliasPrefix"),
+                            format!(
+                                "{alias} is a /{} but spec.subnet {subnet} is a /{}; a 1:1 mapping needs equal lengths",
+                                alias.prefix_len(),
+                                subnet.prefix_len()
+                            ),
+                        );
+                        ok = false;
+                    } else if alias.contains(&subnet) || subnet.contains(&alias) {
+                        err(
+                            at("aliasPrefix"),
+                            format!("{alias} overlaps spec.subnet {subnet}"),
+                        );
+                        ok = false;
+                    }
+                }
+                aliases.push((i, alias));
+                ok.then_some(alias)
+            }
+            Err(reason) => {
+                err(at("aliasPrefix"), reason);
+                None
+            }
+        };
+        if let Some(ids) = &side.kernel_ids {
+            if ids.table.is_some_and(|t| matches!(t, 0 | 253..=255)) {
+                err(
+                    at("kernelIds.table"),
+                    "0, 253 (default), 254 (main) and 255 (local) are the kernel's own tables"
+                        .into(),
+                );
+            }
+            if ids.mark == Some(0) {
+                err(
+                    at("kernelIds.mark"),
+                    "0 is the mark of unmarked packets".into(),
+                );
+            }
+            if ids.zone == Some(0) {
+                err(
+                    at("kernelIds.zone"),
+                    "0 is the default conntrack zone".into(),
+                );
+            }
+            if ids.rule_priority.is_some_and(|p| p == 0 || p >= 32766) {
+                err(
+                    at("kernelIds.rulePriority"),
+                    "must be between 1 and 32765, before the main table's rule".into(),
+                );
+            }
+        }
+        if let (Some(name), Some(interface), Some(alias)) = (name, interface, alias) {
+            sides.push(ValidSide {
+                name,
+                interface,
+                alias,
+                kernel_ids: side.kernel_ids.clone().unwrap_or_default(),
+            });
+        }
+    }
+
+    if spec.sides.len() >= 3 {
+        for (n, (i, a)) in aliases.iter().enumerate() {
+            if let Some((j, _)) = aliases[..n].iter().find(|(_, b)| b == a) {
+                err(
+                    format!("spec.sides[{i}].aliasPrefix"),
+                    format!(
+                        "{a} is also the alias of spec.sides[{j}]; with three or more sides every alias must be distinct"
+                    ),
+                );
+            }
+        }
+    }
+    // Aliases of different families or lengths than the subnet are already reported; two
+    // distinct equal-length aliases cannot partially overlap, so equality is the only clash.
+
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    match (subnet, gateway) {
+        (Some(subnet), Some(gateway)) => Ok(ValidNetwork {
+            subnet,
+            gateway,
+            sides,
+            backend: spec.backend,
+        }),
+        _ => unreachable!("a missing subnet or gateway was reported as an error"),
+    }
+}

@@ -1,0 +1,1 @@
+//! Scenario tests and their harnesses: labs of network namespaces and virtual machines.

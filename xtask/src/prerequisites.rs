@@ -1,0 +1,63 @@
+//! System packages the commands need, installed idempotently with apt-get.
+//!
+//! Checking with `dpkg-query` first keeps a second run fast and offline.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages every test run needs: the kernel tests drive `ip`, `nft`, `conntrack`,
+/// `ping` and `sysctl` inside network namespaces.
+pub const TEST: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "conntrack",
+    "iputils-ping",
+    "procps",
+    "kmod",
+];
+
+/// What the demo needs: the same tools as the kernel tests.
+pub const DEMO: &[&str] = TEST;
+
+/// Installs whichever of `packages` are missing.
+pub fn ensure(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("apt-get is needed to install the test prerequisites (Debian or Ubuntu)")?;
+    if !update.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Fails loudly instead of letting kernel tests skip.
+pub fn require_root(why: &str) -> Result<()> {
+    let uid = Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
