@@ -7,6 +7,7 @@
 //!                     └── crd() ──> crds/mirrornetwork.yaml (committed, checked by a test)
 //! ```
 
+pub mod allocation;
 pub mod conditions;
 pub mod file;
 pub mod v1alpha1;

@@ -1,0 +1,356 @@
+//! Kernel id allocation: the routing table, mark, conntrack zone and rule priority of every
+//! side, unique among all networks, drawn from configured ranges.
+//!
+//! Pure and shared: the operator allocates cluster-wide and records the result in status;
+//! the agent's file mode allocates from the same default ranges for the networks of one box.
+//! An [`Allocator`] is rebuilt from the allocations already held (status after an operator
+//! restart, the kernel after an agent restart), so ids are stable for a network's life.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+
+use crate::v1alpha1::{Allocation, SideAllocation};
+use crate::validation::ValidNetwork;
+
+/// Where ids come from. The defaults stay clear of the kernel's own tables, of kube-proxy's
+/// marks (0x4000, 0x8000), Cilium's (0x0f00) and Calico's lowest bits, and of the l3mdev
+/// rule at priority 1000, which the mark rules must precede.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRanges {
+    pub tables: RangeInclusive<u32>,
+    pub zones: RangeInclusive<u16>,
+    pub rule_priorities: RangeInclusive<u32>,
+    /// The packet-mark bits mirrornet may use; marks are the non-zero values under it.
+    pub mark_mask: u32,
+}
+
+impl Default for IdRanges {
+    fn default() -> Self {
+        Self {
+            tables: 20000..=29999,
+            zones: 40000..=49999,
+            rule_priorities: 500..=999,
+            mark_mask: 0xff00_0000,
+        }
+    }
+}
+
+impl IdRanges {
+    /// Every mark value a contiguous mask allows, lowest first.
+    fn marks(&self) -> impl Iterator<Item = u32> + Clone + '_ {
+        let shift = self.mark_mask.trailing_zeros().min(31);
+        let top = self.mark_mask >> shift;
+        (1..=top).map(move |v| v << shift)
+    }
+
+    /// Checks the ranges themselves (operator configuration, CLI flags).
+    pub fn check(&self) -> Result<(), String> {
+        if self.mark_mask == 0 {
+            return Err("mark mask must have at least one bit set".into());
+        }
+        let shifted = self.mark_mask >> self.mark_mask.trailing_zeros();
+        if shifted & (shifted + 1) != 0 {
+            return Err(format!(
+                "mark mask {:#010x} must be one contiguous run of bits",
+                self.mark_mask
+            ));
+        }
+        if self.tables.is_empty() || *self.tables.start() == 0 {
+            return Err("table range must be non-empty and start above 0".into());
+        }
+        if [253, 254, 255].iter().any(|t| self.tables.contains(t)) {
+            return Err("table range must not include the kernel's tables 253-255".into());
+        }
+        if self.zones.is_empty() || *self.zones.start() == 0 {
+            return Err("zone range must be non-empty and start above 0".into());
+        }
+        if self.rule_priorities.is_empty()
+            || *self.rule_priorities.start() == 0
+            || *self.rule_priorities.end() >= 1000
+        {
+            return Err(
+                "rule priority range must lie within 1-999, ahead of the l3mdev rule at 1000"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why ids could not be allocated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocationError {
+    #[error("spec.sides[{index}].kernelIds.{field}: {value} is already held by network {holder:?}")]
+    ExplicitIdTaken {
+        index: usize,
+        field: &'static str,
+        value: u64,
+        holder: String,
+    },
+    #[error(
+        "spec.sides[{index}].kernelIds.mark: {value:#x} has bits outside the mark mask {mask:#x}"
+    )]
+    MarkOutsideMask { index: usize, value: u32, mask: u32 },
+    #[error("no free {what} left in the configured range {range}")]
+    Exhausted { what: &'static str, range: String },
+}
+
+/// Ids held by someone, per kind, with the holder's name for error messages.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    tables: BTreeMap<u32, String>,
+    marks: BTreeMap<u32, String>,
+    zones: BTreeMap<u16, String>,
+    rule_priorities: BTreeMap<u32, String>,
+}
+
+/// Hands out ids that nobody holds, and remembers who holds which.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    ranges: IdRanges,
+    held: Held,
+    by_network: BTreeMap<String, Allocation>,
+}
+
+/// Name under which ids held by other software (foreign routing tables, rules) are recorded.
+pub const FOREIGN: &str = "<foreign>";
+
+impl Allocator {
+    pub fn new(ranges: IdRanges) -> Self {
+        Self {
+            ranges,
+            held: Held::default(),
+            by_network: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds from allocations already recorded (status, or the kernel).
+    pub fn from_existing<'a>(
+        ranges: IdRanges,
+        existing: impl IntoIterator<Item = (&'a str, &'a Allocation)>,
+    ) -> Self {
+        let mut me = Self::new(ranges);
+        for (network, allocation) in existing {
+            me.record(network, allocation.clone());
+        }
+        me
+    }
+
+    pub fn ranges(&self) -> &IdRanges {
+        &self.ranges
+    }
+
+    /// Marks ids used by other software (e.g. foreign routing tables) as unavailable.
+    pub fn reserve_foreign(&mut self, tables: impl IntoIterator<Item = u32>) {
+        for t in tables {
+            self.held.tables.entry(t).or_insert_with(|| FOREIGN.into());
+        }
+    }
+
+    /// The allocation recorded for `network`, if any.
+    pub fn get(&self, network: &str) -> Option<&Allocation> {
+        self.by_network.get(network)
+    }
+
+    fn record(&mut self, network: &str, allocation: Allocation) {
+        for s in &allocation.sides {
+            self.held.tables.insert(s.table, network.into());
+            self.held.marks.insert(s.mark, network.into());
+            self.held.zones.insert(s.zone, network.into());
+            self.held
+                .rule_priorities
+                .insert(s.rule_priority, network.into());
+        }
+        self.by_network.insert(network.into(), allocation);
+    }
+
+    /// Frees everything `network` holds.
+    pub fn release(&mut self, network: &str) -> Option<Allocation> {
+        let allocation = self.by_network.remove(network)?;
+        for s in &allocation.sides {
+            self.held.tables.remove(&s.table);
+            self.held.marks.remove(&s.mark);
+            self.held.zones.remove(&s.zone);
+            self.held.rule_priorities.remove(&s.rule_priority);
+        }
+        Some(allocation)
+    }
+
+    /// Returns the network's allocation: the recorded one when it still covers the network's
+    /// sides (ids are stable for a network's life), otherwise a new one. Explicit ids in the
+    /// spec win and are refused when another network holds them. Nothing is recorded on error.
+    pub fn allocate(
+        &mut self,
+        network: &str,
+        valid: &ValidNetwork,
+    ) -> Result<Allocation, AllocationError> {
+        let previous = self.release(network);
+        match self.allocate_fresh(network, valid, previous.as_ref()) {
+            Ok(allocation) => {
+                self.record(network, allocation.clone());
+                Ok(allocation)
+            }
+            Err(e) => {
+                if let Some(previous) = previous {
+                    self.record(network, previous);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn allocate_fresh(
+        &self,
+        network: &str,
+        valid: &ValidNetwork,
+        previous: Option<&Allocation>,
+    ) -> Result<Allocation, AllocationError> {
+        let mut taken_tables = BTreeSet::new();
+        let mut taken_marks = BTreeSet::new();
+        let mut taken_zones = BTreeSet::new();
+        let mut taken_prios = BTreeSet::new();
+        let mut sides = Vec::new();
+        let _ = network;
+        // Explicit ids first, so an allocated id never lands on one a later side asks for.
+        for (index, side) in valid.sides.iter().enumerate() {
+            let ids = &side.kernel_ids;
+            explicit(
+                index,
+                "table",
+                ids.table,
+                &self.held.tables,
+                &mut taken_tables,
+            )?;
+            explicit(index, "mark", ids.mark, &self.held.marks, &mut taken_marks)?;
+            explicit(index, "zone", ids.zone, &self.held.zones, &mut taken_zones)?;
+            explicit(
+                index,
+                "rulePriority",
+                ids.rule_priority,
+                &self.held.rule_priorities,
+                &mut taken_prios,
+            )?;
+        }
+        for (index, side) in valid.sides.iter().enumerate() {
+            let before = previous
+                .filter(|p| p.mark_mask == self.ranges.mark_mask)
+                .and_then(|p| p.sides.iter().find(|s| s.side == side.name.as_str()));
+            let ids = &side.kernel_ids;
+            if let Some(mark) = ids.mark {
+                if mark & !self.ranges.mark_mask != 0 {
+                    return Err(AllocationError::MarkOutsideMask {
+                        index,
+                        value: mark,
+                        mask: self.ranges.mark_mask,
+                    });
+                }
+            }
+            let table = pick(
+                "table",
+                ids.table,
+                before.map(|b| b.table),
+                &self.held.tables,
+                &mut taken_tables,
+                self.ranges.tables.clone(),
+            )?;
+            let mark = pick(
+                "mark",
+                ids.mark,
+                before.map(|b| b.mark),
+                &self.held.marks,
+                &mut taken_marks,
+                self.ranges.marks(),
+            )?;
+            let zone = pick(
+                "zone",
+                ids.zone,
+                before.map(|b| b.zone),
+                &self.held.zones,
+                &mut taken_zones,
+                self.ranges.zones.clone(),
+            )?;
+            let rule_priority = pick(
+                "rulePriority",
+                ids.rule_priority,
+                before.map(|b| b.rule_priority),
+                &self.held.rule_priorities,
+                &mut taken_prios,
+                self.ranges.rule_priorities.clone(),
+            )?;
+            sides.push(SideAllocation {
+                side: side.name.to_string(),
+                table,
+                mark,
+                zone,
+                rule_priority,
+            });
+        }
+        Ok(Allocation {
+            mark_mask: self.ranges.mark_mask,
+            sides,
+        })
+    }
+}
+
+/// Claims an explicit id, refusing one another network (or another side) holds.
+fn explicit<T: Ord + Copy + Into<u64>>(
+    index: usize,
+    field: &'static str,
+    value: Option<T>,
+    held: &BTreeMap<T, String>,
+    taken: &mut BTreeSet<T>,
+) -> Result<(), AllocationError> {
+    let Some(value) = value else { return Ok(()) };
+    if let Some(holder) = held.get(&value) {
+        return Err(AllocationError::ExplicitIdTaken {
+            index,
+            field,
+            value: value.into(),
+            holder: holder.clone(),
+        });
+    }
+    if !taken.insert(value) {
+        return Err(AllocationError::ExplicitIdTaken {
+            index,
+            field,
+            value: value.into(),
+            holder: "another side of this network".into(),
+        });
+    }
+    Ok(())
+}
+
+/// One id: the explicit one (already claimed), else the previous one if still free, else the
+/// lowest free one in `range`.
+fn pick<T: Ord + Copy + Into<u64> + std::fmt::Debug>(
+    field: &'static str,
+    explicit: Option<T>,
+    previous: Option<T>,
+    held: &BTreeMap<T, String>,
+    taken: &mut BTreeSet<T>,
+    mut range: impl Iterator<Item = T> + Clone,
+) -> Result<T, AllocationError> {
+    if let Some(value) = explicit {
+        return Ok(value);
+    }
+    if let Some(value) = previous {
+        if !held.contains_key(&value) && taken.insert(value) {
+            return Ok(value);
+        }
+    }
+    let all = range.clone();
+    let value = range
+        .find(|v| !held.contains_key(v) && !taken.contains(v))
+        .ok_or_else(|| {
+            let (first, last) = (all.clone().next(), all.last());
+            AllocationError::Exhausted {
+                what: field,
+                range: match (first, last) {
+                    (Some(a), Some(b)) => format!("{a:?}-{b:?}"),
+                    _ => "(empty)".into(),
+                },
+            }
+        })?;
+    taken.insert(value);
+    Ok(value)
+}
