@@ -236,14 +236,14 @@ impl Allocator {
                 .filter(|p| p.mark_mask == self.ranges.mark_mask)
                 .and_then(|p| p.sides.iter().find(|s| s.side == side.name.as_str()));
             let ids = &side.kernel_ids;
-            if let Some(mark) = ids.mark {
-                if mark & !self.ranges.mark_mask != 0 {
-                    return Err(AllocationError::MarkOutsideMask {
-                        index,
-                        value: mark,
-                        mask: self.ranges.mark_mask,
-                    });
-                }
+            if let Some(mark) = ids.mark
+                && mark & !self.ranges.mark_mask != 0
+            {
+                return Err(AllocationError::MarkOutsideMask {
+                    index,
+                    value: mark,
+                    mask: self.ranges.mark_mask,
+                });
             }
             let table = pick(
                 "table",
@@ -333,10 +333,11 @@ fn pick<T: Ord + Copy + Into<u64> + std::fmt::Debug>(
     if let Some(value) = explicit {
         return Ok(value);
     }
-    if let Some(value) = previous {
-        if !held.contains_key(&value) && taken.insert(value) {
-            return Ok(value);
-        }
+    if let Some(value) = previous
+        && !held.contains_key(&value)
+        && taken.insert(value)
+    {
+        return Ok(value);
     }
     let all = range.clone();
     let value = range
