@@ -1,1 +1,343 @@
-fn main() {}
+//! `mirrornet-agent`: programs MirrorNetworks into the network namespace it runs in.
+//!
+//! File mode (no Kubernetes) is the contract tests and other tools rely on:
+//! `apply --file F`, `delete --file F`, `plan --file F`, `show`. Exit status 0 means converged;
+//! 1 means nothing was changed (or everything changed was rolled back); the error names the
+//! field or kernel object.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mirrornet_agent::engine::{BackendChoice, Engine, NodeState};
+use mirrornet_agent::netlink::Netlink;
+use mirrornet_agent::state::StateFile;
+use mirrornet_agent::{demo, lab};
+use mirrornet_api::allocation::IdRanges;
+use mirrornet_api::file::{self, LoadedNetwork};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrornet-agent",
+    version,
+    about = "Joins networks that reuse the same IP range through alias prefixes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Program every MirrorNetwork in the file into this network namespace; exits 0 once
+    /// converged. Re-running it on a converged node changes nothing.
+    Apply {
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Overrides each network's spec.backend.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove every MirrorNetwork in the file from this node completely.
+    Delete {
+        #[arg(long, short)]
+        file: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show the kernel changes `apply` would make, without making them.
+    Plan {
+        #[arg(long, short)]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the networks mirrornet holds on this node and whether they match their spec.
+    Show {
+        /// Compare with the specs in this file instead of the ones last applied.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Build the seed scenario in network namespaces, show traffic crossing, clean up.
+    Demo {
+        /// The network to demonstrate (default: the built-in seed example).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+    },
+    /// Traffic probe used inside lab namespaces by the demo and the tests.
+    #[command(hide = true)]
+    Probe {
+        #[command(subcommand)]
+        probe: ProbeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProbeCmd {
+    Serve {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+    },
+    Connect {
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        from_port: Option<u16>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Vec<LoadedNetwork>> {
+    Ok(file::load_path(path)?)
+}
+
+fn engine() -> Result<Engine> {
+    let netlink = Netlink::connect().context("opening a netlink socket")?;
+    Ok(Engine::new(netlink, IdRanges::default()))
+}
+
+fn print(output: Output, json: &serde_json::Value, text: impl FnOnce()) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
+        Output::Text => text(),
+    }
+}
+
+async fn dispatch(command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Apply {
+            file,
+            backend,
+            output,
+        } => {
+            let networks = load(&file)?;
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            let plans = engine.plans(&state, &networks, backend)?;
+            let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
+            let outcome = engine.converge(&state, &plans, &specs, &[]).await?;
+            print(output, &serde_json::to_value(&outcome)?, || {
+                for step in &outcome.steps {
+                    println!("{step}");
+                }
+                for n in &outcome.networks {
+                    println!(
+                        "{}: converged ({}, {} kernel writes)",
+                        n.name, n.backend, outcome.writes
+                    );
+                }
+            });
+        }
+        Cmd::Delete { file, output } => {
+            let networks = load(&file)?;
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
+            let outcome = engine.converge(&state, &[], &[], &names).await?;
+            print(output, &serde_json::to_value(&outcome)?, || {
+                for step in &outcome.steps {
+                    println!("{step}");
+                }
+                for name in &names {
+                    println!("{name}: removed ({} kernel writes)", outcome.writes);
+                }
+            });
+        }
+        Cmd::Plan {
+            file,
+            backend,
+            output,
+        } => {
+            let networks = load(&file)?;
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            let plans = engine.plans(&state, &networks, backend)?;
+            let memory = StateFile::load()?;
+            let changes = mirrornet_agent::engine::changes(&state, &plans, &[], &memory)?;
+            print(output, &serde_json::to_value(&changes)?, || {
+                if changes.is_empty() {
+                    println!("no changes: the node matches the spec");
+                }
+                for step in &changes.steps {
+                    println!("{step}");
+                }
+            });
+        }
+        Cmd::Show { file, output } => {
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            let report = show(&engine, &state, file.as_ref())?;
+            print(output, &serde_json::to_value(&report)?, || {
+                if report.is_empty() {
+                    println!("mirrornet holds nothing on this node");
+                }
+                for n in &report {
+                    println!("{} ({}): {}", n.name, n.backend, n.summary);
+                    for s in &n.allocation.sides {
+                        println!(
+                            "  side {:<12} table {:<6} mark {:#010x} zone {:<6} rule priority {}",
+                            s.side, s.table, s.mark, s.zone, s.rule_priority
+                        );
+                    }
+                    for step in &n.pending {
+                        println!("  pending: {step}");
+                    }
+                }
+            });
+        }
+        Cmd::Demo { file } => demo::run(file.as_deref()).await?,
+        Cmd::Probe { probe } => match probe {
+            ProbeCmd::Serve {
+                port,
+                identity,
+                hold_ms,
+            } => lab::probe::serve(port, &identity, Duration::from_millis(hold_ms))?,
+            ProbeCmd::Connect { to, from_port } => {
+                println!("{}", lab::probe::connect(to, from_port).await?)
+            }
+        },
+    }
+    Ok(())
+}
+
+/// One network in `show`.
+#[derive(Debug, serde::Serialize)]
+struct ShownNetwork {
+    name: String,
+    backend: String,
+    /// `in sync`, or what differs.
+    summary: String,
+    in_sync: Option<bool>,
+    allocation: mirrornet_api::Allocation,
+    pending: Vec<String>,
+}
+
+fn show(engine: &Engine, state: &NodeState, file: Option<&PathBuf>) -> Result<Vec<ShownNetwork>> {
+    let memory = StateFile::load()?;
+    let specs: Vec<LoadedNetwork> = match file {
+        Some(f) => load(f)?,
+        None => Vec::new(),
+    };
+    let mut names: std::collections::BTreeSet<String> = state.nft.networks();
+    names.extend(memory.networks.keys().cloned());
+    let mut out = Vec::new();
+    for name in names {
+        let allocation = state
+            .recorded_allocation(&name)
+            .unwrap_or(mirrornet_api::Allocation {
+                mark_mask: 0,
+                sides: Vec::new(),
+            });
+        let spec = specs
+            .iter()
+            .find(|n| n.name() == name)
+            .map(|n| n.object.spec.clone())
+            .or_else(|| memory.network(&name).and_then(|r| r.spec.clone()));
+        let (backend, summary, in_sync, pending) = match spec {
+            None => (
+                "unknown".into(),
+                "spec unknown on this node (pass --file to compare)".into(),
+                None,
+                Vec::new(),
+            ),
+            Some(spec) => {
+                let object = mirrornet_api::MirrorNetwork::new(&name, spec);
+                match mirrornet_api::validate(&object.spec) {
+                    Err(e) => (
+                        "unknown".into(),
+                        format!("spec invalid: {e}"),
+                        Some(false),
+                        Vec::new(),
+                    ),
+                    Ok(valid) => {
+                        let loaded = LoadedNetwork { object, valid };
+                        let plans = engine.plans(
+                            state,
+                            std::slice::from_ref(&loaded),
+                            BackendChoice::Auto,
+                        )?;
+                        let changes =
+                            mirrornet_agent::engine::changes(state, &plans, &[], &memory)?;
+                        let pending: Vec<String> =
+                            changes.steps.iter().map(ToString::to_string).collect();
+                        let summary = if pending.is_empty() {
+                            "in sync".to_owned()
+                        } else {
+                            format!("{} change(s) pending", pending.len())
+                        };
+                        (
+                            plans[0].backend.to_string(),
+                            summary,
+                            Some(pending.is_empty()),
+                            pending,
+                        )
+                    }
+                }
+            }
+        };
+        out.push(ShownNetwork {
+            name,
+            backend,
+            summary,
+            in_sync,
+            allocation,
+            pending,
+        });
+    }
+    Ok(out)
+}

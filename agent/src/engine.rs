@@ -1,0 +1,941 @@
+//! Observe, diff, apply: the one engine behind `apply`, `delete`, `plan` and `show`.
+//!
+//! ```text
+//! observe()  links, addresses, mirrornet's routes and rules (protocol 77), every table in use,
+//!            the `inet mirrornet` table, sysctls                              -> NodeState
+//! changes()  NodeState + NetworkPlans (+ networks to remove)                  -> Changes
+//! execute()  netlink adds, sysctls, ONE nft transaction, netlink deletes, sysctl restores;
+//!            on the first failure every executed step is undone in reverse   -> writes made
+//! ```
+//!
+//! The order is what keeps packets off half-built paths: NAT and marks go in after the routing
+//! domains exist and come out before they go; the nft part is atomic. Ownership is what keeps
+//! other software safe: an object is ours only by the marks we put on it (address and route
+//! protocol 77, rule protocol 77 with one of the network's tables, chains of our own table).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use mirrornet_api::allocation::{Allocator, IdRanges};
+use mirrornet_api::file::LoadedNetwork;
+use mirrornet_api::{Allocation, BackendKind, SideAllocation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{debug, info, info_span, warn};
+
+use crate::netlink::{Link, Netlink, NetlinkError, ObservedAddress};
+use crate::nft::{self, ObservedNft};
+use crate::plan::{
+    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan,
+};
+use crate::state::{StateError, StateFile};
+use crate::sysctl;
+
+/// Why the engine could not do what was asked. Every variant names the network, field or kernel
+/// object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("nft: {what}: {detail}")]
+    Nft { what: String, detail: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("network {network}: allocating kernel ids: {reason}")]
+    Allocation { network: String, reason: String },
+    #[error("network {network}: {field}: interface {interface:?} does not exist on this node")]
+    InterfaceMissing {
+        network: String,
+        field: String,
+        interface: String,
+    },
+    #[error(
+        "network {network}: interface {interface} already holds {address}, added by someone else; \
+         mirrornet will not take over an address it did not create"
+    )]
+    AddressTaken {
+        network: String,
+        interface: String,
+        address: String,
+    },
+    #[error("network {network}: interface {interface} is already used by network {other}")]
+    InterfaceShared {
+        network: String,
+        interface: String,
+        other: String,
+    },
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{failed}; rolled back the {undone} change(s) made before it")]
+    RolledBack {
+        failed: Box<EngineError>,
+        undone: usize,
+    },
+    #[error("{failed}; rolling back also failed: {rollback}")]
+    RollbackFailed {
+        failed: Box<EngineError>,
+        rollback: Box<EngineError>,
+    },
+    #[error("injected fault at step {step} (MIRRORNET_FAULT_AT_STEP)")]
+    InjectedFault { step: usize },
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Which backend the user asked for on the command line or in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// VRF where the kernel can make VRF devices, policy routing otherwise.
+    #[default]
+    Auto,
+    Vrf,
+    PolicyRouting,
+}
+
+/// What the kernel holds that concerns mirrornet.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub links: BTreeMap<String, Link>,
+    pub addresses: Vec<ObservedAddress>,
+    /// mirrornet's routes (protocol 77).
+    pub routes: Vec<RoutePlan>,
+    /// mirrornet's rules (protocol 77).
+    pub rules: Vec<RulePlan>,
+    /// Every routing table some route or foreign rule uses.
+    pub tables_in_use: BTreeSet<u32>,
+    pub nft: ObservedNft,
+    /// The table exactly as listed, to restore it if a later step fails.
+    pub nft_listing: Option<Value>,
+    pub facts: NodeFacts,
+}
+
+impl NodeState {
+    /// The ids recorded in the kernel for `network`, if its table holds them.
+    pub fn recorded_allocation(&self, network: &str) -> Option<Allocation> {
+        let recorded = self.nft.recorded_ids(network);
+        let mask = recorded.first()?.mask;
+        Some(Allocation {
+            mark_mask: mask,
+            sides: recorded
+                .into_iter()
+                .map(|r| SideAllocation {
+                    side: r.side,
+                    table: r.table,
+                    mark: r.mark,
+                    zone: r.zone,
+                    rule_priority: r.rule_priority,
+                })
+                .collect(),
+        })
+    }
+
+    /// Side interfaces the kernel state attributes to `network` (from its ingress map keys).
+    fn interfaces_of(&self, network: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for elements in self.nft.maps.values() {
+            for (key, target) in elements {
+                if nft::chain_network(target) != Some(network) {
+                    continue;
+                }
+                if let Ok(key) = serde_json::from_str::<Value>(key)
+                    && let Some(name) = key.pointer("/concat/0").and_then(Value::as_str)
+                {
+                    out.insert(name.to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One step of a change to the kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Step {
+    AddAddress {
+        network: String,
+        address: AddressPlan,
+    },
+    DeleteAddress {
+        network: String,
+        address: AddressPlan,
+    },
+    AddRoute {
+        network: String,
+        route: RoutePlan,
+    },
+    DeleteRoute {
+        network: String,
+        route: RoutePlan,
+    },
+    AddRule {
+        network: String,
+        rule: RulePlan,
+    },
+    DeleteRule {
+        network: String,
+        rule: RulePlan,
+    },
+    /// Sets a sysctl; `previous` is what it held, for rollback and for the state file.
+    SetSysctl {
+        network: String,
+        path: String,
+        value: String,
+        previous: String,
+    },
+    /// Puts back the value a sysctl had before mirrornet changed it.
+    RestoreSysctl {
+        network: String,
+        path: String,
+        value: String,
+        previous: String,
+    },
+    /// One atomic nft transaction.
+    Nft {
+        summary: Vec<String>,
+        commands: Vec<Value>,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::AddAddress { address: a, .. } => {
+                write!(
+                    f,
+                    "+ address {}/{} dev {}",
+                    a.address, a.prefix_len, a.interface
+                )
+            }
+            Step::DeleteAddress { address: a, .. } => {
+                write!(
+                    f,
+                    "- address {}/{} dev {}",
+                    a.address, a.prefix_len, a.interface
+                )
+            }
+            Step::AddRoute { route: r, .. } => write!(f, "+ route {r}"),
+            Step::DeleteRoute { route: r, .. } => write!(f, "- route {r}"),
+            Step::AddRule { rule: r, .. } => write!(f, "+ rule {r}"),
+            Step::DeleteRule { rule: r, .. } => write!(f, "- rule {r}"),
+            Step::SetSysctl {
+                path,
+                value,
+                previous,
+                ..
+            } => write!(f, "~ sysctl {} = {value} (was {previous})", dotted(path)),
+            Step::RestoreSysctl {
+                path,
+                value,
+                previous,
+                ..
+            } => write!(
+                f,
+                "~ sysctl {} = {value} (restored; was {previous})",
+                dotted(path)
+            ),
+            Step::Nft { summary, .. } => {
+                write!(f, "~ nft table inet {}: {}", nft::TABLE, summary.join(", "))
+            }
+        }
+    }
+}
+
+fn dotted(path: &str) -> String {
+    path.replace('/', ".")
+}
+
+/// The ordered steps that take the node from what it holds to what the plans need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Changes {
+    pub steps: Vec<Step>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Reads the node facts that change plans.
+pub fn node_facts() -> NodeFacts {
+    NodeFacts {
+        ipv4_rp_filter_all: sysctl::read("net/ipv4/conf/all/rp_filter")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
+    }
+}
+
+/// The engine: a netlink connection plus the id ranges file mode allocates from.
+#[derive(Debug)]
+pub struct Engine {
+    netlink: Netlink,
+    ranges: IdRanges,
+    /// Test-only fault injection: fail instead of executing the step with this index.
+    fault_at_step: Option<usize>,
+}
+
+/// The result of an apply or delete.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// Kernel writes made (netlink requests, sysctl writes, nft transactions).
+    pub writes: usize,
+    pub steps: Vec<String>,
+    pub networks: Vec<NetworkSummary>,
+}
+
+/// What a network got on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSummary {
+    pub name: String,
+    pub backend: BackendKind,
+    pub allocation: Allocation,
+}
+
+impl Engine {
+    pub fn new(netlink: Netlink, ranges: IdRanges) -> Self {
+        let fault_at_step = std::env::var("MIRRORNET_FAULT_AT_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Self {
+            netlink,
+            ranges,
+            fault_at_step,
+        }
+    }
+
+    /// Reads everything mirrornet cares about from the kernel.
+    pub async fn observe(&self) -> Result<NodeState> {
+        let links = self.netlink.links().await?;
+        let addresses = self.netlink.addresses(&links).await?;
+        let (routes, route_tables) = self.netlink.routes(&links).await?;
+        let (rules, rule_tables) = self.netlink.rules().await?;
+        let nft_listing = nft_list()?;
+        let nft = nft_listing
+            .as_ref()
+            .map(nft::parse_listing)
+            .unwrap_or_default();
+        let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
+        tables_in_use.extend(rule_tables);
+        Ok(NodeState {
+            links,
+            addresses,
+            routes,
+            rules,
+            tables_in_use,
+            nft,
+            nft_listing,
+            facts: node_facts(),
+        })
+    }
+
+    /// The allocations for `networks`: recovered from the kernel where recorded (ids are stable
+    /// across runs), otherwise fresh from the default ranges, avoiding every id in use.
+    pub fn allocate(
+        &self,
+        state: &NodeState,
+        networks: &[LoadedNetwork],
+    ) -> Result<Vec<Allocation>> {
+        let recorded: Vec<(String, Allocation)> = state
+            .nft
+            .networks()
+            .into_iter()
+            .filter_map(|n| state.recorded_allocation(&n).map(|a| (n, a)))
+            .collect();
+        let mut allocator = Allocator::from_existing(
+            self.ranges.clone(),
+            recorded.iter().map(|(n, a)| (n.as_str(), a)),
+        );
+        // Tables used by anyone except the networks we know are foreign.
+        let ours: BTreeSet<u32> = recorded
+            .iter()
+            .flat_map(|(_, a)| a.sides.iter().map(|s| s.table))
+            .collect();
+        allocator.reserve_foreign(state.tables_in_use.difference(&ours).copied());
+        networks
+            .iter()
+            .map(|n| {
+                allocator
+                    .allocate(n.name(), &n.valid)
+                    .map_err(|e| EngineError::Allocation {
+                        network: n.name().into(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Plans every network in `networks` for this node.
+    pub fn plans(
+        &self,
+        state: &NodeState,
+        networks: &[LoadedNetwork],
+        choice: BackendChoice,
+    ) -> Result<Vec<NetworkPlan>> {
+        let allocations = self.allocate(state, networks)?;
+        let mut plans = Vec::new();
+        for (network, allocation) in networks.iter().zip(allocations) {
+            let backend = resolve_backend(choice, network.valid.backend);
+            plans.push(plan::plan(
+                network.name(),
+                &network.valid,
+                &allocation,
+                backend,
+                &state.facts,
+            )?);
+        }
+        Ok(plans)
+    }
+
+    /// Makes the node hold exactly `plans` (and nothing of `remove`), rolling back on failure.
+    /// `specs` are the specs of `plans`, in the same order, remembered for `show`.
+    pub async fn converge(
+        &self,
+        state: &NodeState,
+        plans: &[NetworkPlan],
+        specs: &[&mirrornet_api::MirrorNetworkSpec],
+        remove: &[String],
+    ) -> Result<Outcome> {
+        let mut memory = StateFile::load()?;
+        check_preconditions(state, plans)?;
+        let changes = changes(state, plans, remove, &memory)?;
+        let writes = self.execute(state, &changes).await?;
+        for step in &changes.steps {
+            match step {
+                Step::SetSysctl {
+                    network,
+                    path,
+                    previous,
+                    ..
+                } => memory.remember_sysctl(network, path, previous),
+                Step::RestoreSysctl { network, path, .. } => memory.forget_sysctl(network, path),
+                _ => {}
+            }
+        }
+        for name in remove {
+            memory.forget_network(name);
+        }
+        for (plan, spec) in plans.iter().zip(specs) {
+            memory.record_network(plan, spec);
+        }
+        memory.save()?;
+        Ok(Outcome {
+            writes,
+            steps: changes.steps.iter().map(ToString::to_string).collect(),
+            networks: plans
+                .iter()
+                .map(|p| NetworkSummary {
+                    name: p.name.clone(),
+                    backend: p.backend,
+                    allocation: Allocation {
+                        mark_mask: p.mark_mask,
+                        sides: p.sides.iter().map(|s| s.ids.clone()).collect(),
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// Runs the steps in order; on the first failure undoes the executed ones in reverse.
+    async fn execute(&self, state: &NodeState, changes: &Changes) -> Result<usize> {
+        let mut done: Vec<&Step> = Vec::new();
+        for (index, step) in changes.steps.iter().enumerate() {
+            let _span = info_span!("step", %step).entered();
+            let result = if self.fault_at_step == Some(index) {
+                Err(EngineError::InjectedFault { step: index })
+            } else {
+                self.run(step).await
+            };
+            match result {
+                Ok(()) => {
+                    debug!("done");
+                    done.push(step);
+                }
+                Err(failed) => {
+                    warn!(error = %failed, "step failed, rolling back");
+                    let undone = done.len();
+                    for step in done.into_iter().rev() {
+                        if let Err(rollback) = self.undo(state, step).await {
+                            return Err(EngineError::RollbackFailed {
+                                failed: Box::new(failed),
+                                rollback: Box::new(rollback),
+                            });
+                        }
+                    }
+                    return Err(EngineError::RolledBack {
+                        failed: Box::new(failed),
+                        undone,
+                    });
+                }
+            }
+        }
+        if !changes.steps.is_empty() {
+            info!(writes = changes.steps.len(), "converged");
+        }
+        Ok(changes.steps.len())
+    }
+
+    async fn index(&self, interface: &str) -> Result<u32> {
+        let links = self.netlink.links().await?;
+        links
+            .get(interface)
+            .map(|l| l.index)
+            .ok_or_else(|| EngineError::InterfaceMissing {
+                network: "?".into(),
+                field: "interface".into(),
+                interface: interface.into(),
+            })
+    }
+
+    async fn run(&self, step: &Step) -> Result<()> {
+        match step {
+            Step::AddAddress { address, .. } => {
+                let index = self.index(&address.interface).await?;
+                self.netlink.add_address(index, address).await?;
+            }
+            Step::DeleteAddress { address, .. } => {
+                let index = self.index(&address.interface).await?;
+                self.netlink.del_address(index, address).await?;
+            }
+            Step::AddRoute { route, .. } => {
+                let index = self.index(&route.interface).await?;
+                self.netlink.add_route(index, route).await?;
+            }
+            Step::DeleteRoute { route, .. } => {
+                let index = self.index(&route.interface).await?;
+                self.netlink.del_route(index, route).await?;
+            }
+            Step::AddRule { rule, .. } => self.netlink.add_rule(rule).await?,
+            Step::DeleteRule { rule, .. } => self.netlink.del_rule(rule).await?,
+            Step::SetSysctl { path, value, .. } | Step::RestoreSysctl { path, value, .. } => {
+                sysctl::write(path, value)?
+            }
+            Step::Nft { commands, .. } => nft_apply(&nft::batch(commands))?,
+        }
+        Ok(())
+    }
+
+    async fn undo(&self, state: &NodeState, step: &Step) -> Result<()> {
+        let inverse = match step.clone() {
+            Step::AddAddress { network, address } => Step::DeleteAddress { network, address },
+            Step::DeleteAddress { network, address } => Step::AddAddress { network, address },
+            Step::AddRoute { network, route } => Step::DeleteRoute { network, route },
+            Step::DeleteRoute { network, route } => Step::AddRoute { network, route },
+            Step::AddRule { network, rule } => Step::DeleteRule { network, rule },
+            Step::DeleteRule { network, rule } => Step::AddRule { network, rule },
+            Step::SetSysctl {
+                network,
+                path,
+                value,
+                previous,
+            }
+            | Step::RestoreSysctl {
+                network,
+                path,
+                value,
+                previous,
+            } => Step::SetSysctl {
+                network,
+                path,
+                value: previous,
+                previous: value,
+            },
+            Step::Nft { .. } => {
+                return nft_restore(state.nft_listing.as_ref());
+            }
+        };
+        self.run(&inverse).await
+    }
+}
+
+/// `Auto` means VRF where the kernel has it; this build plans policy routing for `Auto` until the
+/// VRF backend lands, and refuses an explicit VRF request in [`plan::plan`].
+pub fn resolve_backend(choice: BackendChoice, spec: mirrornet_api::Backend) -> BackendKind {
+    use mirrornet_api::Backend;
+    match (choice, spec) {
+        (BackendChoice::Vrf, _) => BackendKind::Vrf,
+        (BackendChoice::PolicyRouting, _) => BackendKind::PolicyRouting,
+        (BackendChoice::Auto, Backend::Vrf) => BackendKind::Vrf,
+        (BackendChoice::Auto, _) => BackendKind::PolicyRouting,
+    }
+}
+
+/// Refuses, before any write, what would fail half-way or take over someone else's objects.
+fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in plans {
+        for (index, side) in p.sides.iter().enumerate() {
+            if !state.links.contains_key(&side.interface) {
+                return Err(EngineError::InterfaceMissing {
+                    network: p.name.clone(),
+                    field: format!("spec.sides[{index}].interface"),
+                    interface: side.interface.clone(),
+                });
+            }
+            if let Some(other) = claimed.insert(&side.interface, &p.name) {
+                return Err(EngineError::InterfaceShared {
+                    network: p.name.clone(),
+                    interface: side.interface.clone(),
+                    other: other.into(),
+                });
+            }
+        }
+        for a in &p.addresses {
+            if state
+                .addresses
+                .iter()
+                .any(|o| !o.ours && o.interface == a.interface && o.address == a.address)
+            {
+                return Err(EngineError::AddressTaken {
+                    network: p.name.clone(),
+                    interface: a.interface.clone(),
+                    address: a.address.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The steps from `state` to `plans`, removing everything of `remove`. Pure.
+pub fn changes(
+    state: &NodeState,
+    plans: &[NetworkPlan],
+    remove: &[String],
+    memory: &StateFile,
+) -> Result<Changes> {
+    let mut adds = Vec::new();
+    let mut sysctls = Vec::new();
+    let mut deletes = Vec::new();
+    let mut restores = Vec::new();
+
+    let owned = |network: &str, plan: Option<&NetworkPlan>| {
+        // What the kernel attributes to this network: its recorded tables and interfaces,
+        // plus those of its plan.
+        let mut tables: BTreeSet<u32> = state
+            .recorded_allocation(network)
+            .map(|a| a.sides.iter().map(|s| s.table).collect())
+            .unwrap_or_default();
+        let mut interfaces = state.interfaces_of(network);
+        if let Some(recorded) = memory.network(network) {
+            tables.extend(recorded.tables.iter().copied());
+            interfaces.extend(recorded.interfaces.iter().cloned());
+        }
+        if let Some(p) = plan {
+            tables.extend(p.sides.iter().map(|s| s.ids.table));
+            interfaces.extend(p.sides.iter().map(|s| s.interface.clone()));
+        }
+        (tables, interfaces)
+    };
+
+    for p in plans {
+        let _span = info_span!("network", network = %p.name).entered();
+        let (tables, interfaces) = owned(&p.name, Some(p));
+        let network = p.name.clone();
+
+        let have_addresses: Vec<AddressPlan> = state
+            .addresses
+            .iter()
+            .filter(|a| a.ours && interfaces.contains(&a.interface))
+            .map(|a| AddressPlan {
+                interface: a.interface.clone(),
+                address: a.address,
+                prefix_len: a.prefix_len,
+            })
+            .collect();
+        for a in &p.addresses {
+            if !have_addresses.contains(a) {
+                adds.push(Step::AddAddress {
+                    network: network.clone(),
+                    address: a.clone(),
+                });
+            }
+        }
+        for a in have_addresses {
+            if !p.addresses.contains(&a) {
+                deletes.push(Step::DeleteAddress {
+                    network: network.clone(),
+                    address: a,
+                });
+            }
+        }
+
+        let have_routes: Vec<&RoutePlan> = state
+            .routes
+            .iter()
+            .filter(|r| tables.contains(&r.table))
+            .collect();
+        for r in &p.routes {
+            if !have_routes.contains(&r) {
+                adds.push(Step::AddRoute {
+                    network: network.clone(),
+                    route: r.clone(),
+                });
+            }
+        }
+        for r in have_routes {
+            if !p.routes.contains(r) {
+                // A stale route goes first: it may hold the key the new one needs.
+                adds.insert(
+                    0,
+                    Step::DeleteRoute {
+                        network: network.clone(),
+                        route: r.clone(),
+                    },
+                );
+            }
+        }
+
+        let have_rules: Vec<&RulePlan> = state
+            .rules
+            .iter()
+            .filter(|r| tables.contains(&r.table))
+            .collect();
+        // Iif rules before mark rules: a mark rule is what makes the new path live.
+        let mut wanted_rules = p.rules.clone();
+        wanted_rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        for r in &wanted_rules {
+            if !have_rules.contains(&r) {
+                adds.push(Step::AddRule {
+                    network: network.clone(),
+                    rule: r.clone(),
+                });
+            }
+        }
+        for r in have_rules {
+            if !p.rules.contains(r) {
+                deletes.push(Step::DeleteRule {
+                    network: network.clone(),
+                    rule: r.clone(),
+                });
+            }
+        }
+
+        for SysctlPlan { path, value } in &p.sysctls {
+            let current = sysctl::read(path).unwrap_or_default();
+            if current != *value {
+                sysctls.push(Step::SetSysctl {
+                    network: network.clone(),
+                    path: path.clone(),
+                    value: value.clone(),
+                    previous: current,
+                });
+            }
+        }
+        for (path, original) in memory.sysctls(&p.name) {
+            if !p.sysctls.iter().any(|s| s.path == path) && !memory.shared(&p.name, &path) {
+                restores.extend(restore(&network, &path, &original));
+            }
+        }
+    }
+
+    for name in remove {
+        let _span = info_span!("network", network = %name).entered();
+        let (tables, interfaces) = owned(name, None);
+        for a in state
+            .addresses
+            .iter()
+            .filter(|a| a.ours && interfaces.contains(&a.interface))
+        {
+            deletes.push(Step::DeleteAddress {
+                network: name.clone(),
+                address: AddressPlan {
+                    interface: a.interface.clone(),
+                    address: a.address,
+                    prefix_len: a.prefix_len,
+                },
+            });
+        }
+        for r in state.routes.iter().filter(|r| tables.contains(&r.table)) {
+            deletes.push(Step::DeleteRoute {
+                network: name.clone(),
+                route: r.clone(),
+            });
+        }
+        for r in state.rules.iter().filter(|r| tables.contains(&r.table)) {
+            deletes.push(Step::DeleteRule {
+                network: name.clone(),
+                rule: r.clone(),
+            });
+        }
+        for (path, original) in memory.sysctls(name) {
+            if !memory.shared(name, &path) {
+                restores.extend(restore(name, &path, &original));
+            }
+        }
+    }
+
+    // Delete order: mark rules (lowest priority first), iif rules, routes, addresses.
+    deletes.sort_by_key(|s| match s {
+        Step::DeleteRule { rule, .. } => (0, rule.priority),
+        Step::DeleteRoute { .. } => (1, 0),
+        _ => (2, 0),
+    });
+
+    let mask = plans.first().map(|p| p.mark_mask).unwrap_or(0xff00_0000);
+    let desired: Vec<(&str, &nft::NetworkNft)> =
+        plans.iter().map(|p| (p.name.as_str(), &p.nft)).collect();
+    let removing: Vec<&str> = remove.iter().map(String::as_str).collect();
+    let commands = nft::transaction(&state.nft, &desired, &removing, mask);
+
+    let mut steps = adds;
+    steps.extend(sysctls);
+    if !commands.is_empty() {
+        steps.push(Step::Nft {
+            summary: nft_summary(&commands),
+            commands,
+        });
+    }
+    steps.extend(deletes);
+    steps.extend(restores);
+    Ok(Changes { steps })
+}
+
+fn restore(network: &str, path: &str, original: &str) -> Option<Step> {
+    // An interface that is gone took its sysctls with it: nothing to restore.
+    let current = sysctl::read(path)?;
+    (current != original).then(|| Step::RestoreSysctl {
+        network: network.into(),
+        path: path.into(),
+        value: original.into(),
+        previous: current,
+    })
+}
+
+fn nft_summary(commands: &[Value]) -> Vec<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for c in commands {
+        if let Some((verb, body)) = c.as_object().and_then(|o| o.iter().next())
+            && let Some(kind) = body.as_object().and_then(|o| o.keys().next())
+        {
+            *counts.entry(format!("{verb} {kind}")).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(what, n)| format!("{what} x{n}"))
+        .collect()
+}
+
+/// Lists mirrornet's table; `None` when it does not exist.
+pub fn nft_list() -> Result<Option<Value>> {
+    let output = Command::new("nft")
+        .args(["-j", "list", "table", "inet", nft::TABLE])
+        .output()
+        .map_err(|e| EngineError::Nft {
+            what: "running nft (install the nftables package)".into(),
+            detail: e.to_string(),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(EngineError::Nft {
+            what: format!("listing table inet {}", nft::TABLE),
+            detail: stderr.trim().to_owned(),
+        });
+    }
+    serde_json::from_slice(&output.stdout)
+        .map(Some)
+        .map_err(|e| EngineError::Nft {
+            what: "parsing nft -j output".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// Runs one nft JSON batch as a single transaction.
+pub fn nft_apply(batch: &Value) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| EngineError::Nft {
+            what: "running nft (install the nftables package)".into(),
+            detail: e.to_string(),
+        })?;
+    let text = batch.to_string();
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| EngineError::Nft {
+                what: "writing the transaction to nft".into(),
+                detail: e.to_string(),
+            })?;
+    }
+    let output = child.wait_with_output().map_err(|e| EngineError::Nft {
+        what: "waiting for nft".into(),
+        detail: e.to_string(),
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(EngineError::Nft {
+            what: "applying the transaction".into(),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Puts the table back exactly as listed before (or removes it if it did not exist).
+fn nft_restore(listing: Option<&Value>) -> Result<()> {
+    let mut commands = Vec::new();
+    if nft_list()?.is_some() {
+        commands
+            .push(serde_json::json!({"delete": {"table": {"family": "inet", "name": nft::TABLE}}}));
+    }
+    if let Some(listing) = listing {
+        for item in listing
+            .get("nftables")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+                continue;
+            };
+            if kind == "metainfo" {
+                continue;
+            }
+            let mut body = body.clone();
+            if let Some(o) = body.as_object_mut() {
+                o.remove("handle");
+            }
+            commands.push(serde_json::json!({"add": {kind.as_str(): body}}));
+        }
+    }
+    if commands.is_empty() {
+        return Ok(());
+    }
+    nft_apply(&nft::batch(&commands))
+}
+
+impl fmt::Display for RoutePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dev {} src {} table {}",
+            self.destination, self.interface, self.source, self.table
+        )
+    }
+}
+
+impl fmt::Display for RulePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{} {} lookup {}",
+            if self.ipv6 { "-6 " } else { "" },
+            self.priority,
+            self.selector,
+            self.table
+        )
+    }
+}

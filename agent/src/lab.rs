@@ -1,0 +1,429 @@
+//! Network-namespace labs: the seed topology (and any other network's) built from namespaces
+//! and veth pairs, for the demo and the scenario tests.
+//!
+//! ```text
+//!  <side>-10 ─┐                                    ┌─ <side2>-10
+//!  <side>-11 ─┤ <side>-lan (bridge) ─ eth1 ┐  ┌ eth2 ─ <side2>-lan (bridge) ├─ <side2>-11
+//!                                          mm (middleman: the node mirrornet programs)
+//! ```
+//!
+//! Every name starts with a prefix unique to the lab (process id and a counter), so labs run
+//! in parallel; every namespace is deleted, and every process started in it killed, when the
+//! [`Lab`] is dropped, on success and on failure. Nothing is configured in the namespace the
+//! lab was created from: veth ends are created directly inside their namespaces.
+
+use std::net::IpAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnet::IpNet;
+use mirrornet_api::ValidNetwork;
+
+/// A failed lab command, with its output.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("running {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+type Result<T, E = LabError> = std::result::Result<T, E>;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces that disappears with the value.
+#[derive(Debug)]
+pub struct Lab {
+    id: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+fn run(command: &mut Command) -> Result<Output> {
+    let text = format!("{command:?}").replace('"', "");
+    let output = command.output().map_err(|source| LabError::Spawn {
+        command: text.clone(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(LabError::Failed {
+            command: text,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+impl Lab {
+    /// An empty lab; `tag` makes its namespaces recognisable in `ip netns`.
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self {
+            id: format!("mn-{tag}-{}-{n}", std::process::id()),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The full name of the lab's namespace `short`.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.id)
+    }
+
+    /// Creates namespace `short` with its loopback up.
+    pub fn add_namespace(&mut self, short: &str) -> Result<String> {
+        let name = self.ns(short);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        self.namespaces.push(name.clone());
+        self.exec(short, &["ip", "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    /// A command that runs `args` inside namespace `short`.
+    pub fn command(&self, short: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(short)]).args(args);
+        c
+    }
+
+    /// Runs `args` inside namespace `short`; fails with its stderr when it fails.
+    pub fn exec(&self, short: &str, args: &[&str]) -> Result<Output> {
+        run(&mut self.command(short, args))
+    }
+
+    /// Runs `args` inside namespace `short` and returns its stdout.
+    pub fn stdout(&self, short: &str, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.exec(short, args)?.stdout).into_owned())
+    }
+
+    /// Starts `args` in the background inside `short`; killed when the lab goes.
+    pub fn spawn(&mut self, short: &str, args: &[&str]) -> Result<()> {
+        let mut command = self.command(short, args);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().map_err(|source| LabError::Spawn {
+            command: args.join(" "),
+            source,
+        })?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// A veth pair with one end in each namespace, both up.
+    pub fn veth(&self, a: &str, a_name: &str, b: &str, b_name: &str) -> Result<()> {
+        let (a_full, b_full) = (self.ns(a), self.ns(b));
+        run(Command::new("ip").args([
+            "link", "add", "name", a_name, "netns", &a_full, "type", "veth", "peer", "name",
+            b_name, "netns", &b_full,
+        ]))?;
+        self.exec(a, &["ip", "link", "set", a_name, "up"])?;
+        self.exec(b, &["ip", "link", "set", b_name, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            // Kill stragglers (e.g. processes a probe forked) so the namespace can go.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A host on a side's LAN.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Short namespace name, `<side>-<n>`.
+    pub ns: String,
+    pub address: IpAddr,
+}
+
+/// One side as built: its LAN and hosts.
+#[derive(Debug, Clone)]
+pub struct SideLan {
+    pub name: String,
+    pub interface: String,
+    pub alias: IpNet,
+    pub hosts: Vec<Host>,
+}
+
+impl SideLan {
+    /// The host whose address ends in `n`.
+    pub fn host(&self, n: u32) -> &Host {
+        let subnet_host = |h: &&Host| host_number(h.address) == n;
+        self.hosts
+            .iter()
+            .find(subnet_host)
+            .unwrap_or_else(|| panic!("side {} has no host {n}", self.name))
+    }
+}
+
+/// The last bits of an address (what stays the same under 1:1 prefix translation).
+fn host_number(address: IpAddr) -> u32 {
+    match address {
+        IpAddr::V4(a) => u32::from(a) & 0xff,
+        IpAddr::V6(a) => (u128::from(a) & 0xff) as u32,
+    }
+}
+
+/// `host` (e.g. 11) inside `net`.
+pub fn nth(net: IpNet, host: u32) -> IpAddr {
+    match net {
+        IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + host).into()),
+        IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + u128::from(host)).into()),
+    }
+}
+
+/// The address by which the other sides reach host `host` of side `to`: its number inside
+/// `to`'s alias prefix.
+pub fn alias_of(network: &ValidNetwork, to: &str, host: u32) -> IpAddr {
+    let side = network
+        .sides
+        .iter()
+        .find(|s| s.name.as_str() == to)
+        .expect("side exists");
+    nth(side.alias, host)
+}
+
+/// A network's topology built in a lab: a middleman namespace `mm` holding every side's
+/// interface, and per side a bridged LAN with hosts that all use the same addresses.
+#[derive(Debug)]
+pub struct Scenario {
+    pub lab: Lab,
+    pub sides: Vec<SideLan>,
+    pub network: ValidNetwork,
+}
+
+/// Short name of the middleman namespace.
+pub const MIDDLEMAN: &str = "mm";
+
+impl Scenario {
+    /// Builds the topology of `network` with hosts `host_numbers` (e.g. `[10, 11]`) on every
+    /// side; `extra_interface` adds an unrelated `eth9` LAN (192.0.2.0/24 / 2001:db8::/64,
+    /// middleman .1, one host .10) that mirrornet must leave alone.
+    pub fn build(
+        tag: &str,
+        network: &ValidNetwork,
+        host_numbers: &[u32],
+        extra_interface: bool,
+    ) -> Result<Self> {
+        let mut lab = Lab::new(tag);
+        lab.add_namespace(MIDDLEMAN)?;
+        let v6 = network.is_ipv6();
+        let mut sides = Vec::new();
+        for side in &network.sides {
+            let lan = format!("{}-lan", side.name.as_str());
+            lab.add_namespace(&lan)?;
+            lab.exec(&lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
+            lab.exec(&lan, &["ip", "link", "set", "br0", "up"])?;
+            lab.veth(MIDDLEMAN, side.interface.as_str(), &lan, "uplink")?;
+            lab.exec(&lan, &["ip", "link", "set", "uplink", "master", "br0"])?;
+            let mut hosts = Vec::new();
+            for &n in host_numbers {
+                let ns = format!("{}-{n}", side.name.as_str());
+                lab.add_namespace(&ns)?;
+                let port = format!("h{n}");
+                lab.veth(&ns, "eth0", &lan, &port)?;
+                lab.exec(&lan, &["ip", "link", "set", &port, "master", "br0"])?;
+                let address = nth(network.subnet, n);
+                configure_host(&lab, &ns, address, network.subnet, network.gateway, v6)?;
+                hosts.push(Host { ns, address });
+            }
+            sides.push(SideLan {
+                name: side.name.to_string(),
+                interface: side.interface.to_string(),
+                alias: side.alias,
+                hosts,
+            });
+        }
+        if extra_interface {
+            let (net, gw): (IpNet, IpAddr) = if v6 {
+                (
+                    "2001:db8::/64".parse().unwrap(),
+                    "2001:db8::1".parse().unwrap(),
+                )
+            } else {
+                (
+                    "192.0.2.0/24".parse().unwrap(),
+                    "192.0.2.1".parse().unwrap(),
+                )
+            };
+            lab.add_namespace("other-10")?;
+            lab.veth(MIDDLEMAN, "eth9", "other-10", "eth0")?;
+            let with_len = format!("{gw}/{}", net.prefix_len());
+            let mut args = vec!["ip", "addr", "add", &with_len, "dev", "eth9"];
+            if v6 {
+                args.push("nodad");
+            }
+            lab.exec(MIDDLEMAN, &args)?;
+            configure_host(&lab, "other-10", nth(net, 10), net, gw, v6)?;
+        }
+        Ok(Self {
+            lab,
+            sides,
+            network: network.clone(),
+        })
+    }
+
+    pub fn side(&self, name: &str) -> &SideLan {
+        self.sides
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no side {name}"))
+    }
+}
+
+fn configure_host(
+    lab: &Lab,
+    ns: &str,
+    address: IpAddr,
+    subnet: IpNet,
+    gateway: IpAddr,
+    v6: bool,
+) -> Result<()> {
+    let with_len = format!("{address}/{}", subnet.prefix_len());
+    let gw = gateway.to_string();
+    if v6 {
+        lab.exec(
+            ns,
+            &["ip", "-6", "addr", "add", &with_len, "dev", "eth0", "nodad"],
+        )?;
+        lab.exec(ns, &["ip", "-6", "route", "add", "default", "via", &gw])?;
+    } else {
+        lab.exec(ns, &["ip", "addr", "add", &with_len, "dev", "eth0"])?;
+        lab.exec(ns, &["ip", "route", "add", "default", "via", &gw])?;
+    }
+    Ok(())
+}
+
+/// Everything a network could leave behind in a namespace, as text: links, addresses, rules,
+/// every routing table, the whole nft ruleset and the networking sysctls. Two snapshots equal
+/// means no residue.
+pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
+    let mut out = String::new();
+    for args in [
+        &["ip", "-d", "link", "show"][..],
+        &["ip", "addr", "show"],
+        &["ip", "-4", "rule", "show"],
+        &["ip", "-6", "rule", "show"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["nft", "list", "ruleset"],
+    ] {
+        out.push_str(&format!("### {}\n", args.join(" ")));
+        out.push_str(&lab.stdout(ns, args)?);
+    }
+    out.push_str("### sysctls\n");
+    let sysctls = lab.stdout(ns, &["sysctl", "-a"])?;
+    for line in sysctls.lines() {
+        let networking = line.starts_with("net.ipv4.conf.")
+            || line.starts_with("net.ipv6.conf.")
+            || line.starts_with("net.ipv4.ip_forward");
+        let touched = ["forwarding", "rp_filter", "ip_forward"]
+            .iter()
+            .any(|k| line.contains(k));
+        if networking && touched {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Traffic probes run inside lab namespaces (`mirrornet-agent probe ...`): a TCP server that
+/// tells each client who it is and whom it saw, and a client that can pin its source port so
+/// two sides can open the very same 5-tuple.
+pub mod probe {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::time::Duration;
+
+    /// Serves forever: each connection gets `"<identity> <peer address>:<peer port>\n"`, held
+    /// open for `hold` so concurrent connections overlap.
+    pub fn serve(port: u16, identity: &str, hold: Duration) -> std::io::Result<()> {
+        let listener = TcpListener::bind(("::", port))?;
+        for stream in listener.incoming() {
+            let mut stream = stream?;
+            let identity = identity.to_owned();
+            std::thread::spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map(|p| canonical(p).to_string())
+                    .unwrap_or_default();
+                let _ = writeln!(stream, "{identity} {peer}");
+                std::thread::sleep(hold);
+            });
+        }
+        Ok(())
+    }
+
+    /// IPv4 peers of a dual-stack socket appear as `::ffff:a.b.c.d`; show them as IPv4.
+    fn canonical(addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => addr,
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Connects to `to` (from `from_port` if given) and returns the server's line.
+    pub async fn connect(to: SocketAddr, from_port: Option<u16>) -> std::io::Result<String> {
+        let socket = if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Some(port) = from_port {
+            let any: SocketAddr = if to.is_ipv4() {
+                ([0, 0, 0, 0], port).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+            };
+            socket.bind(any)?;
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        let mut stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        let mut buf = [0u8; 256];
+        while !line.ends_with('\n') {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            line.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(line.trim().to_owned())
+    }
+}

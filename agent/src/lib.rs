@@ -1,0 +1,17 @@
+//! mirrornet's node agent: turns MirrorNetworks into kernel state on one node.
+//!
+//! * [`plan`]: pure — spec + ids + node facts -> the kernel objects a network needs.
+//! * [`netlink`], [`nft`], [`sysctl`]: typed windows onto the kernel, each reading back exactly
+//!   what it writes.
+//! * [`engine`]: observe, diff, apply in a safe order, roll back on failure.
+//! * [`state`]: the little the kernel cannot remember for us (original sysctl values).
+//! * [`lab`]: network-namespace topologies and traffic probes for the demo and the tests.
+
+pub mod demo;
+pub mod engine;
+pub mod lab;
+pub mod netlink;
+pub mod nft;
+pub mod plan;
+pub mod state;
+pub mod sysctl;

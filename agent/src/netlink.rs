@@ -1,0 +1,447 @@
+//! The agent's narrow, typed window onto rtnetlink: read links, addresses, mirrornet's routes
+//! and rules; add and delete exactly those objects. Spoken in-process, because one `ip`
+//! command costs about 3 ms, mostly process start (DESIGN.md section 5).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::Handle;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
+};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+
+use crate::plan::{AddressPlan, PROTOCOL, RoutePlan, RulePlan, RuleSelector};
+
+/// A failed netlink call, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct NetlinkError {
+    pub what: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+
+fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError { what, source }
+}
+
+/// A link as far as planning cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    /// Index of the device this one is enslaved to (a VRF, a bridge), if any.
+    pub controller: Option<u32>,
+}
+
+/// An address on a link, with the flags we care about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedAddress {
+    pub interface: String,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub noprefixroute: bool,
+    /// Whether the address carries mirrornet's protocol ([`PROTOCOL`]), i.e. we added it.
+    pub ours: bool,
+}
+
+/// A rtnetlink connection.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection in the current network namespace.
+    pub fn connect() -> std::io::Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<BTreeMap<String, Link>> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx("listing links"))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                let controller = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Controller(i) => Some(*i),
+                    _ => None,
+                });
+                Some((
+                    name.clone(),
+                    Link {
+                        index: m.header.index,
+                        name,
+                        up: m.header.flags.contains(LinkFlags::Up),
+                        controller,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    pub async fn addresses(&self, links: &BTreeMap<String, Link>) -> Result<Vec<ObservedAddress>> {
+        let by_index: BTreeMap<u32, &str> =
+            links.values().map(|l| (l.index, l.name.as_str())).collect();
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx("listing addresses"))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let interface = by_index.get(&m.header.index)?.to_string();
+                let address = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                let noprefixroute = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Noprefixroute))
+                });
+                let ours = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)))
+                });
+                Some(ObservedAddress {
+                    interface,
+                    address,
+                    prefix_len: m.header.prefix_len,
+                    noprefixroute,
+                    ours,
+                })
+            })
+            .collect())
+    }
+
+    async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RouteMessage>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = family;
+        self.handle
+            .route()
+            .get(message)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx("listing routes"))
+    }
+
+    /// mirrornet's routes (protocol [`PROTOCOL`]) in every table, and every table id in use
+    /// by anyone (so that allocation avoids foreign tables).
+    pub async fn routes(
+        &self,
+        links: &BTreeMap<String, Link>,
+    ) -> Result<(Vec<RoutePlan>, Vec<u32>)> {
+        let by_index: BTreeMap<u32, &str> =
+            links.values().map(|l| (l.index, l.name.as_str())).collect();
+        let mut ours = Vec::new();
+        let mut tables = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for m in self.dump_routes(family).await? {
+                let table = route_table(&m);
+                tables.push(table);
+                if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
+                    continue;
+                }
+                let destination = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                let source = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let (Some(destination), Some(oif)) = (destination, oif) else {
+                    continue;
+                };
+                let Ok(destination) = IpNet::new(destination, m.header.destination_prefix_length)
+                else {
+                    continue;
+                };
+                ours.push(RoutePlan {
+                    table,
+                    destination,
+                    interface: by_index
+                        .get(&oif)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    source: source.unwrap_or(destination.network()),
+                });
+            }
+        }
+        tables.sort_unstable();
+        tables.dedup();
+        Ok((ours, tables))
+    }
+
+    /// mirrornet's rules (protocol [`PROTOCOL`]) and the tables every other rule looks up.
+    pub async fn rules(&self) -> Result<(Vec<RulePlan>, Vec<u32>)> {
+        let mut ours = Vec::new();
+        let mut foreign_tables = Vec::new();
+        for (ipv6, version) in [
+            (false, rtnetlink::IpVersion::V4),
+            (true, rtnetlink::IpVersion::V6),
+        ] {
+            let messages: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(ctx("listing rules"))?;
+            for m in messages {
+                let table = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RuleAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(m.header.table));
+                let ours_ = m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))));
+                if !ours_ {
+                    foreign_tables.push(table);
+                    continue;
+                }
+                let priority = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RuleAttribute::Priority(p) => Some(*p),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let mark = m.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::FwMark(v) => Some(*v),
+                    _ => None,
+                });
+                let mask = m.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::FwMask(v) => Some(*v),
+                    _ => None,
+                });
+                let iif = m.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Iifname(n) => Some(n.clone()),
+                    _ => None,
+                });
+                let selector = match (mark, iif) {
+                    (Some(value), None) => RuleSelector::Mark {
+                        value,
+                        mask: mask.unwrap_or(u32::MAX),
+                    },
+                    (None, Some(name)) => RuleSelector::Iif(name),
+                    // Something of ours we no longer make: report it as a mark rule that no
+                    // plan wants, so it is removed.
+                    _ => RuleSelector::Mark { value: 0, mask: 0 },
+                };
+                ours.push(RulePlan {
+                    ipv6,
+                    priority,
+                    selector,
+                    table,
+                });
+            }
+        }
+        foreign_tables.sort_unstable();
+        foreign_tables.dedup();
+        Ok((ours, foreign_tables))
+    }
+
+    pub async fn add_address(&self, index: u32, a: &AddressPlan) -> Result<()> {
+        let mut request = self.handle.address().add(index, a.address, a.prefix_len);
+        // No prefix route: the subnet exists once per side, so it must not appear in main;
+        // each side's copy lives in the side's own table. No DAD: the same address on several
+        // links is intended.
+        let mut flags = AddressFlags::Noprefixroute;
+        if a.address.is_ipv6() {
+            flags |= AddressFlags::Nodad;
+        }
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(flags));
+        // The address protocol (Linux 5.18+) is how a later run knows the address is ours.
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)));
+        request.execute().await.map_err(ctx(format!(
+            "adding {}/{} to {}",
+            a.address, a.prefix_len, a.interface
+        )))
+    }
+
+    pub async fn del_address(&self, index: u32, a: &AddressPlan) -> Result<()> {
+        let mut message = AddressMessage::default();
+        message.header.family = if a.address.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        message.header.prefix_len = a.prefix_len;
+        message.header.index = index;
+        message.attributes.push(AddressAttribute::Local(a.address));
+        message
+            .attributes
+            .push(AddressAttribute::Address(a.address));
+        self.handle
+            .address()
+            .del(message)
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "removing {}/{} from {}",
+                a.address, a.prefix_len, a.interface
+            )))
+    }
+
+    fn route_message(index: u32, r: &RoutePlan) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        let (family, dst, src) = match (r.destination, r.source) {
+            (IpNet::V4(d), IpAddr::V4(s)) => (
+                AddressFamily::Inet,
+                RouteAddress::Inet(d.network()),
+                RouteAddress::Inet(s),
+            ),
+            (IpNet::V6(d), IpAddr::V6(s)) => (
+                AddressFamily::Inet6,
+                RouteAddress::Inet6(d.network()),
+                RouteAddress::Inet6(s),
+            ),
+            (IpNet::V4(d), IpAddr::V6(_)) => (
+                AddressFamily::Inet,
+                RouteAddress::Inet(d.network()),
+                RouteAddress::Inet(d.network()),
+            ),
+            (IpNet::V6(d), IpAddr::V4(_)) => (
+                AddressFamily::Inet6,
+                RouteAddress::Inet6(d.network()),
+                RouteAddress::Inet6(d.network()),
+            ),
+        };
+        m.header.address_family = family;
+        m.header.destination_prefix_length = r.destination.prefix_len();
+        m.header.protocol = RouteProtocol::Other(PROTOCOL);
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
+        m.attributes.push(RouteAttribute::Table(r.table));
+        m.attributes.push(RouteAttribute::Destination(dst));
+        m.attributes.push(RouteAttribute::PrefSource(src));
+        m.attributes.push(RouteAttribute::Oif(index));
+        m
+    }
+
+    pub async fn add_route(&self, index: u32, r: &RoutePlan) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route_message(index, r))
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "adding route {} dev {} table {}",
+                r.destination, r.interface, r.table
+            )))
+    }
+
+    pub async fn del_route(&self, index: u32, r: &RoutePlan) -> Result<()> {
+        self.handle
+            .route()
+            .del(Self::route_message(index, r))
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "removing route {} dev {} table {}",
+                r.destination, r.interface, r.table
+            )))
+    }
+
+    fn rule_message(r: &RulePlan) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = if r.ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.action = RuleAction::ToTable;
+        m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
+        m.attributes.push(RuleAttribute::Table(r.table));
+        m.attributes.push(RuleAttribute::Priority(r.priority));
+        m.attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
+        match &r.selector {
+            RuleSelector::Mark { value, mask } => {
+                m.attributes.push(RuleAttribute::FwMark(*value));
+                m.attributes.push(RuleAttribute::FwMask(*mask));
+            }
+            RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+        }
+        m
+    }
+
+    pub async fn add_rule(&self, r: &RulePlan) -> Result<()> {
+        let mut request = self.handle.rule().add();
+        *request.message_mut() = Self::rule_message(r);
+        request.execute().await.map_err(ctx(format!(
+            "adding rule {} lookup {} priority {}",
+            r.selector, r.table, r.priority
+        )))
+    }
+
+    pub async fn del_rule(&self, r: &RulePlan) -> Result<()> {
+        self.handle
+            .rule()
+            .del(Self::rule_message(r))
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "removing rule {} lookup {} priority {}",
+                r.selector, r.table, r.priority
+            )))
+    }
+}
+
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}

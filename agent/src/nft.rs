@@ -1,0 +1,574 @@
+//! mirrornet's one nftables table: what it must hold, what it holds, and the single atomic
+//! transaction that turns one into the other.
+//!
+//! We speak nft's JSON schema (`nft -j`), built as typed values, rather than the `nftables`
+//! crate: its 0.6 schema cannot express prefix NAT (`type_flags: prefix`, `flags: netmap`),
+//! the heart of the 1:1 mapping. Everything lives in `table inet mirrornet`; the per-packet
+//! path is one verdict-map lookup per hook whatever the number of networks:
+//!
+//! ```text
+//! prerouting (raw, -300)   iifname . daddr vmap @ingress-v4|v6 -> steer.<net>.<in>.<to>
+//!                            meta mark = (mark & ~mask) | mark(to);  ct original zone = zone(in)
+//! nat-prerouting (-100)    mark & mask vmap @dnat -> xlate-dst.<net>:  dnat prefix to subnet
+//! nat-postrouting (100)    mark & mask vmap @snat -> xlate-src.<net>.<to>:
+//!                            saddr in subnet, ct original zone == zone(in): snat prefix to alias(in)
+//! ids.<net>                never jumped to: one `return` per side whose comment records the
+//!                            side's ids, so a restarted agent recovers them from the kernel
+//! ```
+//!
+//! The zone is set in raw priority, before conntrack looks the packet up, and for the original
+//! direction only: a reply arrives on the other side and must still find its entry. Every rule
+//! carries a comment with a hash of its own expression, so comparing comments tells whether a
+//! chain still holds exactly what we put there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::plan::SidePlan;
+
+/// Name of the table mirrornet owns.
+pub const TABLE: &str = "mirrornet";
+const FAMILY: &str = "inet";
+
+const MAP_INGRESS_V4: &str = "ingress-v4";
+const MAP_INGRESS_V6: &str = "ingress-v6";
+const MAP_DNAT: &str = "dnat";
+const MAP_SNAT: &str = "snat";
+const CHAIN_PREROUTING: &str = "prerouting";
+const CHAIN_NAT_PREROUTING: &str = "nat-prerouting";
+const CHAIN_NAT_POSTROUTING: &str = "nat-postrouting";
+
+/// A rule we put in a chain: its expression list and the comment that identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRule {
+    pub expr: Value,
+    pub comment: String,
+}
+
+impl NftRule {
+    fn new(expr: Value) -> Self {
+        let comment = format!("mn:{:016x}", fnv1a(expr.to_string().as_bytes()));
+        Self { expr, comment }
+    }
+}
+
+/// A regular chain and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftChain {
+    pub name: String,
+    pub rules: Vec<NftRule>,
+}
+
+/// One element of a verdict map: `key : jump target`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NftElement {
+    pub map: String,
+    /// The key in nft's JSON form, e.g. `{"concat": ["eth1", {"prefix": ...}]}` or a mark.
+    pub key: String,
+    pub target: String,
+}
+
+/// The part of the table that belongs to one network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkNft {
+    pub chains: Vec<NftChain>,
+    pub elements: Vec<NftElement>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn prefix(net: IpNet) -> Value {
+    json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}})
+}
+
+fn family_of(net: IpNet) -> (&'static str, &'static str) {
+    match net {
+        IpNet::V4(_) => ("ip", MAP_INGRESS_V4),
+        IpNet::V6(_) => ("ip6", MAP_INGRESS_V6),
+    }
+}
+
+/// The network a chain of ours belongs to, from its name.
+pub fn chain_network(chain: &str) -> Option<&str> {
+    let mut parts = chain.split('.');
+    match parts.next()? {
+        "steer" | "xlate-dst" | "xlate-src" | "ids" => parts.next(),
+        _ => None,
+    }
+}
+
+/// The chains and map elements one network needs.
+pub fn network(name: &str, subnet: IpNet, mask: u32, sides: &[SidePlan]) -> NetworkNft {
+    let (proto, ingress_map) = family_of(subnet);
+    let mut chains = Vec::new();
+    let mut elements = Vec::new();
+
+    chains.push(NftChain {
+        name: format!("ids.{name}"),
+        rules: sides
+            .iter()
+            .map(|s| NftRule {
+                expr: json!([{"return": null}]),
+                comment: ids_comment(s, mask),
+            })
+            .collect(),
+    });
+
+    for ingress in sides {
+        for target in sides.iter().filter(|t| t.name != ingress.name) {
+            let chain = format!("steer.{name}.{}.{}", ingress.name, target.name);
+            chains.push(NftChain {
+                name: chain.clone(),
+                rules: vec![
+                    NftRule::new(json!([{"mangle": {
+                        "key": {"meta": {"key": "mark"}},
+                        "value": {"|": [{"&": [{"meta": {"key": "mark"}}, !mask]}, target.ids.mark]}
+                    }}])),
+                    NftRule::new(json!([{"mangle": {
+                        "key": {"ct": {"key": "zone", "dir": "original"}},
+                        "value": ingress.ids.zone
+                    }}])),
+                ],
+            });
+            elements.push(NftElement {
+                map: ingress_map.into(),
+                key: json!({"concat": [ingress.interface, prefix(target.alias)]}).to_string(),
+                target: chain,
+            });
+        }
+    }
+
+    let dnat_chain = format!("xlate-dst.{name}");
+    chains.push(NftChain {
+        name: dnat_chain.clone(),
+        rules: vec![NftRule::new(json!([{"dnat": {
+            "family": proto,
+            "addr": prefix(subnet),
+            "flags": "netmap",
+            "type_flags": "prefix"
+        }}]))],
+    });
+    for target in sides {
+        elements.push(NftElement {
+            map: MAP_DNAT.into(),
+            key: json!(target.ids.mark).to_string(),
+            target: dnat_chain.clone(),
+        });
+        let snat_chain = format!("xlate-src.{name}.{}", target.name);
+        chains.push(NftChain {
+            name: snat_chain.clone(),
+            rules: sides
+                .iter()
+                .filter(|i| i.name != target.name)
+                .map(|ingress| {
+                    NftRule::new(json!([
+                        {"match": {"op": "==",
+                            "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                            "right": prefix(subnet)}},
+                        {"match": {"op": "==",
+                            "left": {"ct": {"key": "zone", "dir": "original"}},
+                            "right": ingress.ids.zone}},
+                        {"snat": {"family": proto, "addr": prefix(ingress.alias),
+                            "flags": "netmap", "type_flags": "prefix"}}
+                    ]))
+                })
+                .collect(),
+        });
+        elements.push(NftElement {
+            map: MAP_SNAT.into(),
+            key: json!(target.ids.mark).to_string(),
+            target: snat_chain,
+        });
+    }
+    NetworkNft { chains, elements }
+}
+
+fn ids_comment(side: &SidePlan, mask: u32) -> String {
+    // Short keys: a side name may take 63 of the 128 bytes nft allows in a comment.
+    format!(
+        "s={} t={} m={:#x} z={} p={} k={:#x}",
+        side.name, side.ids.table, side.ids.mark, side.ids.zone, side.ids.rule_priority, mask
+    )
+}
+
+/// A side's ids as recorded in the kernel by [`ids_comment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedSide {
+    pub side: String,
+    pub table: u32,
+    pub mark: u32,
+    pub zone: u16,
+    pub rule_priority: u32,
+    pub mask: u32,
+}
+
+fn parse_ids_comment(comment: &str) -> Option<RecordedSide> {
+    let fields: BTreeMap<&str, &str> = comment
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let hex = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    Some(RecordedSide {
+        side: fields.get("s")?.to_string(),
+        table: fields.get("t")?.parse().ok()?,
+        mark: hex(fields.get("m")?)?,
+        zone: fields.get("z")?.parse().ok()?,
+        rule_priority: fields.get("p")?.parse().ok()?,
+        mask: hex(fields.get("k")?)?,
+    })
+}
+
+/// What the table holds, as far as we care.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedNft {
+    pub table_exists: bool,
+    /// Chain name -> comments of its rules, in order.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Map name -> elements (key JSON, jump target).
+    pub maps: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+impl ObservedNft {
+    /// Networks that have chains in the table.
+    pub fn networks(&self) -> BTreeSet<String> {
+        self.chains
+            .keys()
+            .filter_map(|c| chain_network(c))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The ids recorded for `network`, one entry per side.
+    pub fn recorded_ids(&self, network: &str) -> Vec<RecordedSide> {
+        self.chains
+            .get(&format!("ids.{network}"))
+            .map(|c| c.iter().filter_map(|s| parse_ids_comment(s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Everything of `network` that is present, for `show`.
+    pub fn network_chains(&self, network: &str) -> usize {
+        self.chains
+            .keys()
+            .filter(|c| chain_network(c) == Some(network))
+            .count()
+    }
+}
+
+/// Parses `nft -j list table inet mirrornet` output.
+pub fn parse_listing(listing: &Value) -> ObservedNft {
+    let mut observed = ObservedNft {
+        table_exists: true,
+        ..Default::default()
+    };
+    let items = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for item in items {
+        if let Some(chain) = item.get("chain") {
+            if let Some(name) = chain.get("name").and_then(Value::as_str) {
+                observed.chains.entry(name.to_owned()).or_default();
+            }
+        } else if let Some(rule) = item.get("rule") {
+            let chain = rule
+                .get("chain")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let comment = rule
+                .get("comment")
+                .and_then(Value::as_str)
+                .unwrap_or("<no comment>");
+            observed
+                .chains
+                .entry(chain.to_owned())
+                .or_default()
+                .push(comment.to_owned());
+        } else if let Some(map) = item.get("map") {
+            let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
+            let elements = observed.maps.entry(name.to_owned()).or_default();
+            for elem in map
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let (Some(key), Some(target)) = (
+                    elem.get(0),
+                    elem.get(1)
+                        .and_then(|v| v.pointer("/jump/target"))
+                        .and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                elements.insert((key.to_string(), target.to_owned()));
+            }
+        }
+    }
+    observed
+}
+
+fn skeleton_chains(mask: u32) -> Vec<(&'static str, Value, Vec<NftRule>)> {
+    let mark = json!({"&": [{"meta": {"key": "mark"}}, mask]});
+    vec![
+        (
+            CHAIN_PREROUTING,
+            json!({"type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}),
+            vec![
+                NftRule::new(json!([
+                    {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+                    {"vmap": {"key": {"concat": [{"meta": {"key": "iifname"}},
+                        {"payload": {"protocol": "ip", "field": "daddr"}}]},
+                        "data": format!("@{MAP_INGRESS_V4}")}}
+                ])),
+                NftRule::new(json!([
+                    {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}},
+                    {"vmap": {"key": {"concat": [{"meta": {"key": "iifname"}},
+                        {"payload": {"protocol": "ip6", "field": "daddr"}}]},
+                        "data": format!("@{MAP_INGRESS_V6}")}}
+                ])),
+            ],
+        ),
+        (
+            CHAIN_NAT_PREROUTING,
+            json!({"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}),
+            vec![NftRule::new(
+                json!([{"vmap": {"key": mark, "data": format!("@{MAP_DNAT}")}}]),
+            )],
+        ),
+        (
+            CHAIN_NAT_POSTROUTING,
+            json!({"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}),
+            vec![NftRule::new(
+                json!([{"vmap": {"key": mark, "data": format!("@{MAP_SNAT}")}}]),
+            )],
+        ),
+    ]
+}
+
+fn skeleton_maps() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            MAP_INGRESS_V4,
+            json!({"type": ["ifname", "ipv4_addr"], "map": "verdict", "flags": ["interval"]}),
+        ),
+        (
+            MAP_INGRESS_V6,
+            json!({"type": ["ifname", "ipv6_addr"], "map": "verdict", "flags": ["interval"]}),
+        ),
+        (MAP_DNAT, json!({"type": "mark", "map": "verdict"})),
+        (MAP_SNAT, json!({"type": "mark", "map": "verdict"})),
+    ]
+}
+
+fn with_base(mut object: Value, base: Value) -> Value {
+    if let (Some(o), Some(b)) = (object.as_object_mut(), base.as_object()) {
+        for (k, v) in b {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    object
+}
+
+fn add_rule(chain: &str, rule: &NftRule) -> Value {
+    json!({"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain,
+        "comment": rule.comment, "expr": rule.expr}}})
+}
+
+fn element_value(e: &NftElement) -> Value {
+    let key: Value = serde_json::from_str(&e.key).unwrap_or(Value::Null);
+    json!([key, {"jump": {"target": e.target}}])
+}
+
+/// The commands of one transaction that make the table hold exactly `desired` for the
+/// networks in it and nothing of the networks in `remove`, leaving other networks' parts
+/// alone. Empty when the table already matches.
+pub fn transaction(
+    observed: &ObservedNft,
+    desired: &[(&str, &NetworkNft)],
+    remove: &[&str],
+    mask: u32,
+) -> Vec<Value> {
+    let mut deletes = Vec::new();
+    let mut chain_ops = Vec::new();
+    let mut adds = Vec::new();
+
+    if !desired.is_empty() {
+        if !observed.table_exists {
+            chain_ops.push(json!({"add": {"table": {"family": FAMILY, "name": TABLE}}}));
+        }
+        for (name, spec) in skeleton_maps() {
+            if !observed.maps.contains_key(name) {
+                chain_ops.push(json!({"add": {"map": with_base(
+                    json!({"family": FAMILY, "table": TABLE, "name": name}), spec)}}));
+            }
+        }
+        for (name, hook, rules) in skeleton_chains(mask) {
+            let want: Vec<&str> = rules.iter().map(|r| r.comment.as_str()).collect();
+            match observed.chains.get(name) {
+                Some(have) if have.iter().map(String::as_str).eq(want.iter().copied()) => {}
+                have => {
+                    if have.is_some() {
+                        chain_ops.push(json!({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}}));
+                    } else {
+                        chain_ops.push(json!({"add": {"chain": with_base(
+                            json!({"family": FAMILY, "table": TABLE, "name": name}), hook)}}));
+                    }
+                    chain_ops.extend(rules.iter().map(|r| add_rule(name, r)));
+                }
+            }
+        }
+    }
+
+    // Networks being programmed: their chains and elements exactly as desired.
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
+    for (network, want) in desired {
+        touched.insert(network);
+        let wanted_chains: BTreeSet<&str> = want.chains.iter().map(|c| c.name.as_str()).collect();
+        let wanted_elements: BTreeSet<(String, String, String)> = want
+            .elements
+            .iter()
+            .map(|e| (e.map.clone(), e.key.clone(), e.target.clone()))
+            .collect();
+        // Elements of this network that should not be there (or point elsewhere).
+        for (map, elements) in &observed.maps {
+            for (key, target) in elements {
+                if chain_network(target) == Some(network)
+                    && !wanted_elements.contains(&(map.clone(), key.clone(), target.clone()))
+                {
+                    deletes.push(delete_element(map, key));
+                }
+            }
+        }
+        for chain in observed.chains.keys() {
+            if chain_network(chain) == Some(network) && !wanted_chains.contains(chain.as_str()) {
+                chain_ops.push(
+                    json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
+                );
+            }
+        }
+        for chain in &want.chains {
+            let comments: Vec<&str> = chain.rules.iter().map(|r| r.comment.as_str()).collect();
+            match observed.chains.get(&chain.name) {
+                Some(have) if have.iter().map(String::as_str).eq(comments.iter().copied()) => {}
+                Some(_) => {
+                    chain_ops.push(json!({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain.name}}}));
+                    chain_ops.extend(chain.rules.iter().map(|r| add_rule(&chain.name, r)));
+                }
+                None => {
+                    chain_ops.push(json!({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain.name}}}));
+                    chain_ops.extend(chain.rules.iter().map(|r| add_rule(&chain.name, r)));
+                }
+            }
+        }
+        for e in &want.elements {
+            let present = observed
+                .maps
+                .get(&e.map)
+                .is_some_and(|m| m.contains(&(e.key.clone(), e.target.clone())));
+            if !present {
+                // A key held by another chain (a stale or foreign element) is replaced.
+                if observed.maps.get(&e.map).is_some_and(|m| {
+                    m.iter()
+                        .any(|(k, t)| *k == e.key && chain_network(t) != Some(network))
+                }) {
+                    deletes.push(delete_element(&e.map, &e.key));
+                }
+                adds.push(json!({"add": {"element": {"family": FAMILY, "table": TABLE,
+                    "name": e.map, "elem": [element_value(e)]}}}));
+            }
+        }
+    }
+
+    // Networks being removed.
+    let mut remaining: BTreeSet<String> = observed.networks();
+    for network in remove {
+        remaining.remove(*network);
+        for (map, elements) in &observed.maps {
+            for (key, target) in elements {
+                if chain_network(target) == Some(network) {
+                    deletes.push(delete_element(map, key));
+                }
+            }
+        }
+        for chain in observed.chains.keys() {
+            if chain_network(chain) == Some(network) {
+                chain_ops.push(
+                    json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
+                );
+            }
+        }
+    }
+    for network in &touched {
+        remaining.insert((*network).to_owned());
+    }
+    if !remove.is_empty() && remaining.is_empty() && observed.table_exists {
+        // The last network is gone: the whole table goes, leaving no residue.
+        return vec![json!({"delete": {"table": {"family": FAMILY, "name": TABLE}}})];
+    }
+
+    deletes.sort_by_key(|v| v.to_string());
+    deletes.dedup();
+    deletes.into_iter().chain(chain_ops).chain(adds).collect()
+}
+
+fn delete_element(map: &str, key: &str) -> Value {
+    let key: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+    json!({"delete": {"element": {"family": FAMILY, "table": TABLE, "name": map, "elem": [key]}}})
+}
+
+/// Renders a transaction for `nft -j -f -`.
+pub fn batch(commands: &[Value]) -> Value {
+    json!({"nftables": commands})
+}
+
+/// An address in nft's JSON text form, for tests and `show`.
+pub fn addr(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_comment_round_trips() {
+        let side = SidePlan {
+            name: "inner".into(),
+            interface: "eth1".into(),
+            alias: "192.168.3.0/24".parse().unwrap(),
+            ids: mirrornet_api::SideAllocation {
+                side: "inner".into(),
+                table: 20000,
+                mark: 0x0100_0000,
+                zone: 40000,
+                rule_priority: 500,
+            },
+        };
+        let c = ids_comment(&side, 0xff00_0000);
+        assert!(c.len() <= 128, "nft comments hold at most 128 bytes: {c}");
+        let r = parse_ids_comment(&c).unwrap();
+        assert_eq!(
+            (r.table, r.mark, r.zone, r.rule_priority, r.mask),
+            (20000, 0x0100_0000, 40000, 500, 0xff00_0000)
+        );
+    }
+
+    #[test]
+    fn chain_names_say_their_network() {
+        assert_eq!(
+            chain_network("steer.plant-twin.inner.outer"),
+            Some("plant-twin")
+        );
+        assert_eq!(chain_network("xlate-dst.plant-twin"), Some("plant-twin"));
+        assert_eq!(chain_network("prerouting"), None);
+    }
+}

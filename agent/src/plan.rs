@@ -1,0 +1,336 @@
+//! The kernel state one network needs on one node, computed purely from the spec, the
+//! allocated ids and a few facts about the node. Nothing here touches the kernel.
+//!
+//! ```text
+//! ValidNetwork + Allocation + NodeFacts ──plan()──> NetworkPlan
+//!   addresses   gateway/len on every side interface, noprefixroute (no route in main)
+//!   routes      each side's connected prefix, in that side's table
+//!   rules       fwmark <mark>/<mask> -> table of that side   (priority p, ahead of l3mdev)
+//!               iif <side interface>  -> table of that side   (priority p + 1000)
+//!   sysctls     per-interface forwarding, loose rp_filter where strict was in force
+//!   nft         steer: (iif, dst alias) -> mark of the target side + zone of the ingress side
+//!               dnat:  mark -> alias to subnet;  snat: mark + zone -> subnet to ingress alias
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use mirrornet_api::{Allocation, BackendKind, SideAllocation, ValidNetwork};
+use serde::{Deserialize, Serialize};
+
+use crate::nft::NetworkNft;
+
+/// Route and rule protocol number that marks an object as mirrornet's ("M"). `ip route` and
+/// `ip rule` show it as `proto 77`.
+pub const PROTOCOL: u8 = 77;
+
+/// Offset of the per-interface rules behind the mark rules: every mark rule of every network
+/// must be consulted before any side's "everything else from this interface" rule.
+pub const IIF_RULE_OFFSET: u32 = 1000;
+
+/// Facts about the node that change the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeFacts {
+    /// `net.ipv4.conf.all.rp_filter`: with strict (1) in force, forwarded mirrored traffic
+    /// would fail the reverse-path check (its source is reachable only through the other
+    /// side's table), so the side interfaces are relaxed to loose (2).
+    pub ipv4_rp_filter_all: u8,
+    /// Whether the kernel has `net.ipv6.conf.<if>.force_forwarding` (Linux 6.17+), which
+    /// enables IPv6 forwarding per interface instead of for the whole node.
+    pub ipv6_force_forwarding: bool,
+}
+
+/// One side of a planned network, with its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidePlan {
+    pub name: String,
+    pub interface: String,
+    pub alias: IpNet,
+    pub ids: SideAllocation,
+}
+
+/// An address the middleman holds on a side interface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AddressPlan {
+    pub interface: String,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A route in a side's table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub table: u32,
+    pub destination: IpNet,
+    pub interface: String,
+    pub source: IpAddr,
+}
+
+/// What an ip rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleSelector {
+    /// `fwmark value/mask`.
+    Mark { value: u32, mask: u32 },
+    /// `iif name`.
+    Iif(String),
+}
+
+/// An ip rule: selector -> `lookup table`, at `priority`, protocol [`PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RulePlan {
+    pub ipv6: bool,
+    pub priority: u32,
+    pub selector: RuleSelector,
+    pub table: u32,
+}
+
+/// A sysctl under /proc/sys and the value the network needs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SysctlPlan {
+    /// Path below /proc/sys, e.g. `net/ipv4/conf/eth1/forwarding`.
+    pub path: String,
+    pub value: String,
+}
+
+/// Everything one network needs on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPlan {
+    pub name: String,
+    pub backend: BackendKind,
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
+    pub mark_mask: u32,
+    pub sides: Vec<SidePlan>,
+    pub addresses: Vec<AddressPlan>,
+    pub routes: Vec<RoutePlan>,
+    pub rules: Vec<RulePlan>,
+    pub sysctls: Vec<SysctlPlan>,
+    pub nft: NetworkNft,
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("network {network}: allocation has no ids for side {side:?}")]
+    MissingIds { network: String, side: String },
+    #[error("network {network}: backend {backend} is not available on this node: {why}")]
+    BackendUnavailable {
+        network: String,
+        backend: BackendKind,
+        why: String,
+    },
+}
+
+impl fmt::Display for RuleSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSelector::Mark { value, mask } => write!(f, "fwmark {value:#x}/{mask:#x}"),
+            RuleSelector::Iif(name) => write!(f, "iif {name}"),
+        }
+    }
+}
+
+/// Computes the plan of one network.
+pub fn plan(
+    name: &str,
+    network: &ValidNetwork,
+    allocation: &Allocation,
+    backend: BackendKind,
+    facts: &NodeFacts,
+) -> Result<NetworkPlan, PlanError> {
+    if backend == BackendKind::Vrf {
+        return Err(PlanError::BackendUnavailable {
+            network: name.into(),
+            backend,
+            why: "the VRF backend is not implemented in this build; use PolicyRouting".into(),
+        });
+    }
+    let ipv6 = network.is_ipv6();
+    let mut sides = Vec::new();
+    for side in &network.sides {
+        let ids = allocation
+            .sides
+            .iter()
+            .find(|s| s.side == side.name.as_str())
+            .ok_or_else(|| PlanError::MissingIds {
+                network: name.into(),
+                side: side.name.to_string(),
+            })?;
+        sides.push(SidePlan {
+            name: side.name.to_string(),
+            interface: side.interface.to_string(),
+            alias: side.alias,
+            ids: ids.clone(),
+        });
+    }
+
+    let mut addresses = Vec::new();
+    let mut routes = Vec::new();
+    let mut rules = Vec::new();
+    let mut sysctls = Vec::new();
+    for side in &sides {
+        addresses.push(AddressPlan {
+            interface: side.interface.clone(),
+            address: network.gateway,
+            prefix_len: network.subnet.prefix_len(),
+        });
+        routes.push(RoutePlan {
+            table: side.ids.table,
+            destination: network.subnet,
+            interface: side.interface.clone(),
+            source: network.gateway,
+        });
+        // Mark rules carry a packet that entered one side, addressed to another side's alias,
+        // into the target side's table; they must come before every iif rule.
+        rules.push(RulePlan {
+            ipv6,
+            priority: side.ids.rule_priority,
+            selector: RuleSelector::Mark {
+                value: side.ids.mark,
+                mask: allocation.mark_mask,
+            },
+            table: side.ids.table,
+        });
+        // The iif rule gives a side's other traffic its own routing domain, as a VRF would.
+        rules.push(RulePlan {
+            ipv6,
+            priority: side.ids.rule_priority + IIF_RULE_OFFSET,
+            selector: RuleSelector::Iif(side.interface.clone()),
+            table: side.ids.table,
+        });
+        if ipv6 {
+            if facts.ipv6_force_forwarding {
+                sysctls.push(SysctlPlan {
+                    path: format!("net/ipv6/conf/{}/force_forwarding", side.interface),
+                    value: "1".into(),
+                });
+            }
+        } else {
+            sysctls.push(SysctlPlan {
+                path: format!("net/ipv4/conf/{}/forwarding", side.interface),
+                value: "1".into(),
+            });
+            if facts.ipv4_rp_filter_all == 1 {
+                sysctls.push(SysctlPlan {
+                    path: format!("net/ipv4/conf/{}/rp_filter", side.interface),
+                    value: "2".into(),
+                });
+            }
+        }
+    }
+    if ipv6 && !facts.ipv6_force_forwarding {
+        // Kernels before 6.17 forward IPv6 only when it is enabled for the whole node.
+        sysctls.push(SysctlPlan {
+            path: "net/ipv6/conf/all/forwarding".into(),
+            value: "1".into(),
+        });
+    }
+
+    let nft = crate::nft::network(name, network.subnet, allocation.mark_mask, &sides);
+    Ok(NetworkPlan {
+        name: name.into(),
+        backend,
+        subnet: network.subnet,
+        gateway: network.gateway,
+        mark_mask: allocation.mark_mask,
+        sides,
+        addresses,
+        routes,
+        rules,
+        sysctls,
+        nft,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrornet_api::allocation::{Allocator, IdRanges};
+
+    fn seed() -> (ValidNetwork, Allocation) {
+        let objs = mirrornet_api::file::load_str("seed", include_str!("../../examples/seed.yaml"))
+            .unwrap();
+        let valid = objs[0].valid.clone();
+        let allocation = Allocator::new(IdRanges::default())
+            .allocate("plant-twin", &valid)
+            .unwrap();
+        (valid, allocation)
+    }
+
+    #[test]
+    fn seed_plan_has_the_recipes_pieces() {
+        let (valid, allocation) = seed();
+        let p = plan(
+            "plant-twin",
+            &valid,
+            &allocation,
+            BackendKind::PolicyRouting,
+            &NodeFacts::default(),
+        )
+        .unwrap();
+        assert_eq!(p.addresses.len(), 2);
+        assert_eq!(p.routes.len(), 2);
+        assert_eq!(p.rules.len(), 4);
+        // Every mark rule precedes every iif rule.
+        let last_mark = p
+            .rules
+            .iter()
+            .filter(|r| matches!(r.selector, RuleSelector::Mark { .. }))
+            .map(|r| r.priority)
+            .max()
+            .unwrap();
+        let first_iif = p
+            .rules
+            .iter()
+            .filter(|r| matches!(r.selector, RuleSelector::Iif(_)))
+            .map(|r| r.priority)
+            .min()
+            .unwrap();
+        assert!(last_mark < first_iif);
+        assert_eq!(
+            p.sysctls,
+            vec![
+                SysctlPlan {
+                    path: "net/ipv4/conf/eth1/forwarding".into(),
+                    value: "1".into()
+                },
+                SysctlPlan {
+                    path: "net/ipv4/conf/eth2/forwarding".into(),
+                    value: "1".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn strict_rp_filter_is_relaxed_to_loose_on_side_interfaces_only() {
+        let (valid, allocation) = seed();
+        let facts = NodeFacts {
+            ipv4_rp_filter_all: 1,
+            ..Default::default()
+        };
+        let p = plan(
+            "plant-twin",
+            &valid,
+            &allocation,
+            BackendKind::PolicyRouting,
+            &facts,
+        )
+        .unwrap();
+        let rp: Vec<_> = p
+            .sysctls
+            .iter()
+            .filter(|s| s.path.ends_with("rp_filter"))
+            .map(|s| s.path.as_str())
+            .collect();
+        assert_eq!(
+            rp,
+            [
+                "net/ipv4/conf/eth1/rp_filter",
+                "net/ipv4/conf/eth2/rp_filter"
+            ]
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! What the kernel cannot hold for us: the values sysctls had before a network changed them,
+//! and which tables and interfaces each network was last programmed with (so a network whose
+//! spec changed, or whose nft table was tampered with, can still be cleaned up completely).
+//!
+//! One small JSON file per network namespace under `/run/mirrornet` (override:
+//! `MIRRORNET_STATE_DIR`): tmpfs, so it survives agent restarts but not a reboot, which resets
+//! the sysctls anyway. It is keyed by the namespace's inode so agents in different namespaces
+//! of one machine (tests, labs) keep separate memories. Ids do not live here: they are
+//! recovered from the kernel itself (the `ids.<network>` chain).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use mirrornet_api::MirrorNetworkSpec;
+
+use crate::plan::NetworkPlan;
+
+/// Failure reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct StateError {
+    pub what: &'static str,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// What one network was last programmed with.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkRecord {
+    pub tables: BTreeSet<u32>,
+    pub interfaces: BTreeSet<String>,
+    /// Sysctls the network needs.
+    pub sysctls: BTreeSet<String>,
+    /// Sysctl path -> value before mirrornet changed it (only those this network changed).
+    pub originals: BTreeMap<String, String>,
+    /// The spec last applied, so `show` can tell whether the node still matches it.
+    #[serde(default)]
+    pub spec: Option<MirrorNetworkSpec>,
+}
+
+/// The state file's content.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateFile {
+    pub networks: BTreeMap<String, NetworkRecord>,
+}
+
+fn location() -> Result<PathBuf, StateError> {
+    let dir = std::env::var_os("MIRRORNET_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/mirrornet"));
+    let ns = std::fs::metadata("/proc/self/ns/net").map_err(|source| StateError {
+        what: "reading",
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    Ok(dir.join(format!("netns-{}.json", ns.ino())))
+}
+
+impl StateFile {
+    pub fn load() -> Result<Self, StateError> {
+        let file = location()?;
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(StateError {
+                what: "reading",
+                path: file.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the file atomically; removes it when nothing is left to remember.
+    pub fn save(&self) -> Result<(), StateError> {
+        let file = location()?;
+        let err = |what, source| StateError {
+            what,
+            path: file.display().to_string(),
+            source,
+        };
+        if self.networks.is_empty() {
+            return match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err("removing", e)),
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
+        }
+        let tmp = file.with_extension("tmp");
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&tmp, text).map_err(|e| err("writing", e))?;
+        std::fs::rename(&tmp, &file).map_err(|e| err("renaming", e))
+    }
+
+    pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
+        self.networks.get(name)
+    }
+
+    /// Remembers what a sysctl held before `network` changed it. The first memory wins: a
+    /// value found already changed by another network is not an original.
+    pub fn remember_sysctl(&mut self, network: &str, path: &str, previous: &str) {
+        if self
+            .networks
+            .values()
+            .any(|r| r.originals.contains_key(path))
+        {
+            return;
+        }
+        self.networks
+            .entry(network.into())
+            .or_default()
+            .originals
+            .insert(path.into(), previous.into());
+    }
+
+    pub fn forget_sysctl(&mut self, network: &str, path: &str) {
+        if let Some(r) = self.networks.get_mut(network) {
+            r.originals.remove(path);
+        }
+    }
+
+    /// The originals `network` holds.
+    pub fn sysctls(&self, network: &str) -> Vec<(String, String)> {
+        self.networks
+            .get(network)
+            .map(|r| r.originals.clone().into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a network other than `network` still needs `path`.
+    pub fn shared(&self, network: &str, path: &str) -> bool {
+        self.networks
+            .iter()
+            .any(|(n, r)| n != network && r.sysctls.contains(path))
+    }
+
+    /// Records what `plan` was programmed with.
+    pub fn record_network(&mut self, plan: &NetworkPlan, spec: &MirrorNetworkSpec) {
+        let record = self.networks.entry(plan.name.clone()).or_default();
+        record.spec = Some(spec.clone());
+        record.tables = plan.sides.iter().map(|s| s.ids.table).collect();
+        record.interfaces = plan.sides.iter().map(|s| s.interface.clone()).collect();
+        record.sysctls = plan.sysctls.iter().map(|s| s.path.clone()).collect();
+        let needed = record.sysctls.clone();
+        record.originals.retain(|path, _| needed.contains(path));
+    }
+
+    /// Drops `network`; originals of sysctls another network still needs pass to that network,
+    /// so the last one to go puts them back.
+    pub fn forget_network(&mut self, network: &str) {
+        let Some(record) = self.networks.remove(network) else {
+            return;
+        };
+        for (path, original) in record.originals {
+            if let Some(heir) = self
+                .networks
+                .values_mut()
+                .find(|r| r.sysctls.contains(&path))
+            {
+                heir.originals.entry(path).or_insert(original);
+            }
+        }
+    }
+}
