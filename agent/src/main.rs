@@ -142,7 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Vec<LoadedNetwork>> {
+fn load(path: &std::path::Path) -> Result<Vec<LoadedNetwork>> {
     Ok(file::load_path(path)?)
 }
 
@@ -221,7 +221,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Show { file, output } => {
             let engine = engine()?;
             let state = engine.observe().await?;
-            let report = show(&engine, &state, file.as_ref())?;
+            let report = show(&engine, &state, file.as_deref())?;
             print(output, &serde_json::to_value(&report)?, || {
                 if report.is_empty() {
                     println!("mirrornet holds nothing on this node");
@@ -267,7 +267,11 @@ struct ShownNetwork {
     pending: Vec<String>,
 }
 
-fn show(engine: &Engine, state: &NodeState, file: Option<&PathBuf>) -> Result<Vec<ShownNetwork>> {
+fn show(
+    engine: &Engine,
+    state: &NodeState,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<ShownNetwork>> {
     let memory = StateFile::load()?;
     let specs: Vec<LoadedNetwork> = match file {
         Some(f) => load(f)?,

@@ -81,6 +81,8 @@ fn test(extra: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The scenario tests drive the real agent binary inside namespaces.
+    run("cargo", &["build", "--package", "mirrornet-agent"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)?;
@@ -103,8 +105,6 @@ fn demo() -> Result<()> {
             "mirrornet-agent",
             "--",
             "demo",
-            "--file",
-            "examples/seed.yaml",
         ],
     )
 }

@@ -17,8 +17,15 @@ pub const TEST: &[&str] = &[
     "kmod",
 ];
 
-/// What the demo needs: the same tools as the kernel tests.
-pub const DEMO: &[&str] = TEST;
+/// What the demo needs: the namespace tools, and tcpdump to show each host's view.
+pub const DEMO: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "conntrack",
+    "iputils-ping",
+    "procps",
+    "tcpdump",
+];
 
 /// Installs whichever of `packages` are missing.
 pub fn ensure(packages: &[&str]) -> Result<()> {
