@@ -264,9 +264,16 @@ impl Changes {
 /// Reads the node facts that change plans.
 pub fn node_facts() -> NodeFacts {
     NodeFacts {
-        ipv4_rp_filter_all: sysctl::read("net/ipv4/conf/all/rp_filter")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        ipv4_rp_filter: std::fs::read_dir("/proc/sys/net/ipv4/conf")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let value = sysctl::read(&format!("net/ipv4/conf/{name}/rp_filter"))?;
+                Some((name, value.parse().ok()?))
+            })
+            .collect(),
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
     }
 }
@@ -401,7 +408,7 @@ impl Engine {
         specs: &[&mirrornet_api::MirrorNetworkSpec],
         remove: &[String],
     ) -> Result<Outcome> {
-        let mut memory = StateFile::load()?;
+        let mut memory = StateFile::load(&state.nft.networks())?;
         check_preconditions(state, plans)?;
         let changes = changes(state, plans, remove, &memory)?;
         let writes = self.execute(state, &changes).await?;

@@ -46,6 +46,9 @@ pub struct Lab {
     id: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// The agent's state directory for everything run in this lab (`MIRRORNET_STATE_DIR`), so
+    /// a lab leaves nothing under /run/mirrornet.
+    state_dir: std::path::PathBuf,
 }
 
 fn run(command: &mut Command) -> Result<Output> {
@@ -69,8 +72,10 @@ impl Lab {
     /// An empty lab; `tag` makes its namespaces recognisable in `ip netns`.
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("mn-{tag}-{}-{n}", std::process::id());
         Self {
-            id: format!("mn-{tag}-{}-{n}", std::process::id()),
+            state_dir: std::env::temp_dir().join(format!("{id}-state")),
+            id,
             namespaces: Vec::new(),
             children: Vec::new(),
         }
@@ -87,6 +92,17 @@ impl Lab {
         run(Command::new("ip").args(["netns", "add", &name]))?;
         self.namespaces.push(name.clone());
         self.exec(short, &["ip", "link", "set", "lo", "up"])?;
+        // No duplicate address detection: a fresh lab's links would otherwise hold tentative
+        // addresses for a second or two, delaying the first packets and the snapshots.
+        self.exec(
+            short,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
         Ok(name)
     }
 
@@ -94,6 +110,7 @@ impl Lab {
     pub fn command(&self, short: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(short)]).args(args);
+        c.env("MIRRORNET_STATE_DIR", &self.state_dir);
         c
     }
 
@@ -150,6 +167,7 @@ impl Drop for Lab {
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -342,7 +360,7 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
         let networking = line.starts_with("net.ipv4.conf.")
             || line.starts_with("net.ipv6.conf.")
             || line.starts_with("net.ipv4.ip_forward");
-        let touched = ["forwarding", "rp_filter", "ip_forward"]
+        let touched = ["forwarding", "rp_filter", "ip_forward", "src_valid_mark"]
             .iter()
             .any(|k| line.contains(k));
         if networking && touched {

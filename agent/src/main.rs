@@ -207,7 +207,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             let engine = engine()?;
             let state = engine.observe().await?;
             let plans = engine.plans(&state, &networks, backend)?;
-            let memory = StateFile::load()?;
+            let memory = StateFile::load(&state.nft.networks())?;
             let changes = mirrornet_agent::engine::changes(&state, &plans, &[], &memory)?;
             print(output, &serde_json::to_value(&changes)?, || {
                 if changes.is_empty() {
@@ -272,7 +272,7 @@ fn show(
     state: &NodeState,
     file: Option<&std::path::Path>,
 ) -> Result<Vec<ShownNetwork>> {
-    let memory = StateFile::load()?;
+    let memory = StateFile::load(&state.nft.networks())?;
     let specs: Vec<LoadedNetwork> = match file {
         Some(f) => load(f)?,
         None => Vec::new(),

@@ -259,15 +259,19 @@ impl Netlink {
                     RuleAttribute::Iifname(n) => Some(n.clone()),
                     _ => None,
                 });
-                let selector = match (mark, iif) {
-                    (Some(value), None) => RuleSelector::Mark {
+                let source = m.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Source(ip) => Some(*ip),
+                    _ => None,
+                });
+                let selector = match (mark, iif, source) {
+                    (Some(value), None, None) => RuleSelector::Mark {
                         value,
                         mask: mask.unwrap_or(u32::MAX),
                     },
-                    (None, Some(name)) => RuleSelector::Iif(name),
-                    // Something of ours we no longer make: report it as a mark rule that no
-                    // plan wants, so it is removed.
-                    _ => RuleSelector::Mark { value: 0, mask: 0 },
+                    (None, Some(name), Some(ip)) if name == "lo" => RuleSelector::LocalSource(ip),
+                    (None, Some(name), None) => RuleSelector::Iif(name),
+                    // Something of ours we no longer make: no plan wants it, so it goes.
+                    _ => RuleSelector::Other,
                 };
                 ours.push(RulePlan {
                     ipv6,
@@ -410,6 +414,12 @@ impl Netlink {
                 m.attributes.push(RuleAttribute::FwMask(*mask));
             }
             RuleSelector::Iif(name) => m.attributes.push(RuleAttribute::Iifname(name.clone())),
+            RuleSelector::LocalSource(ip) => {
+                m.header.src_len = if ip.is_ipv4() { 32 } else { 128 };
+                m.attributes.push(RuleAttribute::Source(*ip));
+                m.attributes.push(RuleAttribute::Iifname("lo".into()));
+            }
+            RuleSelector::Other => {}
         }
         m
     }

@@ -7,11 +7,13 @@
 //!   routes      each side's connected prefix, in that side's table
 //!   rules       fwmark <mark>/<mask> -> table of that side   (priority p, ahead of l3mdev)
 //!               iif <side interface>  -> table of that side   (priority p + 1000)
-//!   sysctls     per-interface forwarding, loose rp_filter where strict was in force
+//!   sysctls     per-interface forwarding; where reverse-path filtering is on, loose mode
+//!               with the packet mark taken into account (src_valid_mark)
 //!   nft         steer: (iif, dst alias) -> mark of the target side + zone of the ingress side
 //!               dnat:  mark -> alias to subnet;  snat: mark + zone -> subnet to ingress alias
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -32,10 +34,13 @@ pub const IIF_RULE_OFFSET: u32 = 1000;
 /// Facts about the node that change the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeFacts {
-    /// `net.ipv4.conf.all.rp_filter`: with strict (1) in force, forwarded mirrored traffic
-    /// would fail the reverse-path check (its source is reachable only through the other
-    /// side's table), so the side interfaces are relaxed to loose (2).
-    pub ipv4_rp_filter_all: u8,
+    /// `net.ipv4.conf.{all,<interface>}.rp_filter`, keyed `all` and by interface. The kernel
+    /// applies the larger of `all` and the interface's value. With either on, a mirrored packet
+    /// fails the check: its source is routable only through a side table that the reverse
+    /// lookup (mark 0, iif lo) never consults. So the side interfaces get loose mode (2, the
+    /// lowest an interface can force when `all` is 1) and `src_valid_mark`, which makes the
+    /// reverse lookup carry the mark and find the side table.
+    pub ipv4_rp_filter: BTreeMap<String, u8>,
     /// Whether the kernel has `net.ipv6.conf.<if>.force_forwarding` (Linux 6.17+), which
     /// enables IPv6 forwarding per interface instead of for the whole node.
     pub ipv6_force_forwarding: bool,
@@ -75,6 +80,12 @@ pub enum RuleSelector {
     Mark { value: u32, mask: u32 },
     /// `iif name`.
     Iif(String),
+    /// `from address iif lo`: the reverse-path check's own lookup (see
+    /// [`NodeFacts::ipv4_rp_filter`]).
+    LocalSource(IpAddr),
+    /// A rule of ours in a shape this build does not make (an older or newer agent's): only
+    /// ever deleted, by priority and table.
+    Other,
 }
 
 /// An ip rule: selector -> `lookup table`, at `priority`, protocol [`PROTOCOL`].
@@ -128,6 +139,8 @@ impl fmt::Display for RuleSelector {
         match self {
             RuleSelector::Mark { value, mask } => write!(f, "fwmark {value:#x}/{mask:#x}"),
             RuleSelector::Iif(name) => write!(f, "iif {name}"),
+            RuleSelector::LocalSource(a) => write!(f, "from {a} iif lo"),
+            RuleSelector::Other => write!(f, "(unrecognised selector)"),
         }
     }
 }
@@ -166,6 +179,7 @@ pub fn plan(
         });
     }
 
+    let rp = |key: &str| facts.ipv4_rp_filter.get(key).copied().unwrap_or(0);
     let mut addresses = Vec::new();
     let mut routes = Vec::new();
     let mut rules = Vec::new();
@@ -212,13 +226,35 @@ pub fn plan(
                 path: format!("net/ipv4/conf/{}/forwarding", side.interface),
                 value: "1".into(),
             });
-            if facts.ipv4_rp_filter_all == 1 {
+            // Stable across runs: once set to 2 the interface keeps the condition true.
+            if rp("all").max(rp(&side.interface)) != 0 {
                 sysctls.push(SysctlPlan {
                     path: format!("net/ipv4/conf/{}/rp_filter", side.interface),
                     value: "2".into(),
                 });
+                sysctls.push(SysctlPlan {
+                    path: format!("net/ipv4/conf/{}/src_valid_mark", side.interface),
+                    value: "1".into(),
+                });
             }
         }
+    }
+    let rp_on = sides.iter().any(|s| rp("all").max(rp(&s.interface)) != 0);
+    if !ipv6
+        && rp_on
+        && let Some(first) = sides.first()
+    {
+        // With reverse-path filtering on, the check for a packet to the gateway address
+        // (ARP, pings of the gateway) looks up the sender from the gateway address with iif lo
+        // and no mark, which no side rule matches; loose mode only needs some route. Any side
+        // table has one: the check passes, and nothing else sends from the gateway address
+        // since it exists on every side.
+        rules.push(RulePlan {
+            ipv6,
+            priority: first.ids.rule_priority + IIF_RULE_OFFSET,
+            selector: RuleSelector::LocalSource(network.gateway),
+            table: first.ids.table,
+        });
     }
     if ipv6 && !facts.ipv6_force_forwarding {
         // Kernels before 6.17 forward IPv6 only when it is enabled for the whole node.
@@ -308,7 +344,7 @@ mod tests {
     fn strict_rp_filter_is_relaxed_to_loose_on_side_interfaces_only() {
         let (valid, allocation) = seed();
         let facts = NodeFacts {
-            ipv4_rp_filter_all: 1,
+            ipv4_rp_filter: [("all".to_owned(), 1)].into(),
             ..Default::default()
         };
         let p = plan(
@@ -330,6 +366,40 @@ mod tests {
             [
                 "net/ipv4/conf/eth1/rp_filter",
                 "net/ipv4/conf/eth2/rp_filter"
+            ]
+        );
+        assert!(p.sysctls.contains(&SysctlPlan {
+            path: "net/ipv4/conf/eth1/src_valid_mark".into(),
+            value: "1".into()
+        }));
+    }
+
+    #[test]
+    fn an_interface_level_rp_filter_counts_too() {
+        let (valid, allocation) = seed();
+        let facts = NodeFacts {
+            ipv4_rp_filter: [("all".to_owned(), 0), ("eth2".to_owned(), 1)].into(),
+            ..Default::default()
+        };
+        let p = plan(
+            "plant-twin",
+            &valid,
+            &allocation,
+            BackendKind::PolicyRouting,
+            &facts,
+        )
+        .unwrap();
+        let rp: Vec<_> = p
+            .sysctls
+            .iter()
+            .filter(|s| !s.path.ends_with("/forwarding"))
+            .map(|s| s.path.as_str())
+            .collect();
+        assert_eq!(
+            rp,
+            [
+                "net/ipv4/conf/eth2/rp_filter",
+                "net/ipv4/conf/eth2/src_valid_mark"
             ]
         );
     }

@@ -62,7 +62,16 @@ fn location() -> Result<PathBuf, StateError> {
 }
 
 impl StateFile {
-    pub fn load() -> Result<Self, StateError> {
+    /// The memory of the networks `programmed` holds (those with an `ids.<network>` chain in
+    /// the kernel). Anything else is stale: a namespace's inode, the file's key, is reused once
+    /// the namespace is gone, and a new namespace must not inherit a dead one's memory.
+    pub fn load(programmed: &BTreeSet<String>) -> Result<Self, StateError> {
+        let mut me = Self::load_all()?;
+        me.networks.retain(|name, _| programmed.contains(name));
+        Ok(me)
+    }
+
+    fn load_all() -> Result<Self, StateError> {
         let file = location()?;
         match std::fs::read_to_string(&file) {
             Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_default()),

@@ -1,1 +1,2 @@
 //! Scenario tests and their harnesses: labs of network namespaces and virtual machines.
+pub mod node;

@@ -1,0 +1,346 @@
+//! DESIGN.md section 4 against the real kernel, backend policy routing: every test builds its
+//! own namespaces (unique names, removed on success and failure) and drives the real agent
+//! binary in the middleman namespace.
+
+use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
+use mirrornet_e2e::node::{
+    SpecFile, agent, alias_of, apply, connect, delete, host_of, ping, require_root, serve,
+    snapshot, zone_of,
+};
+
+const SEED: &str = include_str!("../../examples/seed.yaml");
+const THREE: &str = include_str!("../../examples/three-sides.yaml");
+const IPV6: &str = include_str!("../../examples/ipv6.yaml");
+
+fn seed(tag: &str, extra_interface: bool) -> (Scenario, SpecFile) {
+    require_root();
+    let spec = SpecFile::new(tag, SEED);
+    let scenario = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], extra_interface)
+        .expect("building the seed topology");
+    (scenario, spec)
+}
+
+#[test]
+fn ping_crosses_both_ways_with_translated_addresses() {
+    let (mut s, spec) = seed("ping", false);
+    let net = spec.networks[0].valid.clone();
+    // Nothing crosses before the network is applied.
+    assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
+    apply(&s.lab, &spec, &["--backend", "policy-routing"]);
+    assert!(ping(
+        &s.lab,
+        "inner-10",
+        &alias_of(&net, "outer", 11).to_string()
+    ));
+    assert!(ping(
+        &s.lab,
+        "outer-10",
+        &alias_of(&net, "inner", 11).to_string()
+    ));
+    // The receiver sees the sender by its alias, not by its real (colliding) address.
+    for side in ["inner", "outer"] {
+        serve(&mut s, &format!("{side}-11"), 7001, 0);
+    }
+    let a = connect(&s.lab, "inner-10", "192.168.3.11:7001", None).unwrap();
+    assert_eq!(a.server, "outer-11");
+    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
+    let b = connect(&s.lab, "outer-10", "192.168.3.11:7001", None).unwrap();
+    assert_eq!(b.server, "inner-11");
+    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
+    // A host still reaches its own LAN neighbour directly, untouched by mirrornet.
+    assert!(ping(&s.lab, "inner-10", "192.168.2.11"));
+    let own = connect(&s.lab, "inner-10", "192.168.2.11:7001", None).unwrap();
+    assert_eq!(
+        (own.server.as_str(), host_of(&own.seen_as)),
+        ("inner-11", "192.168.2.10")
+    );
+}
+
+#[test]
+fn tcp_crosses_both_ways_to_every_host() {
+    let (mut s, spec) = seed("tcp", false);
+    apply(&s.lab, &spec, &[]);
+    for side in ["inner", "outer"] {
+        for n in [10, 11] {
+            serve(&mut s, &format!("{side}-{n}"), 7002, 0);
+        }
+    }
+    for (from, to) in [("inner", "outer"), ("outer", "inner")] {
+        for client in [10, 11] {
+            for server in [10, 11] {
+                let answer = connect(
+                    &s.lab,
+                    &format!("{from}-{client}"),
+                    &format!("192.168.3.{server}:7002"),
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{from}-{client} -> {to}-{server}: {e}"));
+                assert_eq!(answer.server, format!("{to}-{server}"));
+                assert_eq!(host_of(&answer.seen_as), format!("192.168.3.{client}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
+    let (mut s, spec) = seed("collide", false);
+    let report = apply(&s.lab, &spec, &[]);
+    let (zone_inner, zone_outer) = (zone_of(&report, "inner"), zone_of(&report, "outer"));
+    assert_ne!(zone_inner, zone_outer);
+    serve(&mut s, "inner-11", 7003, 500);
+    serve(&mut s, "outer-11", 7003, 500);
+    // Both clients 192.168.2.10:40003 -> 192.168.3.11:7003, at the same time.
+    let (a, b) = std::thread::scope(|scope| {
+        let lab = &s.lab;
+        let a = scope.spawn(move || connect(lab, "inner-10", "192.168.3.11:7003", Some(40003)));
+        let b = scope.spawn(move || connect(lab, "outer-10", "192.168.3.11:7003", Some(40003)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (a.expect("inner-10 connects"), b.expect("outer-10 connects"));
+    assert_eq!(
+        a.server, "outer-11",
+        "inner's connection must reach outer-11"
+    );
+    assert_eq!(
+        b.server, "inner-11",
+        "outer's connection must reach inner-11"
+    );
+    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
+    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
+
+    let entries = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &["conntrack", "-L", "-p", "tcp", "--orig-port-src", "40003"],
+        )
+        .unwrap();
+    let lines: Vec<&str> = entries.lines().collect();
+    assert_eq!(lines.len(), 2, "two conntrack entries expected:\n{entries}");
+    for zone in [zone_inner, zone_outer] {
+        let tag = format!("zone-orig={zone}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&tag)).count(),
+            1,
+            "one entry in {tag}:\n{entries}"
+        );
+    }
+    for line in lines {
+        assert!(
+            line.contains("src=192.168.2.10 dst=192.168.3.11 sport=40003 dport=7003"),
+            "both entries carry the identical original tuple: {line}"
+        );
+    }
+}
+
+#[test]
+fn unrelated_interface_is_unaffected() {
+    let (mut s, spec) = seed("third", true);
+    let before_eth9 = (
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
+            .unwrap(),
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
+            .unwrap(),
+        s.lab
+            .stdout(
+                MIDDLEMAN,
+                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
+            )
+            .unwrap(),
+    );
+    apply(&s.lab, &spec, &[]);
+    assert!(ping(&s.lab, MIDDLEMAN, "192.0.2.10"));
+    assert!(ping(&s.lab, "other-10", "192.0.2.1"));
+    serve(&mut s, "other-10", 7004, 0);
+    // The middleman's own traffic on the unrelated interface is not translated.
+    let own = connect(&s.lab, MIDDLEMAN, "192.0.2.10:7004", None).unwrap();
+    assert_eq!(
+        (own.server.as_str(), host_of(&own.seen_as)),
+        ("other-10", "192.0.2.1")
+    );
+    // A host on the unrelated LAN cannot use the mirrored path.
+    assert!(!ping(&s.lab, "other-10", "192.168.3.11"));
+    assert!(!ping(&s.lab, "other-10", "192.168.2.11"));
+    let after_eth9 = (
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
+            .unwrap(),
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
+            .unwrap(),
+        s.lab
+            .stdout(
+                MIDDLEMAN,
+                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
+            )
+            .unwrap(),
+    );
+    assert_eq!(before_eth9, after_eth9);
+}
+
+#[test]
+fn reapply_makes_zero_kernel_writes() {
+    let (s, spec) = seed("reapply", false);
+    let first = apply(&s.lab, &spec, &[]);
+    assert!(first["writes"].as_u64().unwrap() > 0);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    for _ in 0..3 {
+        let again = apply(&s.lab, &spec, &[]);
+        assert_eq!(again["writes"], 0, "re-apply must write nothing: {again}");
+        assert_eq!(
+            again["networks"], first["networks"],
+            "ids are stable across runs"
+        );
+    }
+    assert_eq!(snapshot(&s.lab, MIDDLEMAN).unwrap(), converged);
+    let show = agent(&s.lab, &["show", "-o", "json"], &[]);
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(show[0]["name"], "plant-twin");
+    assert_eq!(show[0]["in_sync"], true);
+}
+
+#[test]
+fn delete_leaves_zero_residue() {
+    let (s, spec) = seed("residue", false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    apply(&s.lab, &spec, &[]);
+    assert_ne!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
+    let report = delete(&s.lab, &spec);
+    assert!(report["writes"].as_u64().unwrap() > 0);
+    let after = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    assert_eq!(before, after, "delete must restore the namespace exactly");
+    assert_eq!(
+        delete(&s.lab, &spec)["writes"],
+        0,
+        "a second delete has nothing to do"
+    );
+    let show = agent(&s.lab, &["show", "-o", "json"], &[]);
+    assert_eq!(String::from_utf8_lossy(&show.stdout).trim(), "[]");
+}
+
+/// Debian and Ubuntu nodes run loose (2), hardened ones strict (1); the kernel applies the
+/// larger of `all` and the interface's value, so both must work without touching `all`.
+fn reverse_path_filter_is_handled(mode: &str) {
+    let (s, spec) = seed(&format!("rpf{mode}"), false);
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.all.rp_filter={mode}"),
+            ],
+        )
+        .unwrap();
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    apply(&s.lab, &spec, &[]);
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    for interface in ["eth1", "eth2"] {
+        let rp = s
+            .lab
+            .stdout(
+                MIDDLEMAN,
+                &[
+                    "sysctl",
+                    "-n",
+                    &format!("net.ipv4.conf.{interface}.rp_filter"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(rp.trim(), "2", "{interface} is loose");
+    }
+    let all = s
+        .lab
+        .stdout(MIDDLEMAN, &["sysctl", "-n", "net.ipv4.conf.all.rp_filter"])
+        .unwrap();
+    assert_eq!(all.trim(), mode, "the node-wide setting is left alone");
+    assert_eq!(apply(&s.lab, &spec, &[])["writes"], 0);
+    delete(&s.lab, &spec);
+    assert_eq!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
+}
+
+#[test]
+fn strict_reverse_path_filter() {
+    reverse_path_filter_is_handled("1");
+}
+
+#[test]
+fn loose_reverse_path_filter() {
+    reverse_path_filter_is_handled("2");
+}
+
+#[test]
+fn three_sides_with_distinct_aliases() {
+    require_root();
+    let spec = SpecFile::new("three", THREE);
+    let net = spec.networks[0].valid.clone();
+    let mut s = Scenario::build("three", &net, &[10, 11], false).unwrap();
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let report = apply(&s.lab, &spec, &[]);
+    let zones: std::collections::BTreeSet<u64> = ["prod", "twin-a", "twin-b"]
+        .iter()
+        .map(|side| zone_of(&report, side))
+        .collect();
+    assert_eq!(zones.len(), 3);
+    let sides = ["prod", "twin-a", "twin-b"];
+    for side in sides {
+        serve(&mut s, &format!("{side}-11"), 7005, 0);
+    }
+    for from in sides {
+        for to in sides.iter().filter(|t| **t != from) {
+            let target = format!("{}:7005", alias_of(&net, to, 11));
+            let answer = connect(&s.lab, &format!("{from}-10"), &target, None)
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+            assert_eq!(answer.server, format!("{to}-11"), "{from} -> {target}");
+            // The server sees the client by the alias of the client's side.
+            assert_eq!(
+                host_of(&answer.seen_as),
+                alias_of(&net, from, 10).to_string(),
+                "{from} -> {to}"
+            );
+        }
+    }
+    delete(&s.lab, &spec);
+    assert_eq!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
+}
+
+#[test]
+fn ipv6_network() {
+    require_root();
+    let spec = SpecFile::new("ipv6", IPV6);
+    let net = spec.networks[0].valid.clone();
+    let mut s = Scenario::build("ipv6", &net, &[10, 11], true).unwrap();
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let report = apply(&s.lab, &spec, &[]);
+    assert_ne!(zone_of(&report, "inner"), zone_of(&report, "outer"));
+    assert!(ping(
+        &s.lab,
+        "inner-10",
+        &alias_of(&net, "outer", 11).to_string()
+    ));
+    assert!(ping(
+        &s.lab,
+        "outer-10",
+        &alias_of(&net, "inner", 11).to_string()
+    ));
+    for side in ["inner", "outer"] {
+        serve(&mut s, &format!("{side}-11"), 7006, 0);
+    }
+    let a = connect(&s.lab, "inner-10", "[fd00:3::b]:7006", None);
+    // Host numbers are decimal in names, hex in IPv6 addresses: host 11 is ::b.
+    let a = a.unwrap();
+    assert_eq!(a.server, "outer-11");
+    assert_eq!(host_of(&a.seen_as), "fd00:3::a");
+    let b = connect(&s.lab, "outer-10", "[fd00:3::b]:7006", None).unwrap();
+    assert_eq!(b.server, "inner-11");
+    assert_eq!(host_of(&b.seen_as), "fd00:3::a");
+    // The unrelated IPv6 LAN still works.
+    assert!(ping(&s.lab, "other-10", "2001:db8::1"));
+    assert_eq!(apply(&s.lab, &spec, &[])["writes"], 0);
+    delete(&s.lab, &spec);
+    assert_eq!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
+}
