@@ -1,2 +1,3 @@
 //! Scenario tests and their harnesses: labs of network namespaces and virtual machines.
 pub mod node;
+pub mod vm;

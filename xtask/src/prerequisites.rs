@@ -7,7 +7,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Debian packages every test run needs: the kernel tests drive `ip`, `nft`, `conntrack`,
-/// `ping` and `sysctl` inside network namespaces.
+/// `ping` and `sysctl` inside network namespaces. The VM tests boot Debian's stock kernel (it
+/// has VRF) under qemu; the kernel and busybox-static are fetched by the tests themselves with
+/// `apt-get download`, not installed. xz-utils decompresses the kernel's `.ko.xz` modules.
 pub const TEST: &[&str] = &[
     "iproute2",
     "nftables",
@@ -15,6 +17,8 @@ pub const TEST: &[&str] = &[
     "iputils-ping",
     "procps",
     "kmod",
+    "qemu-system-x86",
+    "xz-utils",
 ];
 
 /// What the demo needs: the namespace tools, and tcpdump to show each host's view.
