@@ -77,6 +77,36 @@ impl IdRanges {
     }
 }
 
+/// Held against available ids of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KindUsage {
+    /// Ids held by networks (and, for tables, by other software).
+    pub held: u64,
+    /// Ids the configured range offers.
+    pub capacity: u64,
+}
+
+/// Held against available ids, per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub tables: KindUsage,
+    pub marks: KindUsage,
+    pub zones: KindUsage,
+    pub rule_priorities: KindUsage,
+}
+
+impl Usage {
+    /// Each kind with its metric label.
+    pub fn by_kind(&self) -> [(&'static str, KindUsage); 4] {
+        [
+            ("table", self.tables),
+            ("mark", self.marks),
+            ("zone", self.zones),
+            ("rulePriority", self.rule_priorities),
+        ]
+    }
+}
+
 /// Why ids could not be allocated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocationError {
@@ -144,6 +174,35 @@ impl Allocator {
     pub fn reserve_foreign(&mut self, tables: impl IntoIterator<Item = u32>) {
         for t in tables {
             self.held.tables.entry(t).or_insert_with(|| FOREIGN.into());
+        }
+    }
+
+    /// Names of the networks holding ids, in order.
+    pub fn networks(&self) -> impl Iterator<Item = &str> {
+        self.by_network.keys().map(String::as_str)
+    }
+
+    /// How many ids of each kind are held against how many the ranges offer, so that an
+    /// operator can alert before a range runs out.
+    pub fn usage(&self) -> Usage {
+        let count = |range: &RangeInclusive<u32>| u64::from(range.end() - range.start()) + 1;
+        Usage {
+            tables: KindUsage {
+                held: self.held.tables.len() as u64,
+                capacity: count(&self.ranges.tables),
+            },
+            marks: KindUsage {
+                held: self.held.marks.len() as u64,
+                capacity: self.ranges.marks().count() as u64,
+            },
+            zones: KindUsage {
+                held: self.held.zones.len() as u64,
+                capacity: u64::from(self.ranges.zones.end() - self.ranges.zones.start()) + 1,
+            },
+            rule_priorities: KindUsage {
+                held: self.held.rule_priorities.len() as u64,
+                capacity: count(&self.ranges.rule_priorities),
+            },
         }
     }
 

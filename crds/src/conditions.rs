@@ -33,6 +33,19 @@ pub mod reason {
     pub const NODE_FAILED: &str = "NodeFailed";
     /// No kernel ids could be allocated (range exhausted or explicit id taken).
     pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+    /// The network is being deleted; the operator waits for every node to remove its state.
+    pub const DELETING: &str = "Deleting";
+    /// A selected node's kubelet reports NotReady, so the network cannot be confirmed there.
+    pub const NODE_NOT_READY: &str = "NodeNotReady";
+    /// Event: kernel ids were allocated (or re-allocated) for the network.
+    pub const ALLOCATED: &str = "Allocated";
+    /// Event: the network's kernel ids were freed (deletion finished, or a conflict).
+    pub const IDS_RELEASED: &str = "IdsReleased";
+    /// Event: a node was no longer waited for during deletion: it is gone, or it stayed
+    /// NotReady beyond the grace period, so its state may remain on it.
+    pub const NODE_RELEASED: &str = "NodeReleased";
+    /// Event: every node removed the network's state; the finalizer is lifted.
+    pub const TEARDOWN_COMPLETE: &str = "TeardownComplete";
     /// Node: plan applied and verified.
     pub const APPLIED: &str = "Applied";
     /// Node: applying failed; the message says which kernel object and why.

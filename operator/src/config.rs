@@ -1,0 +1,262 @@
+//! The operator's configuration: command-line flags (each also settable from the
+//! environment, as the Helm chart does) turned into checked values.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Toleration;
+use mirrornet_api::allocation::IdRanges;
+
+use crate::error::{Error, Result};
+
+/// Flags of `mirrornet-operator`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "mirrornet-operator",
+    version,
+    about = "Runs the mirrornet operator: validates MirrorNetworks, allocates kernel ids, keeps the agent DaemonSet in shape"
+)]
+pub struct Args {
+    /// Namespace of the operator; the agent DaemonSet and the leader Lease live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mirrornet-system")]
+    pub namespace: String,
+
+    /// This replica's identity in the leader Lease (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "mirrornet-operator")]
+    pub identity: String,
+
+    /// Container image of the agent DaemonSet.
+    #[arg(
+        long,
+        env = "MIRRORNET_AGENT_IMAGE",
+        default_value = "mirrornet/mirrornet-agent:0.1.0"
+    )]
+    pub agent_image: String,
+
+    /// Service account the agents run as.
+    #[arg(
+        long,
+        env = "MIRRORNET_AGENT_SERVICE_ACCOUNT",
+        default_value = "mirrornet-agent"
+    )]
+    pub agent_service_account: String,
+
+    /// CPU request of an agent container.
+    #[arg(long, env = "MIRRORNET_AGENT_CPU_REQUEST", default_value = "20m")]
+    pub agent_cpu_request: String,
+
+    /// Memory request of an agent container.
+    #[arg(long, env = "MIRRORNET_AGENT_MEMORY_REQUEST", default_value = "32Mi")]
+    pub agent_memory_request: String,
+
+    /// Memory limit of an agent container.
+    #[arg(long, env = "MIRRORNET_AGENT_MEMORY_LIMIT", default_value = "128Mi")]
+    pub agent_memory_limit: String,
+
+    /// Tolerations of the agent pods, as a JSON list. The default tolerates every taint:
+    /// gateway nodes are often tainted, and an agent must reach a node to tear down.
+    #[arg(
+        long,
+        env = "MIRRORNET_AGENT_TOLERATIONS",
+        default_value = r#"[{"operator":"Exists"}]"#
+    )]
+    pub agent_tolerations: String,
+
+    /// Routing tables handed to networks, `FIRST-LAST`.
+    #[arg(long, env = "MIRRORNET_TABLE_RANGE", default_value = "20000-29999")]
+    pub table_range: String,
+
+    /// Conntrack zones handed to networks, `FIRST-LAST`.
+    #[arg(long, env = "MIRRORNET_ZONE_RANGE", default_value = "40000-49999")]
+    pub zone_range: String,
+
+    /// Priorities of the ip rules, `FIRST-LAST`, below the l3mdev rule at 1000.
+    #[arg(long, env = "MIRRORNET_RULE_PRIORITY_RANGE", default_value = "500-999")]
+    pub rule_priority_range: String,
+
+    /// Bits of the packet mark mirrornet may use (one contiguous run), e.g. `0xff000000`.
+    #[arg(long, env = "MIRRORNET_MARK_MASK", default_value = "0xff000000")]
+    pub mark_mask: String,
+
+    /// How long a deleting network waits for a NotReady node before releasing it (seconds).
+    #[arg(long, env = "MIRRORNET_NODE_GRACE_SECONDS", default_value_t = 300)]
+    pub node_grace_seconds: u64,
+
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
+    #[arg(
+        long,
+        env = "MIRRORNET_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_address: SocketAddr,
+
+    /// Elect a leader on a Lease, so that several replicas can run and only one acts.
+    #[arg(
+        long,
+        env = "MIRRORNET_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "MIRRORNET_LEASE_NAME",
+        default_value = "mirrornet-operator"
+    )]
+    pub lease_name: String,
+
+    /// Log format: `json` (one object per line) or `text`.
+    #[arg(long, env = "MIRRORNET_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+/// What the agent DaemonSet is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub namespace: String,
+    pub image: String,
+    pub service_account: String,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "mirrornet-system".into(),
+            image: "mirrornet/mirrornet-agent:0.1.0".into(),
+            service_account: "mirrornet-agent".into(),
+            cpu_request: "20m".into(),
+            memory_request: "32Mi".into(),
+            memory_limit: "128Mi".into(),
+            tolerations: vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+/// Everything reconcile needs to know that is not in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub ranges: IdRanges,
+    /// How long a NotReady node may hold up a deletion.
+    pub node_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            agent: AgentConfig::default(),
+            ranges: IdRanges::default(),
+            node_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Args {
+    /// Checks the flags and builds the configuration.
+    pub fn config(&self) -> Result<Config> {
+        let tolerations: Vec<Toleration> =
+            serde_json::from_str(&self.agent_tolerations).map_err(|e| {
+                Error::Config(format!(
+                    "--agent-tolerations: not a JSON list of tolerations: {e}"
+                ))
+            })?;
+        let ranges = IdRanges {
+            tables: range("--table-range", &self.table_range)?,
+            zones: {
+                let r = range("--zone-range", &self.zone_range)?;
+                let narrow = |v: u32| {
+                    u16::try_from(v).map_err(|_| {
+                        Error::Config(format!("--zone-range: {v} is above the largest zone 65535"))
+                    })
+                };
+                narrow(*r.start())?..=narrow(*r.end())?
+            },
+            rule_priorities: range("--rule-priority-range", &self.rule_priority_range)?,
+            mark_mask: number("--mark-mask", &self.mark_mask)?,
+        };
+        ranges.check().map_err(Error::Config)?;
+        Ok(Config {
+            agent: AgentConfig {
+                namespace: self.namespace.clone(),
+                image: self.agent_image.clone(),
+                service_account: self.agent_service_account.clone(),
+                cpu_request: self.agent_cpu_request.clone(),
+                memory_request: self.agent_memory_request.clone(),
+                memory_limit: self.agent_memory_limit.clone(),
+                tolerations,
+            },
+            ranges,
+            node_grace: Duration::from_secs(self.node_grace_seconds),
+        })
+    }
+}
+
+/// A number in decimal or `0x` hex.
+fn number(flag: &str, text: &str) -> Result<u32> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| Error::Config(format!("{flag}: {text:?} is not a number")))
+}
+
+/// `FIRST-LAST`, both included.
+fn range(flag: &str, text: &str) -> Result<RangeInclusive<u32>> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| Error::Config(format!("{flag}: {text:?} is not FIRST-LAST")))?;
+    let (a, b) = (number(flag, a)?, number(flag, b)?);
+    if a > b {
+        return Err(Error::Config(format!("{flag}: {a} is above {b}")));
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_make_a_valid_config() {
+        let args = Args::parse_from(["mirrornet-operator"]);
+        let config = args.config().unwrap();
+        assert_eq!(config.ranges, IdRanges::default());
+        assert_eq!(config.agent, AgentConfig::default());
+        assert_eq!(config.node_grace, Duration::from_secs(300));
+        assert!(args.leader_election);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let table = [
+            (vec!["--table-range", "5"], "--table-range"),
+            (vec!["--zone-range", "1-70000"], "--zone-range"),
+            (vec!["--mark-mask", "0x0f0f0000"], "contiguous"),
+            (vec!["--rule-priority-range", "900-1200"], "l3mdev"),
+            (vec!["--agent-tolerations", "{}"], "--agent-tolerations"),
+        ];
+        for (flags, expected) in table {
+            let args = Args::parse_from(std::iter::once("mirrornet-operator").chain(flags.clone()));
+            let err = args.config().unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn leader_election_can_be_switched_off() {
+        let args = Args::parse_from(["mirrornet-operator", "--leader-election", "false"]);
+        assert!(!args.leader_election);
+    }
+}

@@ -1,0 +1,196 @@
+//! Test fixtures: builders for networks and nodes that read as the scenario they set up
+//! (`network("a", 1).selector(&gw).allocated().deleting()`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus as K8sNodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+use mirrornet_api::{
+    Allocation, MirrorNetwork, MirrorNetworkSpec, MirrorNetworkStatus, NodeStatus, Side,
+    SideAllocation,
+};
+
+/// A valid two-sided network (inner eth1 / outer eth2, the seed's addresses), created at
+/// `created` seconds after the epoch, generation 1, with a uid.
+pub fn network(name: &str, created: i64) -> MirrorNetwork {
+    let mut net = MirrorNetwork::new(
+        name,
+        MirrorNetworkSpec {
+            node_selector: Some(LabelSelector::default()),
+            subnet: "192.168.2.0/24".into(),
+            gateway_address: "192.168.2.1".into(),
+            sides: vec![
+                Side {
+                    name: "inner".into(),
+                    interface: "eth1".into(),
+                    alias_prefix: "192.168.3.0/24".into(),
+                    kernel_ids: None,
+                },
+                Side {
+                    name: "outer".into(),
+                    interface: "eth2".into(),
+                    alias_prefix: "192.168.3.0/24".into(),
+                    kernel_ids: None,
+                },
+            ],
+            backend: Default::default(),
+        },
+    );
+    net.metadata.uid = Some(format!("uid-{name}"));
+    net.metadata.generation = Some(1);
+    net.metadata.resource_version = Some("1".into());
+    net.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+    net
+}
+
+/// Chainable changes to a fixture network.
+pub trait NetworkExt: Sized {
+    fn selector(self, labels: &[(&str, &str)]) -> Self;
+    fn no_selector(self) -> Self;
+    fn interfaces(self, a: &str, b: &str) -> Self;
+    fn subnet(self, subnet: &str) -> Self;
+    fn finalized(self) -> Self;
+    fn deleting(self) -> Self;
+    fn generation(self, g: i64) -> Self;
+    /// Gives it the ids the default ranges hand the first network.
+    fn allocated(self) -> Self;
+    fn with_status(self, status: MirrorNetworkStatus) -> Self;
+    /// Adds (or extends) the agent entry of `node` with one condition.
+    fn node_entry(self, node: &str, type_: &str, status: &str) -> Self;
+}
+
+impl NetworkExt for MirrorNetwork {
+    fn selector(mut self, labels: &[(&str, &str)]) -> Self {
+        self.spec.node_selector = Some(LabelSelector {
+            match_labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            match_expressions: None,
+        });
+        self
+    }
+    fn no_selector(mut self) -> Self {
+        self.spec.node_selector = None;
+        self
+    }
+    fn interfaces(mut self, a: &str, b: &str) -> Self {
+        self.spec.sides[0].interface = a.into();
+        self.spec.sides[1].interface = b.into();
+        self
+    }
+    fn subnet(mut self, subnet: &str) -> Self {
+        self.spec.subnet = subnet.into();
+        self
+    }
+    fn finalized(mut self) -> Self {
+        self.metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(crate::reconcile::FINALIZER.into());
+        self
+    }
+    fn deleting(mut self) -> Self {
+        self.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(5000).unwrap()));
+        self
+    }
+    fn generation(mut self, g: i64) -> Self {
+        self.metadata.generation = Some(g);
+        self
+    }
+    fn allocated(mut self) -> Self {
+        self.status.get_or_insert_with(Default::default).allocation = Some(first_allocation());
+        self
+    }
+    fn with_status(mut self, status: MirrorNetworkStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+    fn node_entry(mut self, node: &str, type_: &str, status: &str) -> Self {
+        let generation = self.metadata.generation;
+        let nodes = &mut self.status.get_or_insert_with(Default::default).nodes;
+        let pos = match nodes.iter().position(|e| e.node_name == node) {
+            Some(p) => p,
+            None => {
+                nodes.push(NodeStatus {
+                    node_name: node.into(),
+                    backend: Some(mirrornet_api::BackendKind::PolicyRouting),
+                    observed_generation: generation,
+                    conditions: vec![],
+                });
+                nodes.len() - 1
+            }
+        };
+        nodes[pos].conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Test".into(),
+            message: String::new(),
+            observed_generation: generation,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        });
+        self
+    }
+}
+
+/// What the default ranges give the first network with sides inner and outer.
+pub fn first_allocation() -> Allocation {
+    Allocation {
+        mark_mask: 0xff00_0000,
+        sides: vec![
+            SideAllocation {
+                side: "inner".into(),
+                table: 20000,
+                mark: 0x0100_0000,
+                zone: 40000,
+                rule_priority: 500,
+            },
+            SideAllocation {
+                side: "outer".into(),
+                table: 20001,
+                mark: 0x0200_0000,
+                zone: 40001,
+                rule_priority: 501,
+            },
+        ],
+    }
+}
+
+fn node_with(name: &str, labels: &[(&str, &str)], ready: &str, since: i64) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(K8sNodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                last_transition_time: Some(Time(Timestamp::from_second(since).unwrap())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A node with `labels` whose kubelet is Ready (or not, since the epoch).
+pub fn node(name: &str, labels: &[(&str, &str)], ready: bool) -> Node {
+    node_with(name, labels, if ready { "True" } else { "False" }, 0)
+}
+
+/// A node whose kubelet has been NotReady since `since` seconds after the epoch.
+pub fn node_not_ready_since(name: &str, labels: &[(&str, &str)], since: i64) -> Node {
+    node_with(name, labels, "False", since)
+}

@@ -1,0 +1,1 @@
+//! Reconcile against a mocked API server.

@@ -1,0 +1,534 @@
+//! The summary the operator writes into status: `Ready`, `Progressing` and `Degraded`, node
+//! counts and the backend in use, computed from the per-node entries the agents write.
+//!
+//! ```text
+//! status.nodes[] (agents) ─┐
+//! Node objects ────────────┼─> node_state() per selected node ─> Health ─> conditions()
+//! validation / conflict ───┘                                          (times kept unless flipped)
+//! ```
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use mirrornet_api::NodeStatus;
+use mirrornet_api::conditions::{self as c, reason};
+
+use crate::selection::NodeFacts;
+
+/// Where one selected node stands with the current generation of a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeState {
+    /// The agent reports the current generation programmed.
+    Programmed,
+    /// No report for the current generation yet.
+    Pending,
+    /// The agent reports a failure (the reason and message are the node condition's).
+    Failed { reason: String, message: String },
+    /// The kubelet reports NotReady, so no agent can be trusted to act there.
+    NotReady,
+}
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Node condition reasons that mean the agent tried and failed (not merely "not yet").
+const FAILURE_REASONS: [&str; 2] = [reason::APPLY_FAILED, reason::INTERFACE_MISSING];
+
+/// Judges one selected node from its Node facts and the agent's entry.
+pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
+    if !facts.is_ready() {
+        return NodeState::NotReady;
+    }
+    let Some(entry) = entry else {
+        return NodeState::Pending;
+    };
+    if entry.observed_generation != Some(generation) {
+        return NodeState::Pending;
+    }
+    let programmed = condition(&entry.conditions, c::PROGRAMMED);
+    if programmed.is_some_and(|p| p.status == "True") {
+        return NodeState::Programmed;
+    }
+    let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
+        .iter()
+        .filter_map(|t| condition(&entry.conditions, t))
+        .find(|c| c.status == "False" && FAILURE_REASONS.contains(&c.reason.as_str()));
+    match failure {
+        Some(f) => NodeState::Failed {
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+        },
+        None => NodeState::Pending,
+    }
+}
+
+/// The selected nodes, sorted into how they stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    pub programmed: Vec<String>,
+    pub pending: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub not_ready: Vec<String>,
+}
+
+impl NodeCounts {
+    pub fn from_states<'a>(states: impl IntoIterator<Item = (&'a str, NodeState)>) -> Self {
+        let mut me = Self::default();
+        for (node, state) in states {
+            match state {
+                NodeState::Programmed => me.programmed.push(node.into()),
+                NodeState::Pending => me.pending.push(node.into()),
+                NodeState::Failed { reason, message } => me
+                    .failed
+                    .push((node.into(), format!("{reason}: {message}"))),
+                NodeState::NotReady => me.not_ready.push(node.into()),
+            }
+        }
+        me
+    }
+
+    pub fn desired(&self) -> usize {
+        self.programmed.len() + self.pending.len() + self.failed.len() + self.not_ready.len()
+    }
+}
+
+/// What the summary conditions say, decided before they are rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The spec failed validation; the message names the fields.
+    InvalidSpec(String),
+    /// An older network claims the same interface on a common node.
+    Conflict(String),
+    /// Ids could not be allocated (an explicit id is taken, or a range is exhausted).
+    AllocationFailed(String),
+    /// The network is being deleted; these nodes have not removed its state yet.
+    Deleting { waiting: Vec<String> },
+    /// The network is served; how far the nodes got.
+    Nodes(NodeCounts),
+}
+
+/// A list of node names for a message, cut short on large clusters.
+pub fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+/// One condition before timestamps: (type, status, reason, message).
+type Rendered = (&'static str, bool, &'static str, String);
+
+fn render(health: &Health) -> [Rendered; 3] {
+    let blocked = |why: &'static str, message: &String| {
+        [
+            (c::READY, false, why, message.clone()),
+            (
+                c::PROGRESSING,
+                false,
+                why,
+                "nothing to do until the spec changes".to_string(),
+            ),
+            (c::DEGRADED, true, why, message.clone()),
+        ]
+    };
+    match health {
+        Health::InvalidSpec(m) => blocked(reason::INVALID_SPEC, m),
+        Health::Conflict(m) => blocked(reason::CONFLICT, m),
+        Health::AllocationFailed(m) => blocked(reason::ALLOCATION_FAILED, m),
+        Health::Deleting { waiting } => {
+            let m = if waiting.is_empty() {
+                "deleting".to_string()
+            } else {
+                format!(
+                    "deleting: waiting for {} to remove the network's state",
+                    name_list(waiting)
+                )
+            };
+            [
+                (c::READY, false, reason::DELETING, m.clone()),
+                (c::PROGRESSING, true, reason::DELETING, m),
+                (c::DEGRADED, false, reason::DELETING, String::new()),
+            ]
+        }
+        Health::Nodes(n) => {
+            let desired = n.desired();
+            let ready = n.programmed.len();
+            if desired == 0 {
+                let m = "the node selector matches no node".to_string();
+                return [
+                    (c::READY, false, reason::NO_NODES_SELECTED, m.clone()),
+                    (c::PROGRESSING, false, reason::NO_NODES_SELECTED, m),
+                    (c::DEGRADED, false, reason::NO_NODES_SELECTED, String::new()),
+                ];
+            }
+            let progress = format!("{ready}/{desired} nodes programmed");
+            let waiting = if n.pending.is_empty() {
+                None
+            } else {
+                Some(format!("{progress}; waiting for {}", name_list(&n.pending)))
+            };
+            let progressing = match &waiting {
+                Some(m) => (c::PROGRESSING, true, reason::WAITING_FOR_NODES, m.clone()),
+                None => (
+                    c::PROGRESSING,
+                    false,
+                    reason::ALL_NODES_PROGRAMMED,
+                    progress.clone(),
+                ),
+            };
+            if !n.failed.is_empty() {
+                let detail = n
+                    .failed
+                    .iter()
+                    .take(5)
+                    .map(|(node, why)| format!("{node}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let m = format!("{progress}; failed on {detail}");
+                let progressing = if waiting.is_some() {
+                    progressing
+                } else {
+                    (c::PROGRESSING, false, reason::NODE_FAILED, m.clone())
+                };
+                return [
+                    (c::READY, false, reason::NODE_FAILED, m.clone()),
+                    progressing,
+                    (c::DEGRADED, true, reason::NODE_FAILED, m),
+                ];
+            }
+            if !n.not_ready.is_empty() {
+                let m = format!("{progress}; node NotReady: {}", name_list(&n.not_ready));
+                let progressing = if waiting.is_some() {
+                    progressing
+                } else {
+                    (c::PROGRESSING, false, reason::NODE_NOT_READY, m.clone())
+                };
+                return [
+                    (c::READY, false, reason::NODE_NOT_READY, m.clone()),
+                    progressing,
+                    (c::DEGRADED, true, reason::NODE_NOT_READY, m),
+                ];
+            }
+            match waiting {
+                Some(m) => [
+                    (c::READY, false, reason::WAITING_FOR_NODES, m.clone()),
+                    progressing,
+                    (c::DEGRADED, false, reason::WAITING_FOR_NODES, String::new()),
+                ],
+                None => [
+                    (
+                        c::READY,
+                        true,
+                        reason::ALL_NODES_PROGRAMMED,
+                        progress.clone(),
+                    ),
+                    progressing,
+                    (
+                        c::DEGRADED,
+                        false,
+                        reason::ALL_NODES_PROGRAMMED,
+                        String::new(),
+                    ),
+                ],
+            }
+        }
+    }
+}
+
+/// The summary conditions for `health`. A condition keeps its `lastTransitionTime` unless
+/// its status flips, so that unchanged status renders identically and is never re-written.
+pub fn conditions(
+    health: &Health,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Vec<Condition> {
+    render(health)
+        .into_iter()
+        .map(|(type_, status, why, message)| {
+            let status = if status { "True" } else { "False" };
+            let since = condition(previous, type_)
+                .filter(|p| p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: why.into(),
+                message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// The backend the nodes report: one name when all agree, `Mixed` otherwise.
+pub fn backend<'a>(entries: impl IntoIterator<Item = &'a NodeStatus>) -> Option<String> {
+    let mut kinds = entries.into_iter().filter_map(|e| e.backend);
+    let first = kinds.next()?;
+    Some(if kinds.all(|k| k == first) {
+        first.to_string()
+    } else {
+        "Mixed".into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrornet_api::BackendKind;
+
+    fn facts(name: &str, ready: bool) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            labels: Default::default(),
+            not_ready_since: (!ready).then_some(None),
+        }
+    }
+
+    fn cond(type_: &str, status: &str, why: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: why.into(),
+            message: "m".into(),
+            observed_generation: Some(3),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn entry(generation: i64, conditions: Vec<Condition>) -> NodeStatus {
+        NodeStatus {
+            node_name: "n".into(),
+            backend: Some(BackendKind::PolicyRouting),
+            observed_generation: Some(generation),
+            conditions,
+        }
+    }
+
+    #[test]
+    fn node_states() {
+        let programmed = entry(3, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
+        let stale = entry(2, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
+        let failed = entry(3, vec![cond(c::PROGRAMMED, "False", reason::APPLY_FAILED)]);
+        let missing = entry(
+            3,
+            vec![
+                cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION),
+                cond(c::INTERFACES_PRESENT, "False", reason::INTERFACE_MISSING),
+            ],
+        );
+        let waiting = entry(
+            3,
+            vec![cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION)],
+        );
+        let table = [
+            ("programmed", true, Some(&programmed), NodeState::Programmed),
+            ("older generation", true, Some(&stale), NodeState::Pending),
+            ("no entry", true, None, NodeState::Pending),
+            (
+                "apply failed",
+                true,
+                Some(&failed),
+                NodeState::Failed {
+                    reason: reason::APPLY_FAILED.into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "interface missing",
+                true,
+                Some(&missing),
+                NodeState::Failed {
+                    reason: reason::INTERFACE_MISSING.into(),
+                    message: "m".into(),
+                },
+            ),
+            ("waiting for ids", true, Some(&waiting), NodeState::Pending),
+            (
+                "kubelet NotReady",
+                false,
+                Some(&programmed),
+                NodeState::NotReady,
+            ),
+        ];
+        for (name, ready, e, expected) in table {
+            assert_eq!(node_state(&facts("n", ready), e, 3), expected, "{name}");
+        }
+    }
+
+    fn summary(health: &Health) -> Vec<(String, String, String)> {
+        conditions(health, Some(3), &[], Timestamp::UNIX_EPOCH)
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason))
+            .collect()
+    }
+
+    fn t(type_: &str, status: &str, why: &str) -> (String, String, String) {
+        (type_.into(), status.into(), why.into())
+    }
+
+    #[test]
+    fn health_to_conditions() {
+        let counts =
+            |programmed: &[&str], pending: &[&str], failed: &[&str], not_ready: &[&str]| {
+                Health::Nodes(NodeCounts {
+                    programmed: programmed.iter().map(|s| s.to_string()).collect(),
+                    pending: pending.iter().map(|s| s.to_string()).collect(),
+                    failed: failed
+                        .iter()
+                        .map(|s| (s.to_string(), "ApplyFailed: x".to_string()))
+                        .collect(),
+                    not_ready: not_ready.iter().map(|s| s.to_string()).collect(),
+                })
+            };
+        let table = [
+            (
+                Health::InvalidSpec("spec.subnet: bad".into()),
+                [
+                    t(c::READY, "False", reason::INVALID_SPEC),
+                    t(c::PROGRESSING, "False", reason::INVALID_SPEC),
+                    t(c::DEGRADED, "True", reason::INVALID_SPEC),
+                ],
+            ),
+            (
+                Health::Conflict("x".into()),
+                [
+                    t(c::READY, "False", reason::CONFLICT),
+                    t(c::PROGRESSING, "False", reason::CONFLICT),
+                    t(c::DEGRADED, "True", reason::CONFLICT),
+                ],
+            ),
+            (
+                counts(&[], &[], &[], &[]),
+                [
+                    t(c::READY, "False", reason::NO_NODES_SELECTED),
+                    t(c::PROGRESSING, "False", reason::NO_NODES_SELECTED),
+                    t(c::DEGRADED, "False", reason::NO_NODES_SELECTED),
+                ],
+            ),
+            (
+                counts(&["a"], &["b"], &[], &[]),
+                [
+                    t(c::READY, "False", reason::WAITING_FOR_NODES),
+                    t(c::PROGRESSING, "True", reason::WAITING_FOR_NODES),
+                    t(c::DEGRADED, "False", reason::WAITING_FOR_NODES),
+                ],
+            ),
+            (
+                counts(&["a", "b"], &[], &[], &[]),
+                [
+                    t(c::READY, "True", reason::ALL_NODES_PROGRAMMED),
+                    t(c::PROGRESSING, "False", reason::ALL_NODES_PROGRAMMED),
+                    t(c::DEGRADED, "False", reason::ALL_NODES_PROGRAMMED),
+                ],
+            ),
+            (
+                counts(&["a"], &[], &["b"], &[]),
+                [
+                    t(c::READY, "False", reason::NODE_FAILED),
+                    t(c::PROGRESSING, "False", reason::NODE_FAILED),
+                    t(c::DEGRADED, "True", reason::NODE_FAILED),
+                ],
+            ),
+            (
+                counts(&[], &["a"], &["b"], &[]),
+                [
+                    t(c::READY, "False", reason::NODE_FAILED),
+                    t(c::PROGRESSING, "True", reason::WAITING_FOR_NODES),
+                    t(c::DEGRADED, "True", reason::NODE_FAILED),
+                ],
+            ),
+            (
+                counts(&["a"], &[], &[], &["b"]),
+                [
+                    t(c::READY, "False", reason::NODE_NOT_READY),
+                    t(c::PROGRESSING, "False", reason::NODE_NOT_READY),
+                    t(c::DEGRADED, "True", reason::NODE_NOT_READY),
+                ],
+            ),
+            (
+                Health::Deleting {
+                    waiting: vec!["a".into()],
+                },
+                [
+                    t(c::READY, "False", reason::DELETING),
+                    t(c::PROGRESSING, "True", reason::DELETING),
+                    t(c::DEGRADED, "False", reason::DELETING),
+                ],
+            ),
+        ];
+        for (health, expected) in table {
+            assert_eq!(summary(&health), expected, "{health:?}");
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let before = Timestamp::from_second(1000).unwrap();
+        let now = Timestamp::from_second(2000).unwrap();
+        let waiting = Health::Nodes(NodeCounts {
+            pending: vec!["a".into()],
+            ..Default::default()
+        });
+        let first = conditions(&waiting, Some(1), &[], before);
+        // Same statuses, new message and generation: times are kept.
+        let again = Health::Nodes(NodeCounts {
+            pending: vec!["a".into(), "b".into()],
+            ..Default::default()
+        });
+        let second = conditions(&again, Some(2), &first, now);
+        assert!(second.iter().all(|c| c.last_transition_time.0 == before));
+        // Ready flips: only Ready and Progressing move.
+        let ready = Health::Nodes(NodeCounts {
+            programmed: vec!["a".into()],
+            ..Default::default()
+        });
+        let third = conditions(&ready, Some(2), &second, now);
+        let time = |type_: &str| {
+            third
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap()
+                .last_transition_time
+                .0
+        };
+        assert_eq!(time(c::READY), now);
+        assert_eq!(time(c::PROGRESSING), now);
+        assert_eq!(time(c::DEGRADED), before);
+    }
+
+    #[test]
+    fn backend_summary() {
+        let e = |b| NodeStatus {
+            node_name: "n".into(),
+            backend: b,
+            observed_generation: None,
+            conditions: vec![],
+        };
+        assert_eq!(backend([]), None);
+        assert_eq!(
+            backend(&[
+                e(Some(BackendKind::Vrf)),
+                e(None),
+                e(Some(BackendKind::Vrf))
+            ]),
+            Some("VRF".into())
+        );
+        assert_eq!(
+            backend(&[
+                e(Some(BackendKind::Vrf)),
+                e(Some(BackendKind::PolicyRouting))
+            ]),
+            Some("Mixed".into())
+        );
+    }
+}
