@@ -899,18 +899,24 @@ fn nft_restore(listing: Option<&Value>) -> Result<()> {
             .push(serde_json::json!({"delete": {"table": {"family": "inet", "name": nft::TABLE}}}));
     }
     if let Some(listing) = listing {
-        for item in listing
+        // Listed order puts maps (whose elements jump to chains) before the chains: re-add
+        // containers first, then what refers to them.
+        let rank = |kind: &str| match kind {
+            "table" => 0,
+            "chain" => 1,
+            "map" | "set" | "counter" => 2,
+            _ => 3,
+        };
+        let mut items: Vec<(&String, &Value)> = listing
             .get("nftables")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
-            let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
-                continue;
-            };
-            if kind == "metainfo" {
-                continue;
-            }
+            .filter_map(|item| item.as_object().and_then(|o| o.iter().next()))
+            .filter(|(kind, _)| kind.as_str() != "metainfo")
+            .collect();
+        items.sort_by_key(|(kind, _)| rank(kind));
+        for (kind, body) in items {
             let mut body = body.clone();
             if let Some(o) = body.as_object_mut() {
                 o.remove("handle");

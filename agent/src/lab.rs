@@ -352,7 +352,19 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
         &["nft", "list", "ruleset"],
     ] {
         out.push_str(&format!("### {}\n", args.join(" ")));
-        out.push_str(&lab.stdout(ns, args)?);
+        let text = lab.stdout(ns, args)?;
+        if args.contains(&"route") {
+            // Distinct routes listed in a different order are the same routing state (the
+            // local table lists by insertion); sorting makes the comparison about content.
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.sort_unstable();
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        } else {
+            out.push_str(&text);
+        }
     }
     out.push_str("### sysctls\n");
     let sysctls = lab.stdout(ns, &["sysctl", "-a"])?;

@@ -210,3 +210,27 @@ pub fn host_of(seen_as: &str) -> &str {
 }
 
 pub use mirrornet_agent::lab::{alias_of, snapshot};
+
+/// Asserts two snapshots are equal, printing a unified diff when they are not.
+#[track_caller]
+pub fn assert_same(expected: &str, actual: &str, context: &str) {
+    if expected == actual {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let id = format!("{}-{:?}", std::process::id(), std::thread::current().id());
+    let (a, b) = (
+        dir.join(format!("mn-expected-{id}")),
+        dir.join(format!("mn-actual-{id}")),
+    );
+    std::fs::write(&a, expected).expect("writing snapshot");
+    std::fs::write(&b, actual).expect("writing snapshot");
+    let diff = std::process::Command::new("diff")
+        .arg("-u")
+        .args([&a, &b])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    panic!("{context}: the namespace differs from the expected snapshot\n{diff}");
+}
