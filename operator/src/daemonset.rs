@@ -71,8 +71,22 @@ fn term(selector: &LabelSelector) -> NodeSelectorTerm {
     }
 }
 
-/// Where agents must run for `networks` (including those being deleted: their agents have
-/// teardown to do).
+/// True when a network needs agents somewhere: it holds ids, or some node has not yet
+/// reported its state removed. Only such networks own the DaemonSet.
+pub fn needs_agents(net: &MirrorNetwork) -> bool {
+    let allocated = net.status.as_ref().is_some_and(|s| s.allocation.is_some());
+    allocated
+        || net
+            .status
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .any(|e| !reported_removed(net, &e.node_name))
+}
+
+/// Where agents must run for `networks`. A network places agents on the nodes it selects
+/// once it holds ids (before that, and when its spec is invalid or in conflict, an agent has
+/// nothing to do for it), including while it is being deleted (its agents have teardown to
+/// do); nodes whose entry does not yet say removed keep their agent in any case.
 pub fn placement(networks: &[Arc<MirrorNetwork>], nodes: &[NodeFacts]) -> Placement {
     let mut terms: Vec<NodeSelectorTerm> = Vec::new();
     let mut lingering: BTreeSet<String> = BTreeSet::new();
@@ -80,7 +94,8 @@ pub fn placement(networks: &[Arc<MirrorNetwork>], nodes: &[NodeFacts]) -> Placem
     sorted.sort_by_key(|n| n.name_any());
     for net in sorted {
         let selector = net.spec.node_selector.as_ref();
-        if let Some(s) = selector {
+        let allocated = net.status.as_ref().is_some_and(|s| s.allocation.is_some());
+        if let Some(s) = selector.filter(|_| allocated) {
             if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
                 && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
             {
@@ -169,6 +184,7 @@ pub fn desired(
     };
     let mut owners: Vec<OwnerReference> = networks
         .iter()
+        .filter(|n| needs_agents(n))
         .filter_map(|n| n.controller_owner_ref(&()))
         .map(|mut o| {
             // Several networks own it; none is "the" controller, and the operator may not
@@ -344,24 +360,28 @@ mod tests {
     #[test]
     fn placement_is_the_union_of_selectors() {
         let nodes = facts(&[("n1", &[("gw", "true")]), ("n2", &[("lab", "x")])]);
-        let gw = network("a", 1).selector(&[("gw", "true")]);
-        let lab = network("b", 2).selector(&[("lab", "x")]);
-        let gw_again = network("c", 3).selector(&[("gw", "true")]);
-        let everything = network("d", 4).selector(&[]);
-        let none = network("e", 5).no_selector();
-        let moved_away = network("f", 6).selector(&[("lab", "y")]).node_entry(
-            "n2",
-            mirrornet_api::conditions::PROGRAMMED,
-            "True",
-        );
-        let moved_and_removed = network("g", 7).selector(&[("lab", "y")]).node_entry(
-            "n2",
-            mirrornet_api::conditions::REMOVED,
-            "True",
-        );
+        let gw = network("a", 1).selector(&[("gw", "true")]).allocated();
+        let lab = network("b", 2).selector(&[("lab", "x")]).allocated();
+        let gw_again = network("c", 3).selector(&[("gw", "true")]).allocated();
+        let everything = network("d", 4).selector(&[]).allocated();
+        let none = network("e", 5).no_selector().allocated();
+        let without_ids = network("h", 8).selector(&[("lab", "z")]);
+        let moved_away = network("f", 6)
+            .selector(&[("lab", "y")])
+            .allocated()
+            .node_entry("n2", mirrornet_api::conditions::PROGRAMMED, "True");
+        let moved_and_removed = network("g", 7)
+            .selector(&[("lab", "y")])
+            .allocated()
+            .node_entry("n2", mirrornet_api::conditions::REMOVED, "True");
         let table: Vec<(&str, Vec<MirrorNetwork>, Vec<&str>)> = vec![
             ("no networks", vec![], vec!["<nowhere>"]),
             ("no selector", vec![none.clone()], vec!["<nowhere>"]),
+            (
+                "no ids yet (invalid, conflict)",
+                vec![without_ids],
+                vec!["<nowhere>"],
+            ),
             ("one", vec![gw.clone()], vec![r#"gw In ["true"]"#]),
             (
                 "two ORed",
@@ -397,7 +417,9 @@ mod tests {
 
     #[test]
     fn desired_shape() {
-        let nets = vec![Arc::new(network("a", 1).selector(&[("gw", "true")]))];
+        let nets = vec![Arc::new(
+            network("a", 1).selector(&[("gw", "true")]).allocated(),
+        )];
         let ds = desired(&nets, &[], &AgentConfig::default()).unwrap();
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.host_network, Some(true));
@@ -421,7 +443,9 @@ mod tests {
 
     #[test]
     fn drift_detection() {
-        let nets = vec![Arc::new(network("a", 1).selector(&[("gw", "true")]))];
+        let nets = vec![Arc::new(
+            network("a", 1).selector(&[("gw", "true")]).allocated(),
+        )];
         let want = desired(&nets, &[], &AgentConfig::default()).unwrap();
         assert!(drifted(&want, None));
         // The server adds defaults and status: not drift.
@@ -453,12 +477,12 @@ mod tests {
         // A network was added: drift (owners and terms differ).
         let more = vec![
             nets[0].clone(),
-            Arc::new(network("b", 2).selector(&[("lab", "x")])),
+            Arc::new(network("b", 2).selector(&[("lab", "x")]).allocated()),
         ];
         let want_more = desired(&more, &[], &AgentConfig::default()).unwrap();
         assert!(drifted(&want_more, Some(&have)));
         // Everywhere after a selector: the old affinity must go.
-        let all = vec![Arc::new(network("c", 3).selector(&[]))];
+        let all = vec![Arc::new(network("c", 3).selector(&[]).allocated())];
         let want_all = desired(&all, &[], &AgentConfig::default()).unwrap();
         let mut have_all = have.clone();
         have_all.metadata.owner_references = want_all.metadata.owner_references.clone();

@@ -252,7 +252,14 @@ async fn apply_live(net: Arc<MirrorNetwork>, ctx: &Context) -> Result<Action> {
         info!(ready = ?ready_state(&decision.status), "writing status");
         ctx.write_status(&name, &decision.status).await?;
     }
-    ctx.ensure_daemonset(&networks).await?;
+    // The DaemonSet follows the ids just decided, not the status still in the cache.
+    let mut decided = (*net).clone();
+    decided.status = Some(MirrorNetworkStatus {
+        nodes: net.status.iter().flat_map(|s| s.nodes.clone()).collect(),
+        ..decision.status.clone()
+    });
+    ctx.ensure_daemonset(&ctx.networks_with(&Arc::new(decided)))
+        .await?;
     ctx.publish(&net, &decision.notices).await;
     ctx.metrics
         .network_state(&name, ready_state(&decision.status));
@@ -272,11 +279,12 @@ async fn teardown(net: Arc<MirrorNetwork>, ctx: &Context) -> Result<Action> {
         },
         ctx.config.node_grace,
     );
-    // Once the gate opens the object is about to vanish: a last status write is wasted.
+    // Once the gate opens the object is about to vanish: a last status write (and the event
+    // announcing it) is wasted.
     if verdict.status_changed && !verdict.gate.is_open() {
         ctx.write_status(&name, &verdict.status).await?;
+        ctx.publish(&net, &verdict.notices).await;
     }
-    ctx.publish(&net, &verdict.notices).await;
     if !verdict.gate.is_open() {
         return Err(Error::TeardownPending {
             nodes: verdict.gate.waiting,
