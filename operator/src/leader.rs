@@ -220,10 +220,99 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock_api::{self, expect, fail, serve};
+    use http::Method;
+    use serde_json::json;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
+
+    /// One campaign step against a scripted API server.
+    async fn attempt(script: Vec<mock_api::Exchange>) -> Result<bool> {
+        let (client, handle) = mock_api::client();
+        let server = tokio::spawn(serve(handle, script));
+        let elector = Elector::new(client, LeaseSettings::new("op", "ns", "me"));
+        let won = tokio::time::timeout(Duration::from_secs(5), elector.try_acquire_or_renew())
+            .await
+            .expect("the elector made an unexpected request");
+        server.await.expect("requests matched the script");
+        won
+    }
+
+    fn not_found() -> serde_json::Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+    }
+
+    #[tokio::test]
+    async fn creates_a_missing_lease() {
+        let won = attempt(vec![
+            mock_api::Exchange::with_status(
+                expect(Method::GET, format!("{LEASE}/op"), |_| not_found()),
+                404,
+            ),
+            expect(Method::POST, format!("{LEASE}?"), |body| {
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+                body.clone()
+            }),
+        ])
+        .await;
+        assert!(won.unwrap());
+    }
+
+    #[tokio::test]
+    async fn follows_a_valid_lease_without_writing() {
+        let held = serde_json::to_value(Lease {
+            metadata: ObjectMeta {
+                name: Some("op".into()),
+                resource_version: Some("5".into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("other".into()),
+                lease_duration_seconds: Some(3600),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+        let won = attempt(vec![expect(
+            Method::GET,
+            format!("{LEASE}/op"),
+            move |_| held,
+        )])
+        .await;
+        assert!(!won.unwrap());
+    }
+
+    #[tokio::test]
+    async fn takes_over_an_expired_lease_and_loses_a_race_gracefully() {
+        let expired = serde_json::to_value(lease(Some("other"), 1, 15)).unwrap();
+        let again = expired.clone();
+        let won = attempt(vec![
+            expect(Method::GET, format!("{LEASE}/op"), move |_| expired),
+            expect(Method::PUT, format!("{LEASE}/op?"), |body| {
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["leaseTransitions"], 1);
+                body.clone()
+            }),
+        ])
+        .await;
+        assert!(won.unwrap());
+        // Someone else wrote first: not leader, and not an error.
+        let lost = attempt(vec![
+            expect(Method::GET, format!("{LEASE}/op"), move |_| again),
+            fail(Method::PUT, format!("{LEASE}/op?"), 409),
+        ])
+        .await;
+        assert!(!lost.unwrap());
+    }
 
     fn lease(holder: Option<&str>, renewed: i64, duration: i32) -> Lease {
         Lease {
-            metadata: ObjectMeta::default(),
+            metadata: ObjectMeta {
+                name: Some("op".into()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(String::from),
                 lease_duration_seconds: Some(duration),

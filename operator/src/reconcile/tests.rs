@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use http::Method;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
-use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -19,7 +18,7 @@ use crate::config::Config;
 use crate::error::Class;
 use crate::fixtures::{NetworkExt, first_allocation, network, node};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use crate::mock_api::{Exchange, Handle, expect, fail, serve};
 
 const NETWORKS: &str = "/apis/mirrornet.io/v1alpha1/mirrornetworks";
 const DAEMONSET: &str = "/apis/apps/v1/namespaces/mirrornet-system/daemonsets/mirrornet-agent";
@@ -60,8 +59,7 @@ impl World {
     }
 
     fn context(self) -> (Arc<Context>, Handle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+        let (client, handle) = crate::mock_api::client();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -82,40 +80,6 @@ impl World {
     }
 }
 
-/// One expected request and the answer to it.
-struct Exchange {
-    method: Method,
-    uri: String,
-    status: StatusCode,
-    /// Checks the request body (JSON, or `Null` when empty) and returns the response body.
-    respond: Box<dyn FnOnce(&Value) -> Value + Send>,
-}
-
-fn expect(
-    method: Method,
-    uri: impl Into<String>,
-    respond: impl FnOnce(&Value) -> Value + Send + 'static,
-) -> Exchange {
-    Exchange {
-        method,
-        uri: uri.into(),
-        status: StatusCode::OK,
-        respond: Box::new(respond),
-    }
-}
-
-fn fail(method: Method, uri: impl Into<String>, code: u16) -> Exchange {
-    Exchange {
-        method,
-        uri: uri.into(),
-        status: StatusCode::from_u16(code).unwrap(),
-        respond: Box::new(move |_| {
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "injected", "reason": "Injected", "code": code})
-        }),
-    }
-}
-
 /// An event publication with this reason and type; answers with the event itself.
 fn event(reason: &'static str, type_: &'static str) -> Exchange {
     expect(Method::POST, format!("{EVENTS}?"), move |body| {
@@ -124,34 +88,6 @@ fn event(reason: &'static str, type_: &'static str) -> Exchange {
         assert_eq!(body["regarding"]["kind"], "MirrorNetwork");
         body.clone()
     })
-}
-
-/// Serves `script` in order, asserting each request's method and URI.
-async fn serve(mut handle: Handle, script: Vec<Exchange>) {
-    for (i, step) in script.into_iter().enumerate() {
-        let (request, send) = handle
-            .next_request()
-            .await
-            .unwrap_or_else(|| panic!("request {i} ({} {}) never came", step.method, step.uri));
-        assert_eq!(
-            (request.method(), request.uri().to_string()),
-            (&step.method, step.uri.clone()),
-            "request {i}"
-        );
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let answer = (step.respond)(&body);
-        send.send_response(
-            Response::builder()
-                .status(step.status)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-    }
 }
 
 /// Runs one reconcile against `script`; fails if a request is missing or one too many.
