@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::initramfs::{self, Overlay};
 use super::kernel::{self, Kernel};
@@ -25,8 +26,7 @@ pub(crate) fn boot_all(specs: Vec<VmSpec>) -> Result<Vec<RunningVm>, VmError> {
         });
     }
     let nics = wire_up(&specs)?;
-    let kernel = Kernel::stock()?;
-    let base = initramfs::base(&kernel, &kernel::busybox()?)?;
+    let (kernel, base) = image()?;
     let runs = kernel::cache_dir()?.join("runs");
     remove_stale_runs(&runs);
     let mut running = Vec::with_capacity(specs.len());
@@ -58,6 +58,19 @@ pub(crate) fn boot_all(specs: Vec<VmSpec>) -> Result<Vec<RunningVm>, VmError> {
         running.push(RunningVm::new(spec.name, spec.timeout, process, run_dir));
     }
     Ok(running)
+}
+
+/// The kernel and base initramfs, made once per test process and shared by all its VMs.
+fn image() -> Result<(Kernel, Arc<Vec<u8>>), VmError> {
+    static IMAGE: Mutex<Option<(Kernel, Arc<Vec<u8>>)>> = Mutex::new(None);
+    let mut memo = IMAGE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(image) = &*memo {
+        return Ok(image.clone());
+    }
+    let kernel = Kernel::stock()?;
+    let base = Arc::new(initramfs::base(&kernel, &kernel::busybox()?)?);
+    *memo = Some((kernel.clone(), base.clone()));
+    Ok((kernel, base))
 }
 
 /// Ports and MACs for every NIC of every VM, in spec order. MACs are `52:54:00:4d:VM:NIC`

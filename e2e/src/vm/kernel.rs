@@ -39,7 +39,7 @@ impl Kernel {
     /// The kernel `linux-image-amd64` depends on, downloaded and unpacked on first use.
     pub fn stock() -> Result<Self, VmError> {
         let cache = cache_dir()?;
-        let package = stock_kernel_package()?;
+        let package = stock_kernel_package(&cache)?;
         let root = unpacked(&cache, &package)?;
         let release = package
             .strip_prefix("linux-image-")
@@ -169,8 +169,32 @@ pub fn cache_dir() -> Result<PathBuf, VmError> {
 
 /// Asks apt which versioned kernel package the meta package stands for today. The answer comes
 /// from the local package lists, so it is offline; lists missing on a fresh machine are fetched
-/// once with `apt-get update`.
-fn stock_kernel_package() -> Result<String, VmError> {
+/// once with `apt-get update`. apt-cache takes most of a second, so the answer is remembered in
+/// the cache for as long as the package lists stay unchanged.
+fn stock_kernel_package(cache: &Path) -> Result<String, VmError> {
+    let memo = cache.join("stock-kernel");
+    let lists = lists_version();
+    if let Some(package) = fs::read_to_string(&memo).ok().and_then(|memo| {
+        let (version, package) = memo.trim().split_once(' ')?;
+        (Some(version) == lists.as_deref()).then(|| package.to_owned())
+    }) {
+        return Ok(package);
+    }
+    let package = query_stock_kernel_package()?;
+    if let Some(lists) = lists_version() {
+        let _ = fs::write(&memo, format!("{lists} {package}\n"));
+    }
+    Ok(package)
+}
+
+/// Changes whenever `apt-get update` replaces a package list (it renames files into place).
+fn lists_version() -> Option<String> {
+    let modified = fs::metadata("/var/lib/apt/lists").ok()?.modified().ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since.as_nanos().to_string())
+}
+
+fn query_stock_kernel_package() -> Result<String, VmError> {
     let query = || run("apt-cache", &["depends", KERNEL_META_PACKAGE], None);
     let answer = match query() {
         Ok(out) if kernel_dependency(&out).is_some() => out,

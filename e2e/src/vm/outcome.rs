@@ -71,10 +71,14 @@ impl VmOutcome {
         for line in &self.lines {
             match &line.event {
                 GuestEvent::Check(check) if !check.ok => failures.push(format!(
-                    "check {} failed (exit {}):\n    {}",
+                    "check {} failed (exit {}){}",
                     check.name,
                     check.exit,
-                    check.output.join("\n    ")
+                    check
+                        .output
+                        .iter()
+                        .map(|line| format!("\n    {line}"))
+                        .collect::<String>()
                 )),
                 GuestEvent::Fatal { what } => failures.push(format!("init failed: {what}")),
                 GuestEvent::Unparsed { text, error } => {
