@@ -35,6 +35,7 @@ pub(crate) fn boot_all(specs: Vec<VmSpec>) -> Result<Vec<RunningVm>, VmError> {
         let overlay = Overlay {
             name: &spec.name,
             script: &spec.script,
+            env: &spec.env,
             nics: spec
                 .nics
                 .iter()

@@ -32,6 +32,10 @@ pub enum GuestEvent {
     Begin { name: String },
     /// A check ended.
     Check(Check),
+    /// The guest waits until the host releases barrier `name`: at once for a lone VM, in a
+    /// [`Cluster`](super::Cluster) once every guest waits there. `/init` waits at `exit` after
+    /// the script, so no guest powers off while a peer may still need it.
+    Barrier { name: String },
     /// A measurement or fact the script wants the test to see.
     Value { name: String, value: String },
     /// `/init` could not prepare the guest (a module would not load, 9p would not mount).
@@ -63,12 +67,13 @@ pub(crate) struct Transcript {
 }
 
 impl Transcript {
-    pub(crate) fn feed(&mut self, at: Duration, line: &str) {
+    /// Takes in one console line; returns the protocol event it carried, if any.
+    pub(crate) fn feed(&mut self, at: Duration, line: &str) -> Option<&GuestEvent> {
         let Some(start) = line.find(MARKER) else {
             if let Some((_, output)) = &mut self.open_check {
                 output.push(line.to_owned());
             }
-            return;
+            return None;
         };
         let json = line[start + MARKER.len()..].trim();
         let event = match serde_json::from_str::<GuestEvent>(json) {
@@ -91,6 +96,7 @@ impl Transcript {
             },
         };
         self.lines.push(GuestLine { at, event });
+        self.lines.last().map(|line| &line.event)
     }
 
     pub(crate) fn lines(&self) -> &[GuestLine] {

@@ -62,6 +62,12 @@ pub enum VmError {
         console_tail: String,
     },
 
+    #[error(
+        "the cluster's guests wait at different barriers and none can go on: {at} \
+         (every guest must pass the same barriers in the same order)"
+    )]
+    Deadlock { at: String },
+
     #[error("VM {vm} failed:\n{}\nconsole tail:\n{console_tail}", failures.join("\n"))]
     GuestFailed {
         vm: String,

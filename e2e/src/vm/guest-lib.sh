@@ -33,6 +33,17 @@ mnvm_value() {
     mnvm_emit "{\"event\":\"value\",\"name\":$(mnvm_json "$1"),\"value\":$(mnvm_json "$2")}"
 }
 
+# mnvm_barrier NAME: waits until every guest of the cluster has reached NAME (a lone guest goes
+# on at once). Every guest must pass the same barriers in the same order; NAME has no spaces.
+mnvm_barrier() {
+    local word name
+    mnvm_emit "{\"event\":\"barrier\",\"name\":$(mnvm_json "$1")}"
+    while read -r word name </dev/console; do
+        [ "$word" = go ] && [ "$name" = "$1" ] && return 0
+    done
+    return 1
+}
+
 # mnvm_until SECONDS COMMAND [ARG...]: retries the command every 0.1 s until it succeeds or the
 # deadline passes (status 1). For waiting on a peer VM: a condition with a deadline, not a sleep.
 mnvm_until() {

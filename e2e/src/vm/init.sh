@@ -19,6 +19,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 emit "{\"event\":\"init\",\"uptime\":$(uptime)}"
+# The host types barrier releases on the serial port; they need not show up in the console.
+stty -F /dev/console -echo 2>/dev/null
 
 for module in $(cat /mnvm/modules); do
     insmod "/lib/modules/$module.ko" || fatal "insmod $module"
@@ -63,8 +65,14 @@ emit "{\"event\":\"ready\",\"uptime\":$(uptime)}"
 chroot /host /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp TERM=dumb MNVM_NAME="$(cat /mnvm/name)" \
-    /bin/bash -c 'cd /tmp && . /run/mnvm/lib.sh && . /run/mnvm/script'
+    /bin/bash -c 'cd /tmp && . /run/mnvm/env && . /run/mnvm/lib.sh && . /run/mnvm/script' \
+    </dev/null
 code=$?
 emit "{\"event\":\"exit\",\"code\":$code,\"uptime\":$(uptime)}"
+# Stay up until every guest of the cluster is done: a peer may still be talking to this one.
+emit '{"event":"barrier","name":"exit"}'
+while read -r word name </dev/console; do
+    [ "$word $name" = "go exit" ] && break
+done
 poweroff -f
 sleep 60

@@ -64,6 +64,8 @@ pub(crate) struct Overlay<'a> {
     pub script: &'a str,
     /// `(mac, guest interface name)` in NIC order.
     pub nics: Vec<(String, &'a str)>,
+    /// Variables the script sees, names already validated.
+    pub env: &'a [(String, String)],
 }
 
 impl Overlay<'_> {
@@ -73,14 +75,25 @@ impl Overlay<'_> {
             .iter()
             .map(|(mac, name)| format!("{mac} {name}\n"))
             .collect();
+        let env: String = self
+            .env
+            .iter()
+            .map(|(name, value)| format!("export {name}={}\n", shell_quoted(value)))
+            .collect();
         let mut archive = Archive::new();
         archive
             .dir("/mnvm")
+            .file("/mnvm/env", 0o644, env.as_bytes())
             .file("/mnvm/name", 0o644, self.name.as_bytes())
             .file("/mnvm/nics", 0o644, nics.as_bytes())
             .file("/mnvm/script", 0o644, self.script.as_bytes());
         archive.finish()
     }
+}
+
+/// Single quotes keep every byte literal; a single quote itself closes, escapes and reopens.
+fn shell_quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
@@ -92,6 +105,7 @@ mod tests {
         let overlay = Overlay {
             name: "middleman",
             script: "true\n",
+            env: &[("AGENT".into(), "/target/it's".into())],
             nics: vec![
                 ("52:54:00:4d:00:00".into(), "eth1"),
                 ("52:54:00:4d:00:01".into(), "eth2"),
@@ -100,5 +114,6 @@ mod tests {
         let text = String::from_utf8_lossy(&overlay.archive()).into_owned();
         assert!(text.contains("52:54:00:4d:00:00 eth1\n52:54:00:4d:00:01 eth2\n"));
         assert!(text.contains("mnvm/script"));
+        assert!(text.contains(r"export AGENT='/target/it'\''s'"));
     }
 }

@@ -11,9 +11,9 @@
 //! `listen=`/`connect=` pair would need the listener up before the connector starts), and
 //! nothing reaches beyond the loopback interface.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -96,6 +96,7 @@ impl Launch<'_> {
 #[derive(Debug)]
 pub(crate) struct Process {
     child: Child,
+    stdin: Option<ChildStdin>,
     started: Instant,
     lines: Receiver<(Duration, String)>,
     stderr: Option<JoinHandle<String>>,
@@ -115,12 +116,14 @@ impl Process {
     pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Self, VmError> {
         let mut child = Command::new(QEMU)
             .args(launch.arguments())
-            .stdin(Stdio::null())
+            // The serial port's input: how the host releases a guest waiting at a barrier.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|error| VmError::tool(QEMU, error))?;
         let started = Instant::now();
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let (sender, lines) = mpsc::channel();
@@ -143,6 +146,7 @@ impl Process {
         });
         Ok(Self {
             child,
+            stdin,
             started,
             lines,
             stderr: Some(stderr),
@@ -151,6 +155,14 @@ impl Process {
 
     pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Types a line on the guest's serial console. A guest that is gone shows up as a closed
+    /// console at the next poll, so a failed write is not an error here.
+    pub(crate) fn send(&mut self, line: &str) {
+        if let Some(stdin) = &mut self.stdin {
+            let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+        }
     }
 
     pub(crate) fn poll(&self, wait: Duration) -> Poll {

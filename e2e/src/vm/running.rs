@@ -1,4 +1,10 @@
-//! Waits for booted guests: reads their consoles until they power off, time out or die.
+//! Waits for booted guests: reads their consoles until they power off, time out or die, and
+//! releases barriers.
+//!
+//! A guest at a barrier prints `MNVM {"event":"barrier","name":N}` and reads its serial input
+//! until the host types `go N`. A lone guest is released at once; a [`Cluster`] releases a
+//! barrier when every guest still running waits at it, and fails at once when they all wait at
+//! different ones (they never could proceed).
 
 use std::time::Duration;
 
@@ -18,6 +24,8 @@ pub struct RunningVm {
     process: Process,
     transcript: Transcript,
     console: String,
+    /// The barrier the guest waits at, until the host releases it.
+    waiting: Option<String>,
     /// `MIRRORNET_VM_CONSOLE=1` echoes every console line to stderr as it arrives.
     echo: bool,
     _run_dir: RunDir,
@@ -31,6 +39,7 @@ impl RunningVm {
             process,
             transcript: Transcript::default(),
             console: String::new(),
+            waiting: None,
             echo: std::env::var_os("MIRRORNET_VM_CONSOLE").is_some_and(|v| v == "1"),
             _run_dir: run_dir,
         }
@@ -48,6 +57,16 @@ impl RunningVm {
             if let Some(outcome) = self.step(Duration::from_millis(500))? {
                 return Ok(outcome);
             }
+            if self.waiting.is_some() {
+                self.release();
+            }
+        }
+    }
+
+    /// Lets the guest past the barrier it waits at.
+    fn release(&mut self) {
+        if let Some(barrier) = self.waiting.take() {
+            self.process.send(&format!("go {barrier}"));
         }
     }
 
@@ -70,7 +89,9 @@ impl RunningVm {
                     if self.echo {
                         eprintln!("[{} {:>6.2}s] {line}", self.name, at.as_secs_f64());
                     }
-                    self.transcript.feed(at, &line);
+                    if let Some(GuestEvent::Barrier { name }) = self.transcript.feed(at, &line) {
+                        self.waiting = Some(name.clone());
+                    }
                     self.console.push_str(&line);
                     self.console.push('\n');
                 }
@@ -134,6 +155,24 @@ impl Cluster {
                 }
             }
             pending = still;
+            let waiting: Vec<Option<&str>> = pending
+                .iter()
+                .map(|(_, vm)| vm.waiting.as_deref())
+                .collect();
+            match barrier_decision(&waiting) {
+                Barrier::Release => pending.iter_mut().for_each(|(_, vm)| vm.release()),
+                Barrier::Hold => {}
+                Barrier::Deadlock => {
+                    let at = pending
+                        .iter()
+                        .map(|(_, vm)| {
+                            format!("{} at {}", vm.name, vm.waiting.as_deref().unwrap_or(""))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(VmError::Deadlock { at });
+                }
+            }
         }
         Ok(outcomes
             .into_iter()
@@ -142,9 +181,51 @@ impl Cluster {
     }
 }
 
+/// What to do about barriers, given where each running guest waits (`None`: not at one).
+#[derive(Debug, PartialEq, Eq)]
+enum Barrier {
+    Release,
+    Hold,
+    Deadlock,
+}
+
+fn barrier_decision(waiting: &[Option<&str>]) -> Barrier {
+    let Some(first) = waiting.first().copied().flatten() else {
+        return Barrier::Hold;
+    };
+    if waiting.iter().any(Option::is_none) {
+        Barrier::Hold
+    } else if waiting.iter().all(|at| *at == Some(first)) {
+        Barrier::Release
+    } else {
+        Barrier::Deadlock
+    }
+}
+
 impl VmSpec {
     /// Boots this guest on its own; its NICs, if any, need peers, so use [`Cluster`] for them.
     pub fn boot(self) -> Result<RunningVm, VmError> {
         Ok(boot_all(vec![self])?.pop().expect("one VM was booted"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_opens_when_every_running_guest_waits_at_it() {
+        assert_eq!(
+            barrier_decision(&[Some("exit"), Some("exit")]),
+            Barrier::Release
+        );
+        assert_eq!(barrier_decision(&[Some("exit")]), Barrier::Release);
+        assert_eq!(barrier_decision(&[Some("exit"), None]), Barrier::Hold);
+        assert_eq!(barrier_decision(&[None, Some("exit")]), Barrier::Hold);
+        assert_eq!(barrier_decision(&[]), Barrier::Hold);
+        assert_eq!(
+            barrier_decision(&[Some("exit"), Some("setup")]),
+            Barrier::Deadlock
+        );
     }
 }

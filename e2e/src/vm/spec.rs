@@ -16,6 +16,9 @@ pub struct VmSpec {
     pub script: String,
     /// Virtio NICs in PCI order.
     pub nics: Vec<NicLink>,
+    /// Variables exported to the script, e.g. the path of a host binary to run (the host's
+    /// files are at the same paths in the guest, except under `/tmp` and `/run`).
+    pub env: Vec<(String, String)>,
     pub memory_mb: u32,
     /// From qemu's start to its exit; a guest still running then is killed and the test fails.
     pub timeout: Duration,
@@ -37,6 +40,7 @@ impl VmSpec {
             name: name.into(),
             script: script.into(),
             nics: Vec::new(),
+            env: Vec::new(),
             memory_mb: 512,
             timeout: Duration::from_secs(120),
         }
@@ -47,6 +51,11 @@ impl VmSpec {
             wire: wire.into(),
             guest_name: guest_name.into(),
         });
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
         self
     }
 
@@ -86,6 +95,15 @@ impl VmSpec {
         }
         if self.nics.len() > 16 {
             return Err(invalid("at most 16 NICs".into()));
+        }
+        for (name, _) in &self.env {
+            let mut bytes = name.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid(format!("{name:?} is not a shell variable name")));
+            }
         }
         let mut names = BTreeSet::new();
         for nic in &self.nics {
@@ -141,5 +159,8 @@ mod tests {
                 .is_err()
         );
         assert!(VmSpec::new("m", "").memory_mb(64).validate().is_err());
+        assert!(VmSpec::new("m", "").env("AGENT", "/x y").validate().is_ok());
+        assert!(VmSpec::new("m", "").env("1X", "").validate().is_err());
+        assert!(VmSpec::new("m", "").env("A-B", "").validate().is_err());
     }
 }
