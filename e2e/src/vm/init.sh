@@ -53,8 +53,14 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroo
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
-mkdir -p /host/dev/pts 2>/dev/null
-mount -t devpts devpts /host/dev/pts 2>/dev/null
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/dev/shm
+# What udev would add and programs expect (nft -f /dev/stdin, bash's <(...)).
+ln -s /proc/self/fd /host/dev/fd
+ln -s /proc/self/fd/0 /host/dev/stdin
+ln -s /proc/self/fd/1 /host/dev/stdout
+ln -s /proc/self/fd/2 /host/dev/stderr
 # Writable places for the script (and `ip netns`, which keeps its state under /run).
 mount -t tmpfs tmpfs /host/tmp
 mount -t tmpfs tmpfs /host/run
