@@ -124,3 +124,25 @@ fn two_vms_joined_by_a_wire_ping_each_other() {
         eprintln!("VM {}: {rtt}", outcome.name);
     }
 }
+
+/// The harness's own promise: a guest that never finishes is killed at its timeout, and the
+/// failure shows what the guest printed last.
+#[test]
+fn a_hung_guest_is_killed_at_its_timeout() {
+    let timeout = Duration::from_secs(20);
+    let script = "mnvm_check doomed sh -c 'echo about to hang'\nsleep 600\n";
+    let error = must(VmSpec::new("hung", script).timeout(timeout).boot())
+        .wait()
+        .expect_err("the guest sleeps past its timeout");
+    match &error {
+        VmError::Timeout {
+            vm,
+            after,
+            console_tail,
+        } => {
+            assert_eq!((vm.as_str(), *after), ("hung", timeout));
+            assert!(console_tail.contains("about to hang"), "{error}");
+        }
+        other => panic!("expected a timeout, got: {other}"),
+    }
+}

@@ -103,3 +103,79 @@ impl VmOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(events: Vec<GuestEvent>) -> VmOutcome {
+        VmOutcome {
+            name: "middleman".into(),
+            lines: events
+                .into_iter()
+                .map(|event| GuestLine {
+                    at: Duration::from_secs(3),
+                    event,
+                })
+                .collect(),
+            console: "booting\nwhy it failed\n".into(),
+            duration: Duration::from_secs(5),
+        }
+    }
+
+    fn check(name: &str, ok: bool, output: &[&str]) -> GuestEvent {
+        GuestEvent::Check(Check {
+            name: name.into(),
+            ok,
+            exit: if ok { 0 } else { 3 },
+            output: output.iter().map(|line| line.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let outcome = outcome(vec![
+            GuestEvent::Ready { uptime: 2.0 },
+            check("vrf", true, &[]),
+            GuestEvent::Exit {
+                code: 0,
+                uptime: 3.0,
+            },
+        ]);
+        outcome.ensure_passed(&["vrf"]).unwrap();
+        assert_eq!(outcome.boot_time(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn every_failure_is_named_with_its_output() {
+        let outcome = outcome(vec![
+            check("vrf", false, &["why it failed"]),
+            GuestEvent::Exit {
+                code: 4,
+                uptime: 3.0,
+            },
+        ]);
+        let message = outcome
+            .ensure_passed(&["vrf", "nft"])
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "VM middleman failed",
+            "the script exited with 4",
+            "check vrf failed (exit 3)\n    why it failed",
+            "check nft never ran",
+            "console tail:\nbooting",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from:\n{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_script_that_never_reported_its_exit_fails() {
+        let message = outcome(vec![]).ensure_ok().unwrap_err().to_string();
+        assert!(message.contains("no exit code"), "{message}");
+    }
+}
