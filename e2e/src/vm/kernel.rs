@@ -39,8 +39,18 @@ impl Kernel {
     /// The kernel `linux-image-amd64` depends on, downloaded and unpacked on first use.
     pub fn stock() -> Result<Self, VmError> {
         let cache = cache_dir()?;
-        let package = stock_kernel_package(&cache)?;
-        let root = unpacked(&cache, &package)?;
+        let mut package = stock_kernel_package(&cache)?;
+        let root = match unpacked(&cache, &package) {
+            Ok(root) => root,
+            Err(VmError::Command { .. }) => {
+                // Stale package lists name a kernel the mirror no longer has: refresh them and
+                // ask again (the answer may be a newer kernel).
+                run("apt-get", &["update", "-qq"], None)?;
+                package = stock_kernel_package(&cache)?;
+                unpacked(&cache, &package)?
+            }
+            Err(error) => return Err(error),
+        };
         let release = package
             .strip_prefix("linux-image-")
             .expect("the package name was checked to start with linux-image-")
