@@ -399,6 +399,33 @@ impl Engine {
         Ok(plans)
     }
 
+    /// Plans one network with ids allocated elsewhere (by the operator).
+    pub fn plan_with(
+        &self,
+        state: &NodeState,
+        network: &LoadedNetwork,
+        allocation: &Allocation,
+        choice: BackendChoice,
+    ) -> Result<NetworkPlan> {
+        let backend = resolve_backend(choice, network.valid.backend);
+        Ok(plan::plan(
+            network.name(),
+            &network.valid,
+            allocation,
+            backend,
+            &state.facts,
+        )?)
+    }
+
+    /// Networks mirrornet holds on this node: in the kernel, or remembered in the state file.
+    pub fn owned_networks(&self, state: &NodeState) -> BTreeSet<String> {
+        let mut names = state.nft.networks();
+        if let Ok(memory) = StateFile::load(&names) {
+            names.extend(memory.networks.keys().cloned());
+        }
+        names
+    }
+
     /// Makes the node hold exactly `plans` (and nothing of `remove`), rolling back on failure.
     /// `specs` are the specs of `plans`, in the same order, remembered for `show`.
     pub async fn converge(
@@ -573,7 +600,7 @@ pub fn resolve_backend(choice: BackendChoice, spec: mirrornet_api::Backend) -> B
 }
 
 /// Refuses, before any write, what would fail half-way or take over someone else's objects.
-fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
+pub fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
     let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
     for p in plans {
         for (index, side) in p.sides.iter().enumerate() {

@@ -337,6 +337,36 @@ fn configure_host(
     Ok(())
 }
 
+/// The ruleset as one JSON object per line, without what carries no state: handles (renumbered
+/// when a rule is re-added) and the order of set elements (the kernel's, not ours).
+fn canonical_ruleset(json: &str) -> String {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return json.to_owned();
+    };
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("handle");
+                if let Some(serde_json::Value::Array(elems)) = o.get_mut("elem") {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                o.values_mut().for_each(scrub);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    scrub(&mut value);
+    let mut out = String::new();
+    for item in value["nftables"].as_array().into_iter().flatten() {
+        if item.get("metainfo").is_none() {
+            out.push_str(&item.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Everything a network could leave behind in a namespace, as text: links, addresses, rules,
 /// every routing table, the whole nft ruleset and the networking sysctls. Two snapshots equal
 /// means no residue.
@@ -349,7 +379,6 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
         &["ip", "-6", "rule", "show"],
         &["ip", "-4", "route", "show", "table", "all"],
         &["ip", "-6", "route", "show", "table", "all"],
-        &["nft", "list", "ruleset"],
     ] {
         out.push_str(&format!("### {}\n", args.join(" ")));
         let text = lab.stdout(ns, args)?;
@@ -366,6 +395,8 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
             out.push_str(&text);
         }
     }
+    out.push_str("### nft -j list ruleset (canonical)\n");
+    out.push_str(&canonical_ruleset(&lab.stdout(ns, &["nft", "-j", "list", "ruleset"])?));
     out.push_str("### sysctls\n");
     let sysctls = lab.stdout(ns, &["sysctl", "-a"])?;
     for line in sysctls.lines() {
@@ -419,6 +450,26 @@ pub mod probe {
             },
             v4 => v4,
         }
+    }
+
+    /// `GET path` from `address` over plain HTTP/1.0: the status code and the body. For the
+    /// agent's own endpoints inside a lab namespace, where no curl need exist.
+    pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 
     /// Connects to `to` (from `from_port` if given) and returns the server's line.

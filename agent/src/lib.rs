@@ -4,14 +4,18 @@
 //! * [`netlink`], [`nft`], [`sysctl`]: typed windows onto the kernel, each reading back exactly
 //!   what it writes.
 //! * [`engine`]: observe, diff, apply in a safe order, roll back on failure.
+//! * [`reconciler`]: the long-running loop that keeps networks converged and repairs drift.
 //! * [`state`]: the little the kernel cannot remember for us (original sysctl values).
 //! * [`lab`]: network-namespace topologies and traffic probes for the demo and the tests.
 
 pub mod demo;
+pub mod endpoints;
 pub mod engine;
+pub mod file_source;
 pub mod lab;
 pub mod netlink;
 pub mod nft;
 pub mod plan;
+pub mod reconciler;
 pub mod state;
 pub mod sysctl;

@@ -81,6 +81,21 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Keep networks converged and repair drift until stopped (SIGTERM leaves the datapath in
+    /// place). With --file: the networks in the file, re-read when it changes; networks this
+    /// node holds that the file no longer lists are removed.
+    Run {
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// Where `/metrics`, `/healthz` and `/readyz` are served.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_address: std::net::SocketAddr,
+        /// Full resync period, the backstop behind kernel events.
+        #[arg(long, default_value_t = 30)]
+        resync_seconds: u64,
+    },
     /// Build the seed scenario in network namespaces, show traffic crossing, clean up.
     Demo {
         /// The network to demonstrate (default: the built-in seed example).
@@ -109,6 +124,11 @@ enum ProbeCmd {
         to: std::net::SocketAddr,
         #[arg(long)]
         from_port: Option<u16>,
+    },
+    /// Prints the status code, then the body; exits 0 for 2xx.
+    HttpGet {
+        address: std::net::SocketAddr,
+        path: String,
     },
 }
 
@@ -240,6 +260,18 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 }
             });
         }
+        Cmd::Run {
+            file,
+            backend,
+            metrics_address,
+            resync_seconds,
+        } => {
+            let Some(file) = file else {
+                anyhow::bail!("in-cluster mode is not built yet: pass --file");
+            };
+            let desired = mirrornet_agent::file_source::watch_file(file)?;
+            run(desired, backend, metrics_address, resync_seconds).await?;
+        }
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
         Cmd::Probe { probe } => match probe {
             ProbeCmd::Serve {
@@ -250,8 +282,54 @@ async fn dispatch(command: Cmd) -> Result<()> {
             ProbeCmd::Connect { to, from_port } => {
                 println!("{}", lab::probe::connect(to, from_port).await?)
             }
+            ProbeCmd::HttpGet { address, path } => {
+                let (status, body) = lab::probe::http_get(address, &path)?;
+                println!("{status}");
+                print!("{body}");
+                if !(200..300).contains(&status) {
+                    anyhow::bail!("HTTP {status}");
+                }
+            }
         },
     }
+    Ok(())
+}
+
+async fn run(
+    desired: tokio::sync::watch::Receiver<Vec<mirrornet_agent::reconciler::DesiredNetwork>>,
+    backend: BackendChoice,
+    metrics_address: std::net::SocketAddr,
+    resync_seconds: u64,
+) -> Result<()> {
+    use mirrornet_agent::reconciler::{self, Metrics, NodeReport, Settings};
+    use std::sync::Arc;
+    let settings = Settings {
+        backend,
+        resync: Duration::from_secs(resync_seconds.max(1)),
+        ..Settings::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (report_tx, report_rx) = tokio::sync::watch::channel(NodeReport::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(metrics_address)
+        .await
+        .with_context(|| format!("listening on {metrics_address}"))?;
+    tokio::spawn(mirrornet_agent::endpoints::serve(
+        listener,
+        metrics.clone(),
+        report_rx,
+        settings.resync * 3,
+    ));
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    reconciler::run(engine()?, settings, desired, report_tx, metrics, stop_rx).await;
     Ok(())
 }
 

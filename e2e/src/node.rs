@@ -234,3 +234,134 @@ pub fn assert_same(expected: &str, actual: &str, context: &str) {
     let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
     panic!("{context}: the namespace differs from the expected snapshot\n{diff}");
 }
+
+/// `mirrornet-agent run --file F` in the middleman namespace, killed on drop.
+#[derive(Debug)]
+pub struct RunningAgent {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+/// Where the running agent serves its endpoints, inside the middleman namespace.
+pub const ENDPOINTS: &str = "127.0.0.1:9090";
+
+impl RunningAgent {
+    pub fn start(lab: &Lab, spec: &SpecFile, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = ["run", "--file", spec.path(), "--metrics-address", ENDPOINTS]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = spec.path.with_extension("log");
+        let mut me = Self {
+            child: None,
+            args,
+            log,
+        };
+        me.spawn(lab);
+        me
+    }
+
+    fn spawn(&mut self, lab: &Lab) {
+        let bin = agent_bin();
+        let mut command = lab.command(MIDDLEMAN, &[bin.to_str().expect("utf-8 path")]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        command
+            .args(&self.args)
+            .env("MIRRORNET_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        self.child = Some(command.spawn().expect("starting the agent"));
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, lab: &Lab) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.get(lab, "/readyz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the agent did not become ready:\n{}", self.log_text());
+    }
+
+    /// `GET path` on the agent's endpoints: status and body (status 0 when unreachable).
+    pub fn get(&self, lab: &Lab, path: &str) -> (u16, String) {
+        let bin = agent_bin();
+        let out = lab
+            .command(
+                MIDDLEMAN,
+                &[
+                    bin.to_str().expect("utf-8"),
+                    "probe",
+                    "http-get",
+                    ENDPOINTS,
+                    path,
+                ],
+            )
+            .output()
+            .expect("running the http probe");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// The value of a counter or gauge in `/metrics`.
+    pub fn metric(&self, lab: &Lab, name: &str) -> f64 {
+        let (_, text) = self.get(lab, "/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the process to end; returns its exit status.
+    pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+        child.wait().expect("waiting for the agent")
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self, lab: &Lab) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn(lab);
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Polls `check` every millisecond until it holds; the time it took, or `None` after `limit`.
+pub fn time_until(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    None
+}

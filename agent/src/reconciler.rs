@@ -1,0 +1,503 @@
+//! The long-running side of the agent: keep every desired network converged on this node,
+//! whatever changes it — a new spec, a tampered rule, an interface that comes and goes.
+//!
+//! ```text
+//!  desired (file or cluster) ──┐
+//!  rtnetlink events ───────────┤  kick ──debounce──> observe ─> plan ─> converge ─> NodeReport
+//!  `nft monitor` (our table) ──┤                                                     metrics
+//!  periodic resync ────────────┘
+//! ```
+//!
+//! The reconciler adopts what it finds: starting on a converged node performs zero writes and
+//! never tears the datapath down; stopping leaves it in place. A network whose interface is
+//! missing is reported and left as it is until the interface appears.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mirrornet_api::file::LoadedNetwork;
+use mirrornet_api::{Allocation, BackendKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::engine::{BackendChoice, Engine, EngineError, NodeState};
+use crate::netlink::Netlink;
+use crate::plan::NetworkPlan;
+
+/// A network the node should hold, with the ids the operator allocated (none in file mode:
+/// the agent allocates locally).
+#[derive(Debug, Clone)]
+pub struct DesiredNetwork {
+    pub loaded: LoadedNetwork,
+    pub allocation: Option<Allocation>,
+}
+
+/// How one network stands on this node; what the agent reports in status and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkReport {
+    pub name: String,
+    pub generation: Option<i64>,
+    pub backend: Option<BackendKind>,
+    pub programmed: bool,
+    pub interfaces_present: bool,
+    /// CamelCase reason, as in a Kubernetes condition.
+    pub reason: String,
+    pub message: String,
+}
+
+/// The node's state after the last pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeReport {
+    /// Whether at least one full pass has completed since start.
+    pub synced: bool,
+    pub networks: BTreeMap<String, NetworkReport>,
+    /// Networks removed from this node in the last pass.
+    pub removed: Vec<String>,
+}
+
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+pub struct Trigger {
+    pub cause: Cause,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum Cause {
+    /// The desired networks changed.
+    Spec,
+    /// The kernel changed under us.
+    Drift,
+    /// The periodic full resync.
+    Resync,
+}
+
+/// The agent's Prometheus metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub passes: Family<Trigger, Counter>,
+    pub repairs: Counter,
+    pub kernel_writes: Counter,
+    pub errors: Counter,
+    pub pass_seconds: Histogram,
+    pub networks_programmed: Gauge,
+    pub networks_failing: Gauge,
+    /// Unix time (ms) of the last completed pass, for liveness.
+    pub last_pass_ms: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mirrornet_agent");
+        let passes = Family::<Trigger, Counter>::default();
+        let repairs = Counter::default();
+        let kernel_writes = Counter::default();
+        let errors = Counter::default();
+        let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let networks_programmed = Gauge::default();
+        let networks_failing = Gauge::default();
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes, by what caused them",
+            passes.clone(),
+        );
+        registry.register(
+            "repairs",
+            "Passes that had to rewrite kernel state changed by someone else",
+            repairs.clone(),
+        );
+        registry.register("kernel_writes", "Kernel writes made", kernel_writes.clone());
+        registry.register("errors", "Passes that failed", errors.clone());
+        registry.register(
+            "reconcile_pass_seconds",
+            "Duration of a reconcile pass",
+            pass_seconds.clone(),
+        );
+        registry.register(
+            "networks_programmed",
+            "Networks fully programmed on this node",
+            networks_programmed.clone(),
+        );
+        registry.register(
+            "networks_failing",
+            "Desired networks that could not be programmed",
+            networks_failing.clone(),
+        );
+        Self {
+            registry,
+            passes,
+            repairs,
+            kernel_writes,
+            errors,
+            pass_seconds,
+            networks_programmed,
+            networks_failing,
+            last_pass_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub backend: BackendChoice,
+    pub resync: Duration,
+    /// How long to wait for a burst of events to settle before a pass.
+    pub debounce: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true. Never removes the datapath on the way out.
+pub async fn run(
+    engine: Engine,
+    settings: Settings,
+    mut desired: watch::Receiver<Vec<DesiredNetwork>>,
+    report: watch::Sender<NodeReport>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (kick, mut kicks) = mpsc::channel::<Cause>(64);
+    spawn_netlink_watch(kick.clone());
+    spawn_nft_watch(kick.clone());
+    let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    spawn_sysctl_watch(kick.clone(), watched_sysctls.clone());
+    let mut resync = tokio::time::interval(settings.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once: the initial pass, which programs rather than repairs.
+    resync.tick().await;
+    let mut first = true;
+    loop {
+        let cause = if std::mem::take(&mut first) {
+            Cause::Spec
+        } else {
+            tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = desired.changed() => {
+                if changed.is_err() { break; }
+                Cause::Spec
+            }
+            _ = resync.tick() => Cause::Resync,
+            Some(cause) = kicks.recv() => cause,
+            }
+        };
+        // Let a burst (our own writes echo back as events too) settle into one pass.
+        tokio::time::sleep(settings.debounce).await;
+        let mut cause = cause;
+        while let Ok(more) = kicks.try_recv() {
+            cause = cause.min(more);
+        }
+        let networks = desired.borrow_and_update().clone();
+        let started = Instant::now();
+        metrics.passes.get_or_create(&Trigger { cause }).inc();
+        let (next, sysctls) = pass(&engine, &settings, &networks, cause, &metrics).await;
+        if let Ok(mut w) = watched_sysctls.lock() {
+            *w = sysctls;
+        }
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+        report.send_if_modified(|current| {
+            if *current == next {
+                false
+            } else {
+                *current = next;
+                true
+            }
+        });
+    }
+    info!("stopping; the datapath stays in place");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One observe-plan-converge pass over every desired network.
+pub async fn pass(
+    engine: &Engine,
+    settings: &Settings,
+    networks: &[DesiredNetwork],
+    cause: Cause,
+    metrics: &Metrics,
+) -> (NodeReport, Vec<(String, String)>) {
+    let mut report = NodeReport {
+        synced: true,
+        ..Default::default()
+    };
+    let state = match engine.observe().await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "observing the kernel failed");
+            metrics.errors.inc();
+            report.synced = false;
+            return (report, Vec::new());
+        }
+    };
+    let mut ready: Vec<(NetworkPlan, &DesiredNetwork)> = Vec::new();
+    for network in networks {
+        let name = network.loaded.name().to_owned();
+        let _span = info_span!("network", network = %name).entered();
+        let mut entry = NetworkReport {
+            name: name.clone(),
+            generation: network.loaded.object.metadata.generation,
+            backend: None,
+            programmed: false,
+            interfaces_present: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        let missing: Vec<String> = network
+            .loaded
+            .valid
+            .sides
+            .iter()
+            .filter(|s| !state.links.contains_key(s.interface.as_str()))
+            .map(|s| format!("{} (side {})", s.interface.as_str(), s.name.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            entry.interfaces_present = false;
+            entry.reason = "InterfaceMissing".into();
+            entry.message = format!(
+                "interface(s) {} not present on this node; programming resumes when they appear",
+                missing.join(", ")
+            );
+            warn!(message = %entry.message);
+            report.networks.insert(name, entry);
+            continue;
+        }
+        match plan_one(engine, &state, network, settings.backend) {
+            Ok(plan) => {
+                entry.backend = Some(plan.backend);
+                report.networks.insert(name, entry);
+                ready.push((plan, network));
+            }
+            Err(e) => {
+                entry.reason = reason_of(&e).into();
+                entry.message = e.to_string();
+                warn!(error = %e, "cannot plan");
+                report.networks.insert(name, entry);
+            }
+        }
+    }
+    // Networks held on the node that nobody wants any more go; those waiting for an interface
+    // stay as they are.
+    let wanted: std::collections::BTreeSet<&str> =
+        networks.iter().map(|n| n.loaded.name()).collect();
+    let remove: Vec<String> = engine
+        .owned_networks(&state)
+        .into_iter()
+        .filter(|n| !wanted.contains(n.as_str()))
+        .collect();
+
+    // Refuse per network what would fail, so one bad network does not block the others.
+    let mut accepted = Vec::new();
+    for (plan, network) in ready {
+        match crate::engine::check_preconditions(&state, std::slice::from_ref(&plan)) {
+            Ok(()) => accepted.push((plan, network)),
+            Err(e) => {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.reason = reason_of(&e).into();
+                    entry.message = e.to_string();
+                }
+            }
+        }
+    }
+    let plans: Vec<NetworkPlan> = accepted.iter().map(|(p, _)| p.clone()).collect();
+    let specs: Vec<&mirrornet_api::MirrorNetworkSpec> = accepted
+        .iter()
+        .map(|(_, n)| &n.loaded.object.spec)
+        .collect();
+    match engine.converge(&state, &plans, &specs, &remove).await {
+        Ok(outcome) => {
+            metrics.kernel_writes.inc_by(outcome.writes as u64);
+            if outcome.writes > 0 {
+                if cause == Cause::Spec {
+                    info!(writes = outcome.writes, "programmed");
+                } else {
+                    metrics.repairs.inc();
+                    info!(writes = outcome.writes, ?cause, steps = ?outcome.steps, "repaired drift");
+                }
+            } else {
+                debug!("converged, nothing to do");
+            }
+            for plan in &plans {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.programmed = true;
+                    entry.reason = "Programmed".into();
+                    entry.message = format!("programmed with backend {}", plan.backend);
+                }
+            }
+            report.removed = remove;
+        }
+        Err(e) => {
+            metrics.errors.inc();
+            error!(error = %e, "converging failed");
+            for plan in &plans {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.reason = "ApplyFailed".into();
+                    entry.message = e.to_string();
+                }
+            }
+        }
+    }
+    let sysctls = plans
+        .iter()
+        .filter(|p| report.networks.get(&p.name).is_some_and(|n| n.programmed))
+        .flat_map(|p| p.sysctls.iter().map(|s| (s.path.clone(), s.value.clone())))
+        .collect();
+    let programmed = report.networks.values().filter(|n| n.programmed).count();
+    metrics.networks_programmed.set(programmed as i64);
+    metrics
+        .networks_failing
+        .set((report.networks.len() - programmed) as i64);
+    (report, sysctls)
+}
+
+fn plan_one(
+    engine: &Engine,
+    state: &NodeState,
+    network: &DesiredNetwork,
+    backend: BackendChoice,
+) -> Result<NetworkPlan, EngineError> {
+    let loaded = std::slice::from_ref(&network.loaded);
+    match &network.allocation {
+        Some(allocation) => engine.plan_with(state, &network.loaded, allocation, backend),
+        None => Ok(engine.plans(state, loaded, backend)?.remove(0)),
+    }
+}
+
+/// The condition reason for an error.
+pub fn reason_of(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::InterfaceMissing { .. } => "InterfaceMissing",
+        EngineError::AddressTaken { .. } | EngineError::InterfaceShared { .. } => "Conflict",
+        EngineError::Allocation { .. } => "AllocationFailed",
+        EngineError::Plan(_) => "BackendUnavailable",
+        _ => "ApplyFailed",
+    }
+}
+
+/// Kicks a pass on every link, address, route and rule change.
+fn spawn_netlink_watch(kick: mpsc::Sender<Cause>) {
+    use futures::StreamExt;
+    use rtnetlink::MulticastGroup;
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+        MulticastGroup::Ipv4Rule,
+        MulticastGroup::Ipv6Rule,
+    ];
+    match rtnetlink::new_multicast_connection(&groups) {
+        Ok((connection, _handle, mut messages)) => {
+            tokio::spawn(connection);
+            tokio::spawn(async move {
+                while messages.next().await.is_some() {
+                    if kick.try_send(Cause::Drift).is_err() {
+                        // A pass is already queued; it will see this change too.
+                    }
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "cannot subscribe to rtnetlink events; relying on resync"),
+    }
+}
+
+/// Kicks a pass whenever the nftables ruleset changes: the kernel multicasts every
+/// transaction (elements included, which `nft monitor` 1.0.6 does not print) to the
+/// NFNLGRP_NFTABLES group of a netfilter netlink socket. Any change kicks; a pass over an
+/// untouched table costs one listing and writes nothing.
+fn spawn_nft_watch(kick: mpsc::Sender<Cause>) {
+    use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols};
+    /// NFNLGRP_NFTABLES from linux/netfilter/nfnetlink.h.
+    const NFNLGRP_NFTABLES: u32 = 7;
+    let socket = TokioSocket::new(protocols::NETLINK_NETFILTER).and_then(|mut s| {
+        s.socket_mut()
+            .bind(&SocketAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)))?;
+        Ok(s)
+    });
+    let socket = match socket {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot subscribe to nftables events; relying on resync");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            match socket.recv_from_full().await {
+                Ok(_) => {
+                    let _ = kick.try_send(Cause::Drift);
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading nftables events");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Kicks a pass when a sysctl a network needs no longer holds its value. Sysctl writes raise
+/// no event this build can decode (netconf messages), and reading a few /proc files is cheap.
+fn spawn_sysctl_watch(
+    kick: mpsc::Sender<Cause>,
+    watched: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let drifted = watched
+                .lock()
+                .map(|w| {
+                    w.iter()
+                        .any(|(path, value)| crate::sysctl::read(path).is_some_and(|v| v != *value))
+                })
+                .unwrap_or(false);
+            if drifted {
+                let _ = kick.try_send(Cause::Drift);
+            }
+        }
+    });
+}
+
+/// Connects to netlink for an engine used by the loop.
+pub fn engine(ranges: mirrornet_api::allocation::IdRanges) -> std::io::Result<Engine> {
+    Ok(Engine::new(Netlink::connect()?, ranges))
+}
