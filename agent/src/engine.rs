@@ -60,6 +60,15 @@ pub enum EngineError {
         interface: String,
         address: String,
     },
+    #[error(
+        "network {network}: {field}: interface {interface:?} is down; mirrornet does not change \
+         link state, bring it up and the network is programmed"
+    )]
+    InterfaceDown {
+        network: String,
+        field: String,
+        interface: String,
+    },
     #[error("network {network}: interface {interface} is already used by network {other}")]
     InterfaceShared {
         network: String,
@@ -348,20 +357,27 @@ impl Engine {
         state: &NodeState,
         networks: &[LoadedNetwork],
     ) -> Result<Vec<Allocation>> {
-        let recorded: Vec<(String, Allocation)> = state
-            .nft
-            .networks()
+        let mut recorded: BTreeMap<String, Allocation> = StateFile::load(state)?
+            .networks
             .into_iter()
-            .filter_map(|n| state.recorded_allocation(&n).map(|a| (n, a)))
+            .filter_map(|(n, r)| r.allocation.map(|a| (n, a)))
             .collect();
+        // The kernel's record wins over the file's.
+        recorded.extend(
+            state
+                .nft
+                .networks()
+                .into_iter()
+                .filter_map(|n| state.recorded_allocation(&n).map(|a| (n, a))),
+        );
         let mut allocator = Allocator::from_existing(
             self.ranges.clone(),
             recorded.iter().map(|(n, a)| (n.as_str(), a)),
         );
         // Tables used by anyone except the networks we know are foreign.
         let ours: BTreeSet<u32> = recorded
-            .iter()
-            .flat_map(|(_, a)| a.sides.iter().map(|s| s.table))
+            .values()
+            .flat_map(|a| a.sides.iter().map(|s| s.table))
             .collect();
         allocator.reserve_foreign(state.tables_in_use.difference(&ours).copied());
         networks
@@ -417,10 +433,11 @@ impl Engine {
         )?)
     }
 
-    /// Networks mirrornet holds on this node: in the kernel, or remembered in the state file.
+    /// Networks mirrornet holds on this node: in the kernel, or remembered in the state file
+    /// with traces left in the kernel.
     pub fn owned_networks(&self, state: &NodeState) -> BTreeSet<String> {
         let mut names = state.nft.networks();
-        if let Ok(memory) = StateFile::load(&names) {
+        if let Ok(memory) = StateFile::load(state) {
             names.extend(memory.networks.keys().cloned());
         }
         names
@@ -435,7 +452,7 @@ impl Engine {
         specs: &[&mirrornet_api::MirrorNetworkSpec],
         remove: &[String],
     ) -> Result<Outcome> {
-        let mut memory = StateFile::load(&state.nft.networks())?;
+        let mut memory = StateFile::load(state)?;
         check_preconditions(state, plans)?;
         let changes = changes(state, plans, remove, &memory)?;
         let writes = self.execute(state, &changes).await?;
@@ -606,6 +623,13 @@ pub fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<(
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {
                 return Err(EngineError::InterfaceMissing {
+                    network: p.name.clone(),
+                    field: format!("spec.sides[{index}].interface"),
+                    interface: side.interface.clone(),
+                });
+            }
+            if !state.links[&side.interface].up {
+                return Err(EngineError::InterfaceDown {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),

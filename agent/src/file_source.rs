@@ -17,7 +17,10 @@ use crate::reconciler::DesiredNetwork;
 /// Loads `path` once (failing if it is invalid, so a bad start is loud), then keeps `desired`
 /// up to date in the background.
 pub fn watch_file(path: PathBuf) -> Result<watch::Receiver<Vec<DesiredNetwork>>, file::FileError> {
-    let first = file::load_path(&path)?;
+    let first = match file::load_path(&path) {
+        Err(file::FileError::Empty { .. }) => Vec::new(),
+        other => other?,
+    };
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
     let (tx, rx) = watch::channel(to_desired(first));
     tokio::spawn(async move {
@@ -34,7 +37,11 @@ pub fn watch_file(path: PathBuf) -> Result<watch::Receiver<Vec<DesiredNetwork>>,
                 continue;
             }
             last_text = text.clone();
-            match file::load_str(&path.display().to_string(), &text) {
+            match file::load_str(&path.display().to_string(), &text).or_else(|e| match e {
+                // A file emptied on purpose means: no networks on this node.
+                file::FileError::Empty { .. } => Ok(Vec::new()),
+                e => Err(e),
+            }) {
                 Ok(networks) => {
                     info!(file = %path.display(), networks = networks.len(), "file changed, reloading");
                     let _ = tx.send(to_desired(networks));

@@ -284,14 +284,21 @@ pub async fn pass(
             .valid
             .sides
             .iter()
-            .filter(|s| !state.links.contains_key(s.interface.as_str()))
-            .map(|s| format!("{} (side {})", s.interface.as_str(), s.name.as_str()))
+            .filter(|s| !state.links.get(s.interface.as_str()).is_some_and(|l| l.up))
+            .map(|s| {
+                let why = if state.links.contains_key(s.interface.as_str()) {
+                    "down"
+                } else {
+                    "absent"
+                };
+                format!("{} (side {}, {why})", s.interface.as_str(), s.name.as_str())
+            })
             .collect();
         if !missing.is_empty() {
             entry.interfaces_present = false;
             entry.reason = "InterfaceMissing".into();
             entry.message = format!(
-                "interface(s) {} not present on this node; programming resumes when they appear",
+                "interface(s) {} on this node; programming resumes when they are present and up",
                 missing.join(", ")
             );
             warn!(message = %entry.message);
@@ -403,6 +410,7 @@ fn plan_one(
 pub fn reason_of(e: &EngineError) -> &'static str {
     match e {
         EngineError::InterfaceMissing { .. } => "InterfaceMissing",
+        EngineError::InterfaceDown { .. } => "InterfaceDown",
         EngineError::AddressTaken { .. } | EngineError::InterfaceShared { .. } => "Conflict",
         EngineError::Allocation { .. } => "AllocationFailed",
         EngineError::Plan(_) => "BackendUnavailable",

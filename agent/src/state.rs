@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use mirrornet_api::MirrorNetworkSpec;
+use mirrornet_api::{Allocation, MirrorNetworkSpec};
 
+use crate::engine::NodeState;
 use crate::plan::NetworkPlan;
 
 /// Failure reading or writing the state file.
@@ -41,6 +42,10 @@ pub struct NetworkRecord {
     /// The spec last applied, so `show` can tell whether the node still matches it.
     #[serde(default)]
     pub spec: Option<MirrorNetworkSpec>,
+    /// The ids last programmed: the kernel records them too (`ids.<network>`), but that chain
+    /// goes with the nft table if someone deletes it, and the repair must reuse the same ids.
+    #[serde(default)]
+    pub allocation: Option<Allocation>,
 }
 
 /// The state file's content.
@@ -62,12 +67,22 @@ fn location() -> Result<PathBuf, StateError> {
 }
 
 impl StateFile {
-    /// The memory of the networks `programmed` holds (those with an `ids.<network>` chain in
-    /// the kernel). Anything else is stale: a namespace's inode, the file's key, is reused once
-    /// the namespace is gone, and a new namespace must not inherit a dead one's memory.
-    pub fn load(programmed: &BTreeSet<String>) -> Result<Self, StateError> {
+    /// The memory of the networks the kernel still shows traces of: an `ids.<network>` chain,
+    /// or mirrornet rules or routes in one of the network's tables. Anything else is stale: a
+    /// namespace's inode, the file's key, is reused once the namespace is gone, and a new
+    /// namespace must not inherit a dead one's memory.
+    pub fn load(state: &NodeState) -> Result<Self, StateError> {
         let mut me = Self::load_all()?;
-        me.networks.retain(|name, _| programmed.contains(name));
+        let programmed = state.nft.networks();
+        let our_tables: BTreeSet<u32> = state
+            .rules
+            .iter()
+            .map(|r| r.table)
+            .chain(state.routes.iter().map(|r| r.table))
+            .collect();
+        me.networks.retain(|name, record| {
+            programmed.contains(name) || !record.tables.is_disjoint(&our_tables)
+        });
         Ok(me)
     }
 
@@ -153,6 +168,10 @@ impl StateFile {
     pub fn record_network(&mut self, plan: &NetworkPlan, spec: &MirrorNetworkSpec) {
         let record = self.networks.entry(plan.name.clone()).or_default();
         record.spec = Some(spec.clone());
+        record.allocation = Some(Allocation {
+            mark_mask: plan.mark_mask,
+            sides: plan.sides.iter().map(|s| s.ids.clone()).collect(),
+        });
         record.tables = plan.sides.iter().map(|s| s.ids.table).collect();
         record.interfaces = plan.sides.iter().map(|s| s.interface.clone()).collect();
         record.sysctls = plan.sysctls.iter().map(|s| s.path.clone()).collect();

@@ -90,7 +90,7 @@ fn foreign_tables_rules_and_marks_survive() {
         "the foreign mark bits survive mirrornet's marking"
     );
     let applied = snapshot(&s.lab, MIDDLEMAN).unwrap();
-    assert!(applied.contains("table ip foreign"));
+    assert!(applied.contains(r#"{"table":{"family":"ip","name":"foreign"}}"#));
     assert!(applied.contains("200:\tfrom 198.51.100.0/24 lookup 100"));
 
     delete(&s.lab, &spec);

@@ -1,0 +1,306 @@
+//! `mirrornet-agent run --file F`: the long-running engine against the real kernel — drift
+//! repair, interfaces that come and go, file reloads, restarts that drop no packet.
+
+use std::time::Duration;
+
+use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
+use mirrornet_e2e::node::{
+    RunningAgent, SpecFile, assert_same, ping, require_root, snapshot, time_until,
+};
+
+const SEED: &str = include_str!("../../examples/seed.yaml");
+
+fn seed(tag: &str) -> (Scenario, SpecFile) {
+    require_root();
+    let spec = SpecFile::new(tag, SEED);
+    let scenario =
+        Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false).expect("seed topology");
+    (scenario, spec)
+}
+
+fn sh(s: &Scenario, command: &str) -> String {
+    s.lab
+        .stdout(MIDDLEMAN, &["sh", "-c", command])
+        .unwrap_or_else(|e| panic!("{command}: {e}"))
+}
+
+/// Waits until the namespace matches `expected` again.
+fn converges_to(s: &Scenario, expected: &str, what: &str) {
+    let ok = time_until(Duration::from_secs(5), || {
+        snapshot(&s.lab, MIDDLEMAN).unwrap() == expected
+    });
+    if ok.is_none() {
+        assert_same(expected, &snapshot(&s.lab, MIDDLEMAN).unwrap(), what);
+    }
+}
+
+#[test]
+fn every_tampered_object_is_repaired() {
+    let (s, spec) = seed("tamper");
+    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // (what, how to tamper, command whose output shows the object, text it must contain)
+    let cases = [
+        (
+            "mark rule",
+            "ip rule del priority 500",
+            "ip rule show",
+            "500:\tfrom all fwmark 0x1000000/0xff000000 lookup 20000 proto 77",
+        ),
+        (
+            "iif rule",
+            "ip rule del priority 1501",
+            "ip rule show",
+            "1501:\tfrom all iif eth2 lookup 20001 proto 77",
+        ),
+        (
+            "side route",
+            "ip route del 192.168.2.0/24 table 20001",
+            "ip route show table 20001",
+            "192.168.2.0/24 dev eth2",
+        ),
+        (
+            "gateway address",
+            "ip addr del 192.168.2.1/24 dev eth1",
+            "ip addr show dev eth1",
+            "inet 192.168.2.1/24",
+        ),
+        (
+            "nat rule",
+            "nft flush chain inet mirrornet xlate-dst.plant-twin",
+            "nft list chain inet mirrornet xlate-dst.plant-twin",
+            "dnat ip prefix to 192.168.2.0/24",
+        ),
+        (
+            "steering map element",
+            "nft delete element inet mirrornet ingress-v4 '{ \"eth1\" . 192.168.3.0/24 }'",
+            "nft list map inet mirrornet ingress-v4",
+            "\"eth1\" . 192.168.3.0/24",
+        ),
+        (
+            "whole nft table",
+            "nft delete table inet mirrornet",
+            "nft list tables",
+            "table inet mirrornet",
+        ),
+        (
+            "forwarding sysctl",
+            "sysctl -qw net.ipv4.conf.eth1.forwarding=0",
+            "sysctl net.ipv4.conf.eth1.forwarding",
+            "= 1",
+        ),
+    ];
+    let mut delays = Vec::new();
+    for (what, tamper, show, expect) in cases {
+        let repairs = agent.metric(&s.lab, "mirrornet_agent_repairs_total");
+        sh(&s, tamper);
+        let delay = time_until(Duration::from_secs(5), || sh(&s, show).contains(expect))
+            .unwrap_or_else(|| panic!("{what} was not repaired:\n{}", agent.log_text()));
+        converges_to(&s, &converged, what);
+        assert!(ping(&s.lab, "inner-10", "192.168.3.11"), "{what}: traffic");
+        assert!(agent.metric(&s.lab, "mirrornet_agent_repairs_total") > repairs);
+        delays.push((what, delay));
+    }
+    for (what, delay) in &delays {
+        println!("repair delay {what}: {:.1} ms", delay.as_secs_f64() * 1e3);
+    }
+}
+
+#[test]
+fn an_interface_that_appears_later_is_programmed_and_a_recreated_one_reprogrammed() {
+    require_root();
+    // eth3 does not exist yet.
+    let text = SEED.replace("interface: eth2", "interface: eth3");
+    let spec = SpecFile::new("hotplug", &text);
+    let seed = SpecFile::new("hotplug-topology", SEED);
+    let s = Scenario::build("hotplug", &seed.networks[0].valid, &[10, 11], false).unwrap();
+    // The topology has eth2; rename it away so the spec's eth3 is missing.
+    sh(&s, "ip link set eth2 down && ip link set eth2 name spare");
+    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    let (_, ready) = agent.get(&s.lab, "/readyz");
+    assert!(ready.contains("InterfaceMissing"), "{ready}");
+    assert!(
+        !sh(&s, "ip rule show").contains("proto 77"),
+        "nothing programmed yet"
+    );
+
+    // Hot-plug: the interface appears under the expected name.
+    sh(&s, "ip link set spare name eth3 && ip link set eth3 up");
+    let delay = time_until(Duration::from_secs(5), || {
+        sh(&s, "ip addr show dev eth3").contains("192.168.2.1/24")
+    })
+    .expect("programmed once eth3 appeared");
+    println!(
+        "programmed {:.1} ms after the interface appeared",
+        delay.as_secs_f64() * 1e3
+    );
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    assert!(
+        time_until(Duration::from_secs(5), || {
+            agent.get(&s.lab, "/readyz").1 == "ok\n"
+        })
+        .is_some()
+    );
+
+    // Recreated with the same name (new ifindex): the veth pair goes and comes back.
+    let outer_lan = s.lab.ns("outer-lan");
+    sh(&s, "ip link del eth3");
+    sh(
+        &s,
+        &format!(
+            "ip link add eth3 type veth peer name uplink netns {outer_lan} && ip link set eth3 up"
+        ),
+    );
+    s.lab
+        .exec(
+            "outer-lan",
+            &[
+                "sh",
+                "-c",
+                "ip link set uplink master br0 && ip link set uplink up",
+            ],
+        )
+        .unwrap();
+    time_until(Duration::from_secs(5), || {
+        sh(&s, "ip addr show dev eth3").contains("192.168.2.1/24")
+    })
+    .expect("re-programmed on the recreated interface");
+    // The hosts still hold the old interface's MAC for the gateway; real hosts re-resolve
+    // within their ARP timeout, the test does not wait for that.
+    for host in ["outer-10", "outer-11"] {
+        s.lab
+            .exec(host, &["ip", "neigh", "flush", "dev", "eth0"])
+            .unwrap();
+    }
+    assert!(
+        time_until(Duration::from_secs(5), || ping(
+            &s.lab,
+            "outer-10",
+            "192.168.3.11"
+        ))
+        .is_some()
+    );
+    // Same objects as before, apart from the link's own identity.
+    let strip = |t: &str| {
+        t.lines()
+            .filter(|l| !l.contains("link/ether") && !l.contains("eth3@") && !l.contains("fe80"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    converges_to_stripped(&s, &strip(&converged), strip);
+}
+
+fn converges_to_stripped(s: &Scenario, expected: &str, strip: impl Fn(&str) -> String) {
+    let ok = time_until(Duration::from_secs(5), || {
+        strip(&snapshot(&s.lab, MIDDLEMAN).unwrap()) == expected
+    });
+    if ok.is_none() {
+        assert_same(
+            expected,
+            &strip(&snapshot(&s.lab, MIDDLEMAN).unwrap()),
+            "recreated",
+        );
+    }
+}
+
+#[test]
+fn restarting_the_agent_drops_no_packet_and_sigterm_leaves_the_datapath() {
+    let (s, spec) = seed("restart");
+    let mut agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // 300 pings 10 ms apart across the mirrored path while the agent is killed and restarted.
+    let flood = s
+        .lab
+        .command(
+            "inner-10",
+            &["ping", "-q", "-i", "0.01", "-c", "300", "192.168.3.11"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = agent.stop("KILL");
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    agent.restart(&s.lab);
+    agent.wait_ready(&s.lab);
+    let out = flood.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    println!("{}", summary.trim());
+    assert!(
+        summary.contains("300 packets transmitted, 300 received"),
+        "packets were lost across the restart: {summary}"
+    );
+    // The restarted agent adopted the state: it wrote nothing.
+    assert_eq!(
+        agent.metric(&s.lab, "mirrornet_agent_kernel_writes_total"),
+        0.0
+    );
+    assert_same(
+        &converged,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after restart",
+    );
+
+    // SIGTERM: clean exit, datapath in place.
+    let status = agent.stop("TERM");
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+    assert_same(
+        &converged,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after SIGTERM",
+    );
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+}
+
+#[test]
+fn file_changes_are_followed_and_a_broken_file_changes_nothing() {
+    let (s, spec) = seed("reload");
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+
+    // A broken edit: the agent logs it and keeps the network as it was.
+    std::fs::write(&spec.path, SEED.replace("aliasPrefix", "aliasPrefx")).unwrap();
+    assert!(
+        time_until(Duration::from_secs(5), || agent
+            .log_text()
+            .contains("keeping the previous networks"))
+        .is_some()
+    );
+    assert_same(
+        &converged,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "broken file",
+    );
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+
+    // A real change: the outer side now reaches the inner side's hosts as 10.9.3.x.
+    std::fs::write(
+        &spec.path,
+        SEED.replacen("aliasPrefix: 192.168.3.0/24", "aliasPrefix: 10.9.3.0/24", 1),
+    )
+    .unwrap();
+    assert!(
+        time_until(Duration::from_secs(5), || ping(
+            &s.lab,
+            "outer-10",
+            "10.9.3.11"
+        ))
+        .is_some(),
+        "{}",
+        agent.log_text()
+    );
+    assert!(!ping(&s.lab, "outer-10", "192.168.3.11"));
+
+    // The network leaves the file: it leaves the node, completely.
+    std::fs::write(&spec.path, "# nothing here any more\n").unwrap();
+    converges_to(&s, &before, "network removed from the file");
+}
