@@ -227,7 +227,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             let engine = engine()?;
             let state = engine.observe().await?;
             let plans = engine.plans(&state, &networks, backend)?;
-            let memory = StateFile::load(&state.nft.networks())?;
+            let memory = StateFile::load(&state)?;
             let changes = mirrornet_agent::engine::changes(&state, &plans, &[], &memory)?;
             print(output, &serde_json::to_value(&changes)?, || {
                 if changes.is_empty() {
