@@ -396,7 +396,9 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
         }
     }
     out.push_str("### nft -j list ruleset (canonical)\n");
-    out.push_str(&canonical_ruleset(&lab.stdout(ns, &["nft", "-j", "list", "ruleset"])?));
+    out.push_str(&canonical_ruleset(
+        &lab.stdout(ns, &["nft", "-j", "list", "ruleset"])?,
+    ));
     out.push_str("### sysctls\n");
     let sysctls = lab.stdout(ns, &["sysctl", "-a"])?;
     for line in sysctls.lines() {

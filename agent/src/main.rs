@@ -350,7 +350,7 @@ fn show(
     state: &NodeState,
     file: Option<&std::path::Path>,
 ) -> Result<Vec<ShownNetwork>> {
-    let memory = StateFile::load(&state.nft.networks())?;
+    let memory = StateFile::load(state)?;
     let specs: Vec<LoadedNetwork> = match file {
         Some(f) => load(f)?,
         None => Vec::new(),
