@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
-use crate::netlink::{Link, Netlink, NetlinkError, ObservedAddress};
+use crate::netlink::{L3mdevRules, Link, Netlink, NetlinkError, ObservedAddress};
 use crate::nft::{self, ObservedNft};
 use crate::plan::{
-    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan,
+    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan, VrfPlan,
 };
 use crate::state::{StateError, StateFile};
 use crate::sysctl;
@@ -68,6 +68,16 @@ pub enum EngineError {
         network: String,
         field: String,
         interface: String,
+    },
+    #[error(
+        "network {network}: {field}: interface {interface:?} is enslaved to {controller:?}, \
+         which mirrornet did not create; it will not take the interface from it"
+    )]
+    InterfaceEnslaved {
+        network: String,
+        field: String,
+        interface: String,
+        controller: String,
     },
     #[error("network {network}: interface {interface} is already used by network {other}")]
     InterfaceShared {
@@ -120,6 +130,7 @@ pub struct NodeState {
     /// The table exactly as listed, to restore it if a later step fails.
     pub nft_listing: Option<Value>,
     pub facts: NodeFacts,
+    pub l3mdev: L3mdevRules,
 }
 
 impl NodeState {
@@ -203,6 +214,32 @@ pub enum Step {
         value: String,
         previous: String,
     },
+    /// A side's VRF device, created up.
+    AddVrf {
+        network: String,
+        vrf: VrfPlan,
+    },
+    DeleteVrf {
+        network: String,
+        vrf: VrfPlan,
+    },
+    /// Puts a side interface into its VRF.
+    Enslave {
+        network: String,
+        interface: String,
+        vrf: String,
+    },
+    /// Takes an interface out of a VRF (`vrf`, to put it back on rollback).
+    Release {
+        network: String,
+        interface: String,
+        vrf: String,
+    },
+    /// Removes the kernel's l3mdev rule that came with mirrornet's first VRF device.
+    DeleteL3mdevRule {
+        ipv6: bool,
+        priority: u32,
+    },
     /// One atomic nft transaction.
     Nft {
         summary: Vec<String>,
@@ -250,6 +287,19 @@ impl fmt::Display for Step {
             Step::Nft { summary, .. } => {
                 write!(f, "~ nft table inet {}: {}", nft::TABLE, summary.join(", "))
             }
+            Step::AddVrf { vrf, .. } => {
+                write!(f, "+ vrf {} table {} ({})", vrf.name, vrf.table, vrf.alias)
+            }
+            Step::DeleteVrf { vrf, .. } => write!(f, "- vrf {} table {}", vrf.name, vrf.table),
+            Step::Enslave { interface, vrf, .. } => write!(f, "~ link {interface} master {vrf}"),
+            Step::Release { interface, vrf, .. } => {
+                write!(f, "~ link {interface} nomaster (was {vrf})")
+            }
+            Step::DeleteL3mdevRule { ipv6, priority } => write!(
+                f,
+                "- rule {}{priority} l3mdev (the kernel's, added with the first VRF)",
+                if *ipv6 { "-6 " } else { "" }
+            ),
         }
     }
 }
@@ -284,7 +334,23 @@ pub fn node_facts() -> NodeFacts {
             })
             .collect(),
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
+        vrf_available: vrf_available(),
     }
+}
+
+/// Whether the kernel can make VRF devices: the module is loaded (or built in with an entry
+/// under /sys/module), or the running kernel's module tree has it for autoloading.
+fn vrf_available() -> bool {
+    if std::path::Path::new("/sys/module/vrf").exists() {
+        return true;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = std::path::Path::new("/lib/modules").join(release.trim());
+    ["modules.dep", "modules.builtin"].iter().any(|f| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|t| t.lines().any(|l| l.contains("/vrf.ko")))
+            .unwrap_or(false)
+    })
 }
 
 /// The engine: a netlink connection plus the id ranges file mode allocates from.
@@ -330,7 +396,7 @@ impl Engine {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses(&links).await?;
         let (routes, route_tables) = self.netlink.routes(&links).await?;
-        let (rules, rule_tables) = self.netlink.rules().await?;
+        let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
         let nft_listing = nft_list()?;
         let nft = nft_listing
             .as_ref()
@@ -347,6 +413,7 @@ impl Engine {
             nft,
             nft_listing,
             facts: node_facts(),
+            l3mdev,
         })
     }
 
@@ -403,7 +470,7 @@ impl Engine {
         let allocations = self.allocate(state, networks)?;
         let mut plans = Vec::new();
         for (network, allocation) in networks.iter().zip(allocations) {
-            let backend = resolve_backend(choice, network.valid.backend);
+            let backend = resolve_backend(choice, network.valid.backend, &state.facts);
             plans.push(plan::plan(
                 network.name(),
                 &network.valid,
@@ -423,7 +490,7 @@ impl Engine {
         allocation: &Allocation,
         choice: BackendChoice,
     ) -> Result<NetworkPlan> {
-        let backend = resolve_backend(choice, network.valid.backend);
+        let backend = resolve_backend(choice, network.valid.backend, &state.facts);
         Ok(plan::plan(
             network.name(),
             &network.valid,
@@ -470,6 +537,16 @@ impl Engine {
         }
         for name in remove {
             memory.forget_network(name);
+        }
+        let had_vrfs = state.links.values().any(|l| l.vrf_table.is_some());
+        for step in &changes.steps {
+            match step {
+                Step::AddVrf { .. } if !had_vrfs && state.l3mdev.ipv4.is_none() => {
+                    memory.l3mdev_rule_ours = true;
+                }
+                Step::DeleteL3mdevRule { .. } => memory.l3mdev_rule_ours = false,
+                _ => {}
+            }
         }
         for (plan, spec) in plans.iter().zip(specs) {
             memory.record_network(plan, spec);
@@ -567,6 +644,24 @@ impl Engine {
                 sysctl::write(path, value)?
             }
             Step::Nft { commands, .. } => nft_apply(&nft::batch(commands))?,
+            Step::AddVrf { vrf, .. } => self.netlink.add_vrf(vrf).await?,
+            Step::DeleteVrf { vrf, .. } => {
+                let index = self.index(&vrf.name).await?;
+                self.netlink.del_link(index, &vrf.name).await?;
+            }
+            Step::Enslave { interface, vrf, .. } => {
+                let (index, controller) = (self.index(interface).await?, self.index(vrf).await?);
+                self.netlink
+                    .set_controller(index, interface, Some(controller))
+                    .await?;
+            }
+            Step::Release { interface, .. } => {
+                let index = self.index(interface).await?;
+                self.netlink.set_controller(index, interface, None).await?;
+            }
+            Step::DeleteL3mdevRule { ipv6, priority } => {
+                self.netlink.del_l3mdev_rule(*ipv6, *priority).await?
+            }
         }
         Ok(())
     }
@@ -599,19 +694,48 @@ impl Engine {
             Step::Nft { .. } => {
                 return nft_restore(state.nft_listing.as_ref());
             }
+            Step::AddVrf { network, vrf } => Step::DeleteVrf { network, vrf },
+            Step::DeleteVrf { network, vrf } => Step::AddVrf { network, vrf },
+            Step::Enslave {
+                network,
+                interface,
+                vrf,
+            } => Step::Release {
+                network,
+                interface,
+                vrf,
+            },
+            Step::Release {
+                network,
+                interface,
+                vrf,
+            } => Step::Enslave {
+                network,
+                interface,
+                vrf,
+            },
+            Step::DeleteL3mdevRule { ipv6, priority } => {
+                return Ok(self.netlink.add_l3mdev_rule(ipv6, priority).await?);
+            }
         };
         self.run(&inverse).await
     }
 }
 
-/// `Auto` means VRF where the kernel has it; this build plans policy routing for `Auto` until the
-/// VRF backend lands, and refuses an explicit VRF request in [`plan::plan`].
-pub fn resolve_backend(choice: BackendChoice, spec: mirrornet_api::Backend) -> BackendKind {
+/// The command line overrides the spec; `Auto` means VRF where the kernel can make VRF devices.
+/// An explicit VRF request on a kernel without VRF is refused in [`plan::plan`].
+pub fn resolve_backend(
+    choice: BackendChoice,
+    spec: mirrornet_api::Backend,
+    facts: &NodeFacts,
+) -> BackendKind {
     use mirrornet_api::Backend;
     match (choice, spec) {
-        (BackendChoice::Vrf, _) => BackendKind::Vrf,
-        (BackendChoice::PolicyRouting, _) => BackendKind::PolicyRouting,
-        (BackendChoice::Auto, Backend::Vrf) => BackendKind::Vrf,
+        (BackendChoice::Vrf, _) | (BackendChoice::Auto, Backend::Vrf) => BackendKind::Vrf,
+        (BackendChoice::PolicyRouting, _) | (BackendChoice::Auto, Backend::PolicyRouting) => {
+            BackendKind::PolicyRouting
+        }
+        (BackendChoice::Auto, _) if facts.vrf_available => BackendKind::Vrf,
         (BackendChoice::Auto, _) => BackendKind::PolicyRouting,
     }
 }
@@ -633,6 +757,22 @@ pub fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<(
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
+                });
+            }
+            if let Some(controller) = state.links[&side.interface].controller
+                && our_vrf_of(state, &side.interface).is_none()
+            {
+                let controller = state
+                    .links
+                    .values()
+                    .find(|l| l.index == controller)
+                    .map(|l| l.name.clone())
+                    .unwrap_or_else(|| format!("ifindex {controller}"));
+                return Err(EngineError::InterfaceEnslaved {
+                    network: p.name.clone(),
+                    field: format!("spec.sides[{index}].interface"),
+                    interface: side.interface.clone(),
+                    controller,
                 });
             }
             if let Some(other) = claimed.insert(&side.interface, &p.name) {
@@ -667,6 +807,7 @@ pub fn changes(
     remove: &[String],
     memory: &StateFile,
 ) -> Result<Changes> {
+    let mut vrf_steps = Vec::new();
     let mut adds = Vec::new();
     let mut sysctls = Vec::new();
     let mut deletes = Vec::new();
@@ -695,6 +836,53 @@ pub fn changes(
         let _span = info_span!("network", network = %p.name).entered();
         let (tables, interfaces) = owned(&p.name, Some(p));
         let network = p.name.clone();
+
+        // Interfaces in one of our VRFs that the plan does not want there come out first
+        // (a backend switch, a side moved to another interface).
+        for interface in &interfaces {
+            if let Some(current) = our_vrf_of(state, interface)
+                && !p
+                    .vrfs
+                    .iter()
+                    .any(|v| v.name == current.name && v.interface == *interface)
+            {
+                vrf_steps.push(Step::Release {
+                    network: network.clone(),
+                    interface: interface.clone(),
+                    vrf: current.name.clone(),
+                });
+            }
+        }
+        for v in &p.vrfs {
+            let existing = state
+                .links
+                .get(&v.name)
+                .filter(|l| l.vrf_table == Some(v.table));
+            if existing.is_none() {
+                vrf_steps.push(Step::AddVrf {
+                    network: network.clone(),
+                    vrf: v.clone(),
+                });
+            }
+            let enslaved = existing.is_some_and(|vrf| {
+                state
+                    .links
+                    .get(&v.interface)
+                    .is_some_and(|l| l.controller == Some(vrf.index))
+            });
+            if !enslaved {
+                vrf_steps.push(Step::Enslave {
+                    network: network.clone(),
+                    interface: v.interface.clone(),
+                    vrf: v.name.clone(),
+                });
+            }
+        }
+        for link in our_vrfs(state, &tables) {
+            if !p.vrfs.iter().any(|v| v.name == link.name) {
+                deletes.extend(delete_vrf(state, &network, link));
+            }
+        }
 
         let have_addresses: Vec<AddressPlan> = state
             .addresses
@@ -795,6 +983,9 @@ pub fn changes(
     for name in remove {
         let _span = info_span!("network", network = %name).entered();
         let (tables, interfaces) = owned(name, None);
+        for link in our_vrfs(state, &tables) {
+            deletes.extend(delete_vrf(state, name, link));
+        }
         for a in state
             .addresses
             .iter()
@@ -828,12 +1019,37 @@ pub fn changes(
         }
     }
 
-    // Delete order: mark rules (lowest priority first), iif rules, routes, addresses.
+    // Delete order: mark rules (lowest priority first), iif rules, routes, addresses, then
+    // the VRFs (interfaces released first, so a rollback can put them back).
     deletes.sort_by_key(|s| match s {
         Step::DeleteRule { rule, .. } => (0, rule.priority),
         Step::DeleteRoute { .. } => (1, 0),
-        _ => (2, 0),
+        Step::DeleteAddress { .. } => (2, 0),
+        Step::Release { .. } => (3, 0),
+        _ => (4, 0),
     });
+    // The kernel adds an l3mdev rule with the first VRF device and never removes it; when
+    // mirrornet brought it and no VRF device will remain, it goes too.
+    let vrfs_now = state
+        .links
+        .values()
+        .filter(|l| l.vrf_table.is_some())
+        .count();
+    let added = vrf_steps
+        .iter()
+        .filter(|s| matches!(s, Step::AddVrf { .. }))
+        .count();
+    let deleted = deletes
+        .iter()
+        .filter(|s| matches!(s, Step::DeleteVrf { .. }))
+        .count();
+    if vrfs_now + added == deleted && memory.l3mdev_rule_ours {
+        for (ipv6, priority) in [(false, state.l3mdev.ipv4), (true, state.l3mdev.ipv6)] {
+            if let Some(priority) = priority {
+                deletes.push(Step::DeleteL3mdevRule { ipv6, priority });
+            }
+        }
+    }
 
     let mask = plans.first().map(|p| p.mark_mask).unwrap_or(0xff00_0000);
     let desired: Vec<(&str, &nft::NetworkNft)> =
@@ -841,7 +1057,8 @@ pub fn changes(
     let removing: Vec<&str> = remove.iter().map(String::as_str).collect();
     let commands = nft::transaction(&state.nft, &desired, &removing, mask);
 
-    let mut steps = adds;
+    let mut steps = vrf_steps;
+    steps.extend(adds);
     steps.extend(sysctls);
     if !commands.is_empty() {
         steps.push(Step::Nft {
@@ -852,6 +1069,58 @@ pub fn changes(
     steps.extend(deletes);
     steps.extend(restores);
     Ok(Changes { steps })
+}
+
+/// Whether `link` is a VRF device mirrornet made: `mnv<table>` with our alias.
+fn is_our_vrf(link: &Link) -> bool {
+    link.vrf_table.is_some()
+        && link.name.starts_with("mnv")
+        && link
+            .alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with("mirrornet:"))
+}
+
+/// Our VRF devices whose table is one of `tables`.
+fn our_vrfs<'a>(state: &'a NodeState, tables: &BTreeSet<u32>) -> Vec<&'a Link> {
+    state
+        .links
+        .values()
+        .filter(|l| is_our_vrf(l) && l.vrf_table.is_some_and(|t| tables.contains(&t)))
+        .collect()
+}
+
+/// The VRF of ours `interface` is enslaved to, if any.
+fn our_vrf_of<'a>(state: &'a NodeState, interface: &str) -> Option<&'a Link> {
+    let controller = state.links.get(interface)?.controller?;
+    state
+        .links
+        .values()
+        .find(|l| l.index == controller && is_our_vrf(l))
+}
+
+/// Releasing every interface enslaved to `vrf`, then deleting it.
+fn delete_vrf(state: &NodeState, network: &str, vrf: &Link) -> Vec<Step> {
+    let mut steps: Vec<Step> = state
+        .links
+        .values()
+        .filter(|l| l.controller == Some(vrf.index))
+        .map(|l| Step::Release {
+            network: network.into(),
+            interface: l.name.clone(),
+            vrf: vrf.name.clone(),
+        })
+        .collect();
+    steps.push(Step::DeleteVrf {
+        network: network.into(),
+        vrf: VrfPlan {
+            name: vrf.name.clone(),
+            table: vrf.vrf_table.unwrap_or_default(),
+            interface: String::new(),
+            alias: vrf.alias.clone().unwrap_or_default(),
+        },
+    });
+    steps
 }
 
 fn restore(network: &str, path: &str, original: &str) -> Option<Step> {

@@ -12,13 +12,15 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
 };
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVrf, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
-use crate::plan::{AddressPlan, PROTOCOL, RoutePlan, RulePlan, RuleSelector};
+use crate::plan::{AddressPlan, PROTOCOL, RoutePlan, RulePlan, RuleSelector, VrfPlan};
 
 /// A failed netlink call, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,10 @@ pub struct Link {
     pub up: bool,
     /// Index of the device this one is enslaved to (a VRF, a bridge), if any.
     pub controller: Option<u32>,
+    /// The routing table of a VRF device; `None` for any other kind of link.
+    pub vrf_table: Option<u32>,
+    /// The link's alias (`ip link set X alias ...`): mirrornet names its VRFs' owners there.
+    pub alias: Option<String>,
 }
 
 /// An address on a link, with the flags we care about.
@@ -55,6 +61,14 @@ pub struct ObservedAddress {
     pub noprefixroute: bool,
     /// Whether the address carries mirrornet's protocol ([`PROTOCOL`]), i.e. we added it.
     pub ours: bool,
+}
+
+/// The kernel's `l3mdev` rules ("from all lookup [l3mdev-table]"), by priority: added with the
+/// first VRF device of a family and never removed by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct L3mdevRules {
+    pub ipv4: Option<u32>,
+    pub ipv6: Option<u32>,
 }
 
 /// A rtnetlink connection.
@@ -91,6 +105,20 @@ impl Netlink {
                     LinkAttribute::Controller(i) => Some(*i),
                     _ => None,
                 });
+                let vrf_table = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                        LinkInfo::Data(InfoData::Vrf(vrf)) => vrf.iter().find_map(|v| match v {
+                            InfoVrf::TableId(t) => Some(*t),
+                            _ => None,
+                        }),
+                        _ => None,
+                    }),
+                    _ => None,
+                });
+                let alias = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfAlias(s) => Some(s.clone()),
+                    _ => None,
+                });
                 Some((
                     name.clone(),
                     Link {
@@ -98,6 +126,8 @@ impl Netlink {
                         name,
                         up: m.header.flags.contains(LinkFlags::Up),
                         controller,
+                        vrf_table,
+                        alias,
                     },
                 ))
             })
@@ -206,10 +236,12 @@ impl Netlink {
         Ok((ours, tables))
     }
 
-    /// mirrornet's rules (protocol [`PROTOCOL`]) and the tables every other rule looks up.
-    pub async fn rules(&self) -> Result<(Vec<RulePlan>, Vec<u32>)> {
+    /// mirrornet's rules (protocol [`PROTOCOL`]), the tables every other rule looks up, and
+    /// the priorities of the kernel's l3mdev rules (IPv4, IPv6) if present.
+    pub async fn rules(&self) -> Result<(Vec<RulePlan>, Vec<u32>, L3mdevRules)> {
         let mut ours = Vec::new();
         let mut foreign_tables = Vec::new();
+        let mut l3mdev = L3mdevRules::default();
         for (ipv6, version) in [
             (false, rtnetlink::IpVersion::V4),
             (true, rtnetlink::IpVersion::V6),
@@ -235,6 +267,22 @@ impl Netlink {
                     .attributes
                     .iter()
                     .any(|a| matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))));
+                let is_l3mdev = m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::L3MDev(true)));
+                if is_l3mdev {
+                    let priority = m.attributes.iter().find_map(|a| match a {
+                        RuleAttribute::Priority(p) => Some(*p),
+                        _ => None,
+                    });
+                    if ipv6 {
+                        l3mdev.ipv6 = priority;
+                    } else {
+                        l3mdev.ipv4 = priority;
+                    }
+                    continue;
+                }
                 if !ours_ {
                     foreign_tables.push(table);
                     continue;
@@ -283,7 +331,7 @@ impl Netlink {
         }
         foreign_tables.sort_unstable();
         foreign_tables.dedup();
-        Ok((ours, foreign_tables))
+        Ok((ours, foreign_tables, l3mdev))
     }
 
     pub async fn add_address(&self, index: u32, a: &AddressPlan) -> Result<()> {
@@ -443,6 +491,99 @@ impl Netlink {
                 "removing rule {} lookup {} priority {}",
                 r.selector, r.table, r.priority
             )))
+    }
+}
+
+impl Netlink {
+    /// Creates VRF device `vrf.name` for `vrf.table`, up, with the owner in its alias.
+    pub async fn add_vrf(&self, vrf: &VrfPlan) -> Result<()> {
+        let message = rtnetlink::LinkVrf::new(&vrf.name, vrf.table)
+            .alias(vrf.alias.clone())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "creating VRF {} (table {})",
+                vrf.name, vrf.table
+            )))
+    }
+
+    pub async fn del_link(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(ctx(format!("deleting link {name}")))
+    }
+
+    /// Enslaves link `index` to `controller`, or releases it with `None`.
+    pub async fn set_controller(
+        &self,
+        index: u32,
+        name: &str,
+        controller: Option<u32>,
+    ) -> Result<()> {
+        let builder = rtnetlink::LinkUnspec::new_with_index(index);
+        let message = match controller {
+            Some(c) => builder.controller(c).build(),
+            None => builder.nocontroller().build(),
+        };
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "{} {name}",
+                if controller.is_some() {
+                    "enslaving"
+                } else {
+                    "releasing"
+                }
+            )))
+    }
+
+    /// Deletes the kernel's l3mdev rule of one family at `priority`.
+    pub async fn del_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
+        let mut m = RuleMessage::default();
+        m.header.family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.action = RuleAction::ToTable;
+        m.attributes.push(RuleAttribute::Priority(priority));
+        m.attributes.push(RuleAttribute::L3MDev(true));
+        self.handle
+            .rule()
+            .del(m)
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "removing the l3mdev rule at priority {priority}"
+            )))
+    }
+
+    /// Re-creates the kernel's l3mdev rule (for rollback).
+    pub async fn add_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
+        let mut request = self.handle.rule().add();
+        let m = request.message_mut();
+        m.header.family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.action = RuleAction::ToTable;
+        m.attributes.push(RuleAttribute::Priority(priority));
+        m.attributes.push(RuleAttribute::L3MDev(true));
+        request.execute().await.map_err(ctx(format!(
+            "restoring the l3mdev rule at priority {priority}"
+        )))
     }
 }
 

@@ -44,6 +44,8 @@ pub struct NodeFacts {
     /// Whether the kernel has `net.ipv6.conf.<if>.force_forwarding` (Linux 6.17+), which
     /// enables IPv6 forwarding per interface instead of for the whole node.
     pub ipv6_force_forwarding: bool,
+    /// Whether this kernel can make VRF devices (`vrf` module loaded, loadable or built in).
+    pub vrf_available: bool,
 }
 
 /// One side of a planned network, with its ids.
@@ -53,6 +55,23 @@ pub struct SidePlan {
     pub interface: String,
     pub alias: IpNet,
     pub ids: SideAllocation,
+}
+
+/// A side's VRF device (backend VRF): the side's routing domain, its interface enslaved.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VrfPlan {
+    /// `mnv<table>`: short (interface names hold 15 bytes) and unique per table.
+    pub name: String,
+    pub table: u32,
+    /// The side interface enslaved to it.
+    pub interface: String,
+    /// `mirrornet:<network>/<side>`, so `ip link` tells a user whose device this is.
+    pub alias: String,
+}
+
+/// Name of the VRF device of the side whose table is `table`.
+pub fn vrf_name(table: u32) -> String {
+    format!("mnv{table}")
 }
 
 /// An address the middleman holds on a side interface.
@@ -114,6 +133,8 @@ pub struct NetworkPlan {
     pub gateway: IpAddr,
     pub mark_mask: u32,
     pub sides: Vec<SidePlan>,
+    /// Empty unless the backend is VRF.
+    pub vrfs: Vec<VrfPlan>,
     pub addresses: Vec<AddressPlan>,
     pub routes: Vec<RoutePlan>,
     pub rules: Vec<RulePlan>,
@@ -153,11 +174,14 @@ pub fn plan(
     backend: BackendKind,
     facts: &NodeFacts,
 ) -> Result<NetworkPlan, PlanError> {
-    if backend == BackendKind::Vrf {
+    let vrf = backend == BackendKind::Vrf;
+    if vrf && !facts.vrf_available {
         return Err(PlanError::BackendUnavailable {
             network: name.into(),
             backend,
-            why: "the VRF backend is not implemented in this build; use PolicyRouting".into(),
+            why:
+                "this kernel cannot create VRF devices (CONFIG_NET_VRF); use PolicyRouting or Auto"
+                    .into(),
         });
     }
     let ipv6 = network.is_ipv6();
@@ -180,6 +204,19 @@ pub fn plan(
     }
 
     let rp = |key: &str| facts.ipv4_rp_filter.get(key).copied().unwrap_or(0);
+    let vrfs: Vec<VrfPlan> = if vrf {
+        sides
+            .iter()
+            .map(|s| VrfPlan {
+                name: vrf_name(s.ids.table),
+                table: s.ids.table,
+                interface: s.interface.clone(),
+                alias: format!("mirrornet:{name}/{}", s.name),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut addresses = Vec::new();
     let mut routes = Vec::new();
     let mut rules = Vec::new();
@@ -207,27 +244,41 @@ pub fn plan(
             },
             table: side.ids.table,
         });
-        // The iif rule gives a side's other traffic its own routing domain, as a VRF would.
-        rules.push(RulePlan {
-            ipv6,
-            priority: side.ids.rule_priority + IIF_RULE_OFFSET,
-            selector: RuleSelector::Iif(side.interface.clone()),
-            table: side.ids.table,
-        });
+        // The iif rule gives a side's other traffic its own routing domain, as the VRF
+        // backend's l3mdev rule does for it.
+        if !vrf {
+            rules.push(RulePlan {
+                ipv6,
+                priority: side.ids.rule_priority + IIF_RULE_OFFSET,
+                selector: RuleSelector::Iif(side.interface.clone()),
+                table: side.ids.table,
+            });
+        }
+        // With VRF, the forwarding decision is taken on the VRF device the packet now
+        // belongs to, so it needs forwarding too.
+        let forwarding_devices: Vec<String> = if vrf {
+            vec![side.interface.clone(), vrf_name(side.ids.table)]
+        } else {
+            vec![side.interface.clone()]
+        };
         if ipv6 {
             if facts.ipv6_force_forwarding {
+                for device in &forwarding_devices {
+                    sysctls.push(SysctlPlan {
+                        path: format!("net/ipv6/conf/{device}/force_forwarding"),
+                        value: "1".into(),
+                    });
+                }
+            }
+        } else {
+            for device in &forwarding_devices {
                 sysctls.push(SysctlPlan {
-                    path: format!("net/ipv6/conf/{}/force_forwarding", side.interface),
+                    path: format!("net/ipv4/conf/{device}/forwarding"),
                     value: "1".into(),
                 });
             }
-        } else {
-            sysctls.push(SysctlPlan {
-                path: format!("net/ipv4/conf/{}/forwarding", side.interface),
-                value: "1".into(),
-            });
             // Stable across runs: once set to 2 the interface keeps the condition true.
-            if rp("all").max(rp(&side.interface)) != 0 {
+            if !vrf && rp("all").max(rp(&side.interface)) != 0 {
                 sysctls.push(SysctlPlan {
                     path: format!("net/ipv4/conf/{}/rp_filter", side.interface),
                     value: "2".into(),
@@ -272,6 +323,7 @@ pub fn plan(
         gateway: network.gateway,
         mark_mask: allocation.mark_mask,
         sides,
+        vrfs,
         addresses,
         routes,
         rules,

@@ -411,7 +411,9 @@ pub fn reason_of(e: &EngineError) -> &'static str {
     match e {
         EngineError::InterfaceMissing { .. } => "InterfaceMissing",
         EngineError::InterfaceDown { .. } => "InterfaceDown",
-        EngineError::AddressTaken { .. } | EngineError::InterfaceShared { .. } => "Conflict",
+        EngineError::AddressTaken { .. }
+        | EngineError::InterfaceShared { .. }
+        | EngineError::InterfaceEnslaved { .. } => "Conflict",
         EngineError::Allocation { .. } => "AllocationFailed",
         EngineError::Plan(_) => "BackendUnavailable",
         _ => "ApplyFailed",

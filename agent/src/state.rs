@@ -52,6 +52,10 @@ pub struct NetworkRecord {
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StateFile {
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// Whether the kernel's l3mdev rule came with a VRF device mirrornet created (none existed
+    /// before), so it goes when mirrornet's last VRF does.
+    #[serde(default)]
+    pub l3mdev_rule_ours: bool,
 }
 
 fn location() -> Result<PathBuf, StateError> {
@@ -107,7 +111,7 @@ impl StateFile {
             path: file.display().to_string(),
             source,
         };
-        if self.networks.is_empty() {
+        if self.networks.is_empty() && !self.l3mdev_rule_ours {
             return match std::fs::remove_file(&file) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err("removing", e)),
                 _ => Ok(()),

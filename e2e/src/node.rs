@@ -91,9 +91,25 @@ pub fn agent(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("running the agent")
 }
 
-/// `apply --file F -o json`, which must succeed; returns its JSON report.
+/// The backend the suite runs with: `MIRRORNET_E2E_BACKEND` (`vrf`, `policy-routing`), else
+/// the agent's own choice (`auto`). The VM tests run the same suites with `vrf`.
+pub fn backend() -> String {
+    std::env::var("MIRRORNET_E2E_BACKEND").unwrap_or_else(|_| "auto".into())
+}
+
+/// Whether the suite runs with VRF devices.
+pub fn vrf() -> bool {
+    backend() == "vrf"
+}
+
+/// `apply --file F -o json`, which must succeed; returns its JSON report. `extra` may name a
+/// `--backend`; otherwise the suite's [`backend`] is used.
 pub fn apply(lab: &Lab, spec: &SpecFile, extra: &[&str]) -> Value {
     let mut args = vec!["apply", "--file", spec.path(), "-o", "json"];
+    let backend = backend();
+    if !extra.contains(&"--backend") {
+        args.extend(["--backend", backend.as_str()]);
+    }
     args.extend(extra);
     let out = agent(lab, &args, &[]);
     assert!(
@@ -248,10 +264,18 @@ pub const ENDPOINTS: &str = "127.0.0.1:9090";
 
 impl RunningAgent {
     pub fn start(lab: &Lab, spec: &SpecFile, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = ["run", "--file", spec.path(), "--metrics-address", ENDPOINTS]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> = [
+            "run",
+            "--file",
+            spec.path(),
+            "--metrics-address",
+            ENDPOINTS,
+            "--backend",
+            &backend(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = spec.path.with_extension("log");
         let mut me = Self {

@@ -5,7 +5,7 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     SpecFile, agent, alias_of, apply, assert_same, connect, delete, host_of, ping, require_root,
-    serve, snapshot, zone_of,
+    serve, snapshot, vrf, zone_of,
 };
 
 const SEED: &str = include_str!("../../examples/seed.yaml");
@@ -31,7 +31,7 @@ fn ping_crosses_both_ways_with_translated_addresses() {
     s.lab
         .exec("inner-10", &["ip", "neigh", "flush", "dev", "eth0"])
         .unwrap();
-    apply(&s.lab, &spec, &["--backend", "policy-routing"]);
+    apply(&s.lab, &spec, &[]);
     assert!(ping(
         &s.lab,
         "inner-10",
@@ -244,7 +244,8 @@ fn reverse_path_filter_is_handled(mode: &str) {
     apply(&s.lab, &spec, &[]);
     assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
     assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
-    for interface in ["eth1", "eth2"] {
+    // A VRF's own reverse lookup happens in the side's table: nothing to relax.
+    for interface in ["eth1", "eth2"].into_iter().filter(|_| !vrf()) {
         let rp = s
             .lab
             .stdout(
