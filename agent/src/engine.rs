@@ -640,8 +640,12 @@ impl Engine {
             }
             Step::AddRule { rule, .. } => self.netlink.add_rule(rule).await?,
             Step::DeleteRule { rule, .. } => self.netlink.del_rule(rule).await?,
-            Step::SetSysctl { path, value, .. } | Step::RestoreSysctl { path, value, .. } => {
-                sysctl::write(path, value)?
+            Step::SetSysctl { path, value, .. } => sysctl::write(path, value)?,
+            // A device deleted earlier in the same change (a VRF) took its sysctls with it.
+            Step::RestoreSysctl { path, value, .. } => {
+                if sysctl::read(path).is_some() {
+                    sysctl::write(path, value)?
+                }
             }
             Step::Nft { commands, .. } => nft_apply(&nft::batch(commands))?,
             Step::AddVrf { vrf, .. } => self.netlink.add_vrf(vrf).await?,
@@ -714,9 +718,9 @@ impl Engine {
                 interface,
                 vrf,
             },
-            Step::DeleteL3mdevRule { ipv6, priority } => {
-                return Ok(self.netlink.add_l3mdev_rule(ipv6, priority).await?);
-            }
+            // Undoing the VRF deletions before it brings the rule back: the kernel adds it with
+            // the first VRF device.
+            Step::DeleteL3mdevRule { .. } => return Ok(()),
         };
         self.run(&inverse).await
     }
@@ -1043,10 +1047,11 @@ pub fn changes(
         .iter()
         .filter(|s| matches!(s, Step::DeleteVrf { .. }))
         .count();
+    let mut l3mdev = Vec::new();
     if vrfs_now + added == deleted && memory.l3mdev_rule_ours {
         for (ipv6, priority) in [(false, state.l3mdev.ipv4), (true, state.l3mdev.ipv6)] {
             if let Some(priority) = priority {
-                deletes.push(Step::DeleteL3mdevRule { ipv6, priority });
+                l3mdev.push(Step::DeleteL3mdevRule { ipv6, priority });
             }
         }
     }
@@ -1068,17 +1073,14 @@ pub fn changes(
     }
     steps.extend(deletes);
     steps.extend(restores);
+    steps.extend(l3mdev);
     Ok(Changes { steps })
 }
 
-/// Whether `link` is a VRF device mirrornet made: `mnv<table>` with our alias.
+/// Whether `link` is a VRF device mirrornet made: named `mnv<its own table>`.
 fn is_our_vrf(link: &Link) -> bool {
-    link.vrf_table.is_some()
-        && link.name.starts_with("mnv")
-        && link
-            .alias
-            .as_deref()
-            .is_some_and(|a| a.starts_with("mirrornet:"))
+    link.vrf_table
+        .is_some_and(|table| link.name == plan::vrf_name(table))
 }
 
 /// Our VRF devices whose table is one of `tables`.

@@ -568,23 +568,6 @@ impl Netlink {
                 "removing the l3mdev rule at priority {priority}"
             )))
     }
-
-    /// Re-creates the kernel's l3mdev rule (for rollback).
-    pub async fn add_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
-        let mut request = self.handle.rule().add();
-        let m = request.message_mut();
-        m.header.family = if ipv6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        m.header.action = RuleAction::ToTable;
-        m.attributes.push(RuleAttribute::Priority(priority));
-        m.attributes.push(RuleAttribute::L3MDev(true));
-        request.execute().await.map_err(ctx(format!(
-            "restoring the l3mdev rule at priority {priority}"
-        )))
-    }
 }
 
 fn route_table(m: &RouteMessage) -> u32 {
