@@ -2,6 +2,8 @@
 //! https://github.com/matklad/cargo-xtask). Every command installs the system packages it
 //! needs first, idempotently, so the README's commands work on a fresh Debian machine.
 
+mod chart;
+mod kind;
 mod prerequisites;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ enum Task {
     Crdgen,
     /// Install the system packages the tests need, and nothing else.
     Prerequisites,
+    /// End to end on a kind cluster (needs docker, kind, kubectl, helm; see e2e/README.md).
+    E2eKind,
 }
 
 fn main() -> Result<()> {
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
         Task::Demo => demo(),
         Task::Crdgen => crdgen(&root),
         Task::Prerequisites => prerequisites::ensure(prerequisites::TEST),
+        Task::E2eKind => kind::run(&root),
     }
 }
 
@@ -86,6 +91,7 @@ fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)?;
+    chart::test(&workspace_root())?;
     eprintln!(
         "\x1b[1;32mall tests passed\x1b[0m in {:.0?}",
         started.elapsed()
@@ -118,5 +124,5 @@ fn crdgen(root: &Path) -> Result<()> {
     }
     std::fs::write(root.join("crds/mirrornetwork.yaml"), &output.stdout)?;
     eprintln!("wrote crds/mirrornetwork.yaml");
-    Ok(())
+    chart::copy_crd(root)
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 /// `ping` and `sysctl` inside network namespaces. The VM tests boot Debian's stock kernel (it
 /// has VRF) under qemu; the kernel and busybox-static are fetched by the tests themselves with
 /// `apt-get download`, not installed. xz-utils decompresses the kernel's `.ko.xz` modules.
+/// python3-venv makes the `.venv` the chart tests run Helm's SDK in.
 pub const TEST: &[&str] = &[
     "iproute2",
     "nftables",
@@ -19,6 +20,7 @@ pub const TEST: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "xz-utils",
+    "python3-venv",
 ];
 
 /// What the demo needs: the namespace tools, and tcpdump to show each host's view.
