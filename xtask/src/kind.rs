@@ -475,31 +475,37 @@ fn check_identical_five_tuples() -> Result<()> {
 }
 
 fn check_no_leftovers(kube: &Kube) -> Result<()> {
-    let mut left = Vec::new();
-    let namespaced = kube.kubectl(&[
-        "get",
-        "all,leases,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets",
-        "-n",
-        NAMESPACE,
-        "-o",
-        "name",
-    ])?;
-    let in_default = kube.kubectl(&["get", "roles,rolebindings", "-n", "default", "-o", "name"])?;
-    let cluster = kube.kubectl(&["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
-    for name in namespaced
-        .lines()
-        .chain(in_default.lines())
-        .chain(cluster.lines())
-    {
-        if name.contains("mirrornet") {
-            left.push(name.to_owned());
-        }
-    }
-    let networks = kube.kubectl(&["get", "mirrornetworks", "-o", "name"])?;
-    left.extend(networks.lines().map(str::to_owned));
-    if !left.is_empty() {
-        bail!("left behind after helm uninstall: {left:?}");
-    }
+    // The garbage collector may still be removing ReplicaSets; give it a minute.
+    wait_until(
+        "nothing named mirrornet to remain",
+        Duration::from_secs(60),
+        || {
+            let namespaced = kube.kubectl(&[
+                "get",
+                "all,leases,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "name",
+            ])?;
+            let in_default =
+                kube.kubectl(&["get", "roles,rolebindings", "-n", "default", "-o", "name"])?;
+            let cluster =
+                kube.kubectl(&["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
+            let networks = kube.kubectl(&["get", "mirrornetworks", "-o", "name"])?;
+            let left: Vec<&str> = namespaced
+                .lines()
+                .chain(in_default.lines())
+                .chain(cluster.lines())
+                .filter(|name| name.contains("mirrornet"))
+                .chain(networks.lines())
+                .collect();
+            Ok(left
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("left behind after helm uninstall: {left:?}")))
+        },
+    )?;
     // Helm never deletes what a chart's crds/ installed; removing it is the user's step.
     eprintln!("nothing of mirrornet left but the CRD, which Helm keeps by design; deleting it");
     kube.kubectl(&[
