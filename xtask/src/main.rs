@@ -2,6 +2,7 @@
 //! https://github.com/matklad/cargo-xtask). Every command installs the system packages it
 //! needs first, idempotently, so the README's commands work on a fresh Debian machine.
 
+mod bench;
 mod chart;
 mod kind;
 mod prerequisites;
@@ -35,6 +36,8 @@ enum Task {
     Prerequisites,
     /// End to end on a kind cluster (needs docker, kind, kubectl, helm; see e2e/README.md).
     E2eKind,
+    /// Measure datapath and control-plane costs; writes docs/bench (see BENCHMARKS.md).
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,11 @@ fn main() -> Result<()> {
         Task::Crdgen => crdgen(&root),
         Task::Prerequisites => prerequisites::ensure(prerequisites::TEST),
         Task::E2eKind => kind::run(&root),
+        Task::Bench(options) => {
+            prerequisites::ensure(prerequisites::BENCH)?;
+            prerequisites::require_root("the bench builds network namespaces")?;
+            bench::run(&root, options)
+        }
     }
 }
 

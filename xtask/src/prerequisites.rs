@@ -20,7 +20,6 @@ pub const TEST: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "xz-utils",
-    "python3-venv",
 ];
 
 /// What the demo needs: the namespace tools, and tcpdump to show each host's view.
@@ -31,6 +30,18 @@ pub const DEMO: &[&str] = &[
     "iputils-ping",
     "procps",
     "tcpdump",
+];
+
+/// What `cargo xtask bench` needs: the namespace tools, iperf3 for throughput and packet
+/// rates, and iptables for the hand-built recipe it compares against. The plots are drawn
+/// with matplotlib from PyPI in the project's `.venv`.
+pub const BENCH: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iputils-ping",
+    "procps",
+    "iperf3",
+    "iptables",
 ];
 
 /// Installs whichever of `packages` are missing.
