@@ -20,6 +20,7 @@ pub const TEST: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "xz-utils",
+    "python3-venv",
 ];
 
 /// What the demo needs: the namespace tools, and tcpdump to show each host's view.
