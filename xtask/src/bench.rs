@@ -486,6 +486,56 @@ fn table(r: &Value) -> String {
             Some(rss <= 30.0),
         );
     }
+    if !c.is_null() {
+        t.push_str(&format!(
+            "\n| control plane ({} networks; wall time of the CLI call, process start included) | p50 ms | p99 ms | n |\n|---|---|---|---|\n",
+            c["networks"]
+        ));
+        for (label, key) in [
+            ("apply one network, empty node", "apply_one_empty"),
+            ("delete one network, empty node", "delete_one_empty"),
+            ("apply one network, the others present", "apply_one_present"),
+            (
+                "delete one network, the others present",
+                "delete_one_present",
+            ),
+            ("cold start: apply all", "cold_start_all"),
+            ("re-apply all, converged", "reapply_converged"),
+            ("delete all", "delete_all"),
+        ] {
+            t.push_str(&format!(
+                "| {label} | {:.1} | {:.1} | {} |\n",
+                c[key]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                c[key]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                c[key]["n"]
+            ));
+        }
+        for kind in ["rule", "route", "nft"] {
+            let d: Vec<f64> = c["repairs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|x| x["kind"] == kind)
+                        .filter_map(|x| x["delay_ms"].as_f64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            t.push_str(&format!(
+                "| repair of a deleted {kind} (run) | {:.1} | {:.1} | {} |\n",
+                traffic::quantile(&d, 0.5),
+                traffic::quantile(&d, 0.99),
+                d.len()
+            ));
+        }
+        t.push_str(&format!(
+            "\nAgent idle CPU: {:.2} % with 1 network, {:.2} % with {}; RSS {:.1} / {:.1} MiB.\n",
+            c["idle_cpu_pct_1"].as_f64().unwrap_or(f64::NAN),
+            c["idle_cpu_pct_max"].as_f64().unwrap_or(f64::NAN),
+            c["networks"],
+            c["rss_mib_1"].as_f64().unwrap_or(f64::NAN),
+            c["rss_mib_max"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
     if max > 0 {
         t.push_str(&format!(
             "\nAt most {max} two-sided networks fit the default id ranges on one node.\n"
