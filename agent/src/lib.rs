@@ -5,9 +5,12 @@
 //!   what it writes.
 //! * [`engine`]: observe, diff, apply in a safe order, roll back on failure.
 //! * [`reconciler`]: the long-running loop that keeps networks converged and repairs drift.
+//! * [`cluster`]: in-cluster mode — the MirrorNetworks selecting this node in, this node's
+//!   status entries and Events out.
 //! * [`state`]: the little the kernel cannot remember for us (original sysctl values).
 //! * [`lab`]: network-namespace topologies and traffic probes for the demo and the tests.
 
+pub mod cluster;
 pub mod demo;
 pub mod endpoints;
 pub mod engine;

@@ -83,10 +83,14 @@ enum Cmd {
     },
     /// Keep networks converged and repair drift until stopped (SIGTERM leaves the datapath in
     /// place). With --file: the networks in the file, re-read when it changes; networks this
-    /// node holds that the file no longer lists are removed.
+    /// node holds that the file no longer lists are removed. Without: the MirrorNetworks that
+    /// select this node, with this node's entry of their status kept up to date.
     Run {
         #[arg(long, short)]
         file: Option<PathBuf>,
+        /// This node's name, in-cluster (set it from the downward API: spec.nodeName).
+        #[arg(long, env = "NODE_NAME", required_unless_present = "file")]
+        node_name: Option<String>,
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
         /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -262,16 +266,29 @@ async fn dispatch(command: Cmd) -> Result<()> {
         }
         Cmd::Run {
             file,
+            node_name,
             backend,
             metrics_address,
             resync_seconds,
-        } => {
-            let Some(file) = file else {
-                anyhow::bail!("in-cluster mode is not built yet: pass --file");
-            };
-            let desired = mirrornet_agent::file_source::watch_file(file)?;
-            run(desired, backend, metrics_address, resync_seconds).await?;
-        }
+        } => match (file, node_name) {
+            (Some(file), _) => {
+                let desired = mirrornet_agent::file_source::watch_file(file)?;
+                run(desired, None, backend, metrics_address, resync_seconds).await?;
+            }
+            (None, Some(node)) => {
+                let cluster = mirrornet_agent::cluster::Cluster::connect(&node).await?;
+                let desired = cluster.desired.clone();
+                run(
+                    desired,
+                    Some(cluster),
+                    backend,
+                    metrics_address,
+                    resync_seconds,
+                )
+                .await?;
+            }
+            (None, None) => anyhow::bail!("pass --file, or --node-name (NODE_NAME) in a cluster"),
+        },
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
         Cmd::Probe { probe } => match probe {
             ProbeCmd::Serve {
@@ -297,6 +314,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
 
 async fn run(
     desired: tokio::sync::watch::Receiver<Vec<mirrornet_agent::reconciler::DesiredNetwork>>,
+    cluster: Option<mirrornet_agent::cluster::Cluster>,
     backend: BackendChoice,
     metrics_address: std::net::SocketAddr,
     resync_seconds: u64,
@@ -314,6 +332,9 @@ async fn run(
     let listener = tokio::net::TcpListener::bind(metrics_address)
         .await
         .with_context(|| format!("listening on {metrics_address}"))?;
+    if let Some(cluster) = &cluster {
+        cluster.spawn_status_writer(report_rx.clone(), metrics.clone());
+    }
     tokio::spawn(mirrornet_agent::endpoints::serve(
         listener,
         metrics.clone(),

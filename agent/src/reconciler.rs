@@ -63,6 +63,9 @@ pub struct NodeReport {
     pub networks: BTreeMap<String, NetworkReport>,
     /// Networks removed from this node in the last pass.
     pub removed: Vec<String>,
+    /// Networks mirrornet holds on the node after the last pass, wanted or not: a removal
+    /// that failed leaves its network here, so only a network absent from it is torn down.
+    pub held: std::collections::BTreeSet<String>,
 }
 
 /// Why a pass runs.
@@ -323,10 +326,12 @@ pub async fn pass(
     // stay as they are.
     let wanted: std::collections::BTreeSet<&str> =
         networks.iter().map(|n| n.loaded.name()).collect();
-    let remove: Vec<String> = engine
-        .owned_networks(&state)
-        .into_iter()
+    report.held = engine.owned_networks(&state);
+    let remove: Vec<String> = report
+        .held
+        .iter()
         .filter(|n| !wanted.contains(n.as_str()))
+        .cloned()
         .collect();
 
     // Refuse per network what would fail, so one bad network does not block the others.
@@ -367,6 +372,8 @@ pub async fn pass(
                     entry.message = format!("programmed with backend {}", plan.backend);
                 }
             }
+            report.held.extend(plans.iter().map(|p| p.name.clone()));
+            report.held.retain(|n| !remove.contains(n));
             report.removed = remove;
         }
         Err(e) => {

@@ -10,6 +10,7 @@
 pub mod allocation;
 pub mod conditions;
 pub mod file;
+pub mod selection;
 pub mod v1alpha1;
 pub mod validation;
 
