@@ -358,8 +358,33 @@ fn vrf_available() -> bool {
 pub struct Engine {
     netlink: Netlink,
     ranges: IdRanges,
-    /// Test-only fault injection: fail instead of executing the step with this index.
-    fault_at_step: Option<usize>,
+    failpoints: Failpoints,
+}
+
+/// Test-only failure injection, compiled in with the `failpoints` feature only (the test
+/// suites build the agent with it; release builds ignore the variables entirely):
+/// `MIRRORNET_FAULT_AT_STEP=N` fails step N (the rollback path), `MIRRORNET_CRASH_AT_STEP=N`
+/// aborts the process before step N (no rollback: what a kill or power loss leaves).
+#[derive(Debug, Default, Clone, Copy)]
+struct Failpoints {
+    fail_at: Option<usize>,
+    crash_at: Option<usize>,
+}
+
+impl Failpoints {
+    #[cfg(feature = "failpoints")]
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        Self {
+            fail_at: var("MIRRORNET_FAULT_AT_STEP"),
+            crash_at: var("MIRRORNET_CRASH_AT_STEP"),
+        }
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    fn from_env() -> Self {
+        Self::default()
+    }
 }
 
 /// The result of an apply or delete.
@@ -381,13 +406,10 @@ pub struct NetworkSummary {
 
 impl Engine {
     pub fn new(netlink: Netlink, ranges: IdRanges) -> Self {
-        let fault_at_step = std::env::var("MIRRORNET_FAULT_AT_STEP")
-            .ok()
-            .and_then(|v| v.parse().ok());
         Self {
             netlink,
             ranges,
-            fault_at_step,
+            failpoints: Failpoints::from_env(),
         }
     }
 
@@ -519,40 +541,66 @@ impl Engine {
         specs: &[&mirrornet_api::MirrorNetworkSpec],
         remove: &[String],
     ) -> Result<Outcome> {
-        let mut memory = StateFile::load(state)?;
+        let memory = StateFile::load(state)?;
         check_preconditions(state, plans)?;
         let changes = changes(state, plans, remove, &memory)?;
-        let writes = self.execute(state, &changes).await?;
+        if changes.is_empty() {
+            return Ok(self.outcome(0, &changes, plans));
+        }
+        // Intent first: what the change is about to create (ids, original sysctl values) is
+        // on disk before the first write, so a crash part-way leaves a state the next run can
+        // both finish and undo completely.
+        let mut intent = memory.clone();
+        for step in &changes.steps {
+            if let Step::SetSysctl {
+                network,
+                path,
+                previous,
+                ..
+            } = step
+            {
+                intent.remember_sysctl(network, path, previous);
+            }
+        }
+        let had_vrfs = state.links.values().any(|l| l.vrf_table.is_some());
+        if !had_vrfs
+            && state.l3mdev.ipv4.is_none()
+            && changes
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::AddVrf { .. }))
+        {
+            intent.l3mdev_rule_ours = true;
+        }
+        for (plan, spec) in plans.iter().zip(specs) {
+            intent.record_network(plan, spec);
+        }
+        intent.save()?;
+        let writes = match self.execute(state, &changes).await {
+            Ok(writes) => writes,
+            Err(e) => {
+                // Rolled back (or not): the memory of before is the truth again.
+                memory.save()?;
+                return Err(e);
+            }
+        };
+        let mut done = intent;
         for step in &changes.steps {
             match step {
-                Step::SetSysctl {
-                    network,
-                    path,
-                    previous,
-                    ..
-                } => memory.remember_sysctl(network, path, previous),
-                Step::RestoreSysctl { network, path, .. } => memory.forget_sysctl(network, path),
+                Step::RestoreSysctl { network, path, .. } => done.forget_sysctl(network, path),
+                Step::DeleteL3mdevRule { .. } => done.l3mdev_rule_ours = false,
                 _ => {}
             }
         }
         for name in remove {
-            memory.forget_network(name);
+            done.forget_network(name);
         }
-        let had_vrfs = state.links.values().any(|l| l.vrf_table.is_some());
-        for step in &changes.steps {
-            match step {
-                Step::AddVrf { .. } if !had_vrfs && state.l3mdev.ipv4.is_none() => {
-                    memory.l3mdev_rule_ours = true;
-                }
-                Step::DeleteL3mdevRule { .. } => memory.l3mdev_rule_ours = false,
-                _ => {}
-            }
-        }
-        for (plan, spec) in plans.iter().zip(specs) {
-            memory.record_network(plan, spec);
-        }
-        memory.save()?;
-        Ok(Outcome {
+        done.save()?;
+        Ok(self.outcome(writes, &changes, plans))
+    }
+
+    fn outcome(&self, writes: usize, changes: &Changes, plans: &[NetworkPlan]) -> Outcome {
+        Outcome {
             writes,
             steps: changes.steps.iter().map(ToString::to_string).collect(),
             networks: plans
@@ -566,7 +614,7 @@ impl Engine {
                     },
                 })
                 .collect(),
-        })
+        }
     }
 
     /// Runs the steps in order; on the first failure undoes the executed ones in reverse.
@@ -574,7 +622,11 @@ impl Engine {
         let mut done: Vec<&Step> = Vec::new();
         for (index, step) in changes.steps.iter().enumerate() {
             let _span = info_span!("step", %step).entered();
-            let result = if self.fault_at_step == Some(index) {
+            if self.failpoints.crash_at == Some(index) {
+                eprintln!("failpoint: crashing before step {index}: {step}");
+                std::process::abort();
+            }
+            let result = if self.failpoints.fail_at == Some(index) {
                 Err(EngineError::InjectedFault { step: index })
             } else {
                 self.run(step).await

@@ -72,9 +72,11 @@ fn location() -> Result<PathBuf, StateError> {
 
 impl StateFile {
     /// The memory of the networks the kernel still shows traces of: an `ids.<network>` chain,
-    /// or mirrornet rules or routes in one of the network's tables. Anything else is stale: a
-    /// namespace's inode, the file's key, is reused once the namespace is gone, and a new
-    /// namespace must not inherit a dead one's memory.
+    /// mirrornet rules, routes or VRFs in one of the network's tables, mirrornet addresses on
+    /// its interfaces, or a sysctl it changed that still differs from its original. Anything
+    /// else is stale: a namespace's inode, the file's key, is reused once the namespace is gone,
+    /// and a new namespace must not inherit a dead one's memory. The traces are broad on
+    /// purpose: a crash part-way through a delete may leave only some of them.
     pub fn load(state: &NodeState) -> Result<Self, StateError> {
         let mut me = Self::load_all()?;
         let programmed = state.nft.networks();
@@ -83,9 +85,29 @@ impl StateFile {
             .iter()
             .map(|r| r.table)
             .chain(state.routes.iter().map(|r| r.table))
+            .chain(
+                state
+                    .links
+                    .values()
+                    .filter_map(|l| l.vrf_table.filter(|t| l.name == crate::plan::vrf_name(*t))),
+            )
+            .collect();
+        let our_address_links: BTreeSet<&str> = state
+            .addresses
+            .iter()
+            .filter(|a| a.ours)
+            .map(|a| a.interface.as_str())
             .collect();
         me.networks.retain(|name, record| {
-            programmed.contains(name) || !record.tables.is_disjoint(&our_tables)
+            programmed.contains(name)
+                || !record.tables.is_disjoint(&our_tables)
+                || record
+                    .interfaces
+                    .iter()
+                    .any(|i| our_address_links.contains(i.as_str()))
+                || record.originals.iter().any(|(path, original)| {
+                    crate::sysctl::read(path).is_some_and(|v| v != *original)
+                })
         });
         Ok(me)
     }

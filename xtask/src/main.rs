@@ -78,6 +78,9 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Features the test suites need in the agent binary.
+const AGENT_TEST_FEATURES: &str = "mirrornet-agent/failpoints";
+
 fn test(extra: &[String]) -> Result<()> {
     prerequisites::ensure(prerequisites::TEST)?;
     prerequisites::require_root("the kernel tests build network namespaces")?;
@@ -94,9 +97,26 @@ fn test(extra: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
-    // The scenario tests drive the real agent binary inside namespaces.
-    run("cargo", &["build", "--package", "mirrornet-agent"])?;
-    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    // The scenario tests drive the real agent binary inside namespaces, built with its
+    // test-only failpoints; the test run uses the same features so it does not rebuild it
+    // without them.
+    run(
+        "cargo",
+        &[
+            "build",
+            "--package",
+            "mirrornet-agent",
+            "--features",
+            AGENT_TEST_FEATURES,
+        ],
+    )?;
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        AGENT_TEST_FEATURES,
+    ];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)?;
     chart::test(&workspace_root())?;

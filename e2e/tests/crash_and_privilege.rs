@@ -1,0 +1,136 @@
+//! A node's routing is never left broken: the agent killed before any step of an apply or a
+//! delete leaves a state the next run converges from, with no duplicate objects and, after a
+//! delete, nothing at all. And the agent needs exactly CAP_NET_ADMIN, nothing more.
+//!
+//! The crash points are enumerated from the agent's own plan (`plan -o json`), so a new step is
+//! covered without a new test. Needs the agent built with `--features failpoints` (what
+//! `cargo xtask test` builds).
+
+use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
+use mirrornet_e2e::node::{
+    SpecFile, agent, apply, assert_same, delete, ping, require_root, snapshot,
+};
+
+const SEED: &str = include_str!("../../examples/seed.yaml");
+
+fn seed(tag: &str) -> (Scenario, SpecFile) {
+    require_root();
+    let spec = SpecFile::new(tag, SEED);
+    let scenario =
+        Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false).expect("seed topology");
+    (scenario, spec)
+}
+
+fn steps_of(s: &Scenario, spec: &SpecFile) -> usize {
+    let out = agent(&s.lab, &["plan", "--file", spec.path(), "-o", "json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["steps"].as_array().unwrap().len()
+}
+
+fn crash(s: &Scenario, command: &str, spec: &SpecFile, step: usize) {
+    let at = step.to_string();
+    let out = agent(
+        &s.lab,
+        &[command, "--file", spec.path()],
+        &[("MIRRORNET_CRASH_AT_STEP", &at)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("crashing before step {step}")),
+        "the agent must have crashed before step {step} (built without --features failpoints?): {stderr}"
+    );
+}
+
+#[test]
+fn a_crash_before_any_step_of_apply_or_delete_converges_on_the_next_run() {
+    let (s, spec) = seed("crash");
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // The converged state, for comparison; then back to nothing.
+    apply(&s.lab, &spec, &[]);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let delete_steps = delete(&s.lab, &spec)["steps"].as_array().unwrap().len();
+    assert_same(&before, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "setup");
+
+    let apply_steps = steps_of(&s, &spec);
+    for step in 0..apply_steps {
+        crash(&s, "apply", &spec, step);
+        let report = apply(&s.lab, &spec, &[]);
+        assert_same(
+            &converged,
+            &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+            &format!("apply after a crash before step {step}: {report}"),
+        );
+        assert_eq!(apply(&s.lab, &spec, &[])["writes"], 0);
+        // And a crash in the middle of the delete that follows.
+        crash(&s, "delete", &spec, step % delete_steps);
+        delete(&s.lab, &spec);
+        assert_same(
+            &before,
+            &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+            &format!("delete after a crash before step {step}"),
+        );
+    }
+    println!("crash points exercised: {apply_steps} in apply, {apply_steps} in delete");
+}
+
+/// Runs the agent with only the given capabilities (root's uid, a reduced bounding set).
+fn agent_with_caps(s: &Scenario, caps: &str, args: &[&str]) -> std::process::Output {
+    let bin = mirrornet_e2e::node::agent_bin();
+    let bounding = format!("-all{caps}");
+    let mut full = vec![
+        "setpriv",
+        "--bounding-set",
+        bounding.as_str(),
+        "--inh-caps",
+        "-all",
+        "--",
+        bin.to_str().unwrap(),
+    ];
+    full.extend(args);
+    s.lab.command(MIDDLEMAN, &full).output().unwrap()
+}
+
+#[test]
+fn cap_net_admin_is_all_the_agent_needs() {
+    let (s, spec) = seed("caps");
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // Without any capability: refused by the kernel, nothing changed, the error says why.
+    let out = agent_with_caps(&s, "", &["apply", "--file", spec.path()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Operation not permitted") || stderr.contains("ermission"),
+        "{stderr}"
+    );
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "no capabilities",
+    );
+    // With CAP_NET_ADMIN only: apply, traffic, show, delete all work.
+    let out = agent_with_caps(&s, ",+net_admin", &["apply", "--file", spec.path()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    let out = agent_with_caps(&s, ",+net_admin", &["show"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
+    let out = agent_with_caps(&s, ",+net_admin", &["delete", "--file", spec.path()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
+    );
+}
