@@ -11,6 +11,12 @@
 //! Fail static: the loop starts only once both watches have delivered a complete first list
 //! (an empty list before that would tear everything down), and when the API server goes away
 //! the watchers retry with backoff while the loop keeps the last desired set in place.
+//!
+//! `Removed=True` is written once the loop's report neither lists the network nor holds it in
+//! the kernel ([`NodeReport::held`]). Known limits: a network added and dropped again within
+//! one pass can be reported removed a pass before the loop removes what it just programmed
+//! (the next pass removes it, so no residue stays); repairs are counted per node, so a
+//! `Repaired` event goes to every network programmed on the node.
 
 pub mod index;
 pub mod status;
@@ -20,6 +26,8 @@ pub mod writer;
 pub(crate) mod fixtures;
 #[cfg(test)]
 pub(crate) mod mock_api;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,7 +47,7 @@ use index::{Index, Placement};
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "connecting to the Kubernetes API server (in a pod: the service account; elsewhere: KUBECONFIG): {0}"
+        "connecting to the Kubernetes API server (in a pod: the service account; elsewhere: KUBECONFIG)"
     )]
     Connect(#[source] kube::Error),
     #[error("the watches of MirrorNetworks and of node {node} stopped before their first list")]
