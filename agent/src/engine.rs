@@ -692,11 +692,11 @@ impl Engine {
             }
             Step::AddRule { rule, .. } => self.netlink.add_rule(rule).await?,
             Step::DeleteRule { rule, .. } => self.netlink.del_rule(rule).await?,
-            Step::SetSysctl { path, value, .. } => sysctl::write(path, value)?,
+            Step::SetSysctl { path, value, .. } => self.write_sysctl(path, value).await?,
             // A device deleted earlier in the same change (a VRF) took its sysctls with it.
             Step::RestoreSysctl { path, value, .. } => {
                 if sysctl::read(path).is_some() {
-                    sysctl::write(path, value)?
+                    self.write_sysctl(path, value).await?
                 }
             }
             Step::Nft { commands, .. } => nft_apply(&nft::batch(commands))?,
@@ -720,6 +720,27 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Writes a sysctl through /proc/sys, or over rtnetlink where /proc/sys is read-only (a
+    /// container that is not privileged) and the setting has a netlink form.
+    async fn write_sysctl(&self, path: &str, value: &str) -> Result<()> {
+        match sysctl::write(path, value) {
+            Ok(()) => Ok(()),
+            Err(e) if sysctl::is_read_only(&e) => {
+                let (Some((interface, key)), Ok(number)) =
+                    (sysctl::ipv4_devconf(path), value.parse::<u32>())
+                else {
+                    return Err(e.into());
+                };
+                let index = self.index(interface).await?;
+                self.netlink
+                    .set_ipv4_devconf(index, interface, key, number)
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn undo(&self, state: &NodeState, step: &Step) -> Result<()> {

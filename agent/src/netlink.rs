@@ -548,6 +548,40 @@ impl Netlink {
             )))
     }
 
+    /// Sets one IPv4 per-interface setting (an IPV4_DEVCONF index) over rtnetlink: the way to
+    /// change it where /proc/sys is read-only. Built by hand because the library's request
+    /// form skips zero values, and restoring a setting often means writing 0.
+    pub async fn set_ipv4_devconf(
+        &self,
+        index: u32,
+        interface: &str,
+        key: u16,
+        value: u32,
+    ) -> Result<()> {
+        use rtnetlink::packet_core::DefaultNla;
+        use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec};
+        /// IFLA_INET_CONF inside IFLA_AF_SPEC/AF_INET.
+        const IFLA_INET_CONF: u16 = 1;
+        let mut entry = Vec::with_capacity(8);
+        entry.extend_from_slice(&8u16.to_ne_bytes());
+        entry.extend_from_slice(&key.to_ne_bytes());
+        entry.extend_from_slice(&value.to_ne_bytes());
+        let conf = AfSpecInet::Other(DefaultNla::new(IFLA_INET_CONF, entry));
+        let message = rtnetlink::LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                conf,
+            ])]))
+            .build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "setting IPv4 devconf {key} = {value} on {interface} over netlink"
+            )))
+    }
+
     /// Deletes the kernel's l3mdev rule of one family at `priority`.
     pub async fn del_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
         let mut m = RuleMessage::default();

@@ -134,3 +134,51 @@ fn cap_net_admin_is_all_the_agent_needs() {
         "after delete",
     );
 }
+
+/// A container that is not privileged sees /proc/sys read-only: the agent sets the IPv4
+/// interface settings it needs over rtnetlink instead, and puts them back on delete.
+#[test]
+fn a_read_only_proc_sys_is_worked_around_over_netlink() {
+    let (s, spec) = seed("rosys");
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let bin = mirrornet_e2e::node::agent_bin();
+    let in_container = |command: &str| {
+        let script = format!(
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+             ! sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth1/forwarding' 2>/dev/null && \
+             exec setpriv --bounding-set -all,+net_admin --inh-caps -all -- {} {command} --file {}",
+            bin.display(),
+            spec.path()
+        );
+        s.lab
+            .command(MIDDLEMAN, &["unshare", "--mount", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let out = in_container("apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forwarding = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &["sysctl", "-n", "net.ipv4.conf.eth1.forwarding"],
+        )
+        .unwrap();
+    assert_eq!(forwarding.trim(), "1");
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    let out = in_container("delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
+    );
+}
