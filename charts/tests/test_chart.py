@@ -42,11 +42,7 @@ NAMESPACE = "mirrornet-system"
 # Environment variables the chart sets that mirrornet-operator does not read yet: each is a
 # flag the operator is to add (see the chart README). Until then the operator ignores them,
 # which is harmless. Remove a name here once `mirrornet-operator --help` shows it.
-PENDING_OPERATOR_ENV = {
-    "MIRRORNET_AGENT_IMAGE_PULL_POLICY",
-    "MIRRORNET_AGENT_METRICS_PORT",
-    "MIRRORNET_AGENT_PRIORITY_CLASS",
-}
+PENDING_OPERATOR_ENV: set[str] = set()
 # Read by tracing-subscriber's EnvFilter, not a flag.
 ENV_NOT_FLAGS = {"RUST_LOG"}
 

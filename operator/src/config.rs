@@ -54,6 +54,22 @@ pub struct Args {
     #[arg(long, env = "MIRRORNET_AGENT_MEMORY_LIMIT", default_value = "128Mi")]
     pub agent_memory_limit: String,
 
+    /// Port of the agents' `/metrics`, `/healthz` and `/readyz` on every node (host network).
+    #[arg(long, env = "MIRRORNET_AGENT_METRICS_PORT", default_value_t = 9090)]
+    pub agent_metrics_port: u16,
+
+    /// Image pull policy of the agent pods (Always, IfNotPresent, Never).
+    #[arg(
+        long,
+        env = "MIRRORNET_AGENT_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub agent_image_pull_policy: String,
+
+    /// Priority class of the agent pods; empty for none.
+    #[arg(long, env = "MIRRORNET_AGENT_PRIORITY_CLASS", default_value = "")]
+    pub agent_priority_class: String,
+
     /// Tolerations of the agent pods, as a JSON list. The default tolerates every taint:
     /// gateway nodes are often tainted, and an agent must reach a node to tear down.
     #[arg(
@@ -123,6 +139,10 @@ pub struct AgentConfig {
     pub memory_request: String,
     pub memory_limit: String,
     pub tolerations: Vec<Toleration>,
+    pub metrics_port: u16,
+    pub image_pull_policy: String,
+    /// `None` for no priority class.
+    pub priority_class: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -138,6 +158,9 @@ impl Default for AgentConfig {
                 operator: Some("Exists".into()),
                 ..Default::default()
             }],
+            metrics_port: 9090,
+            image_pull_policy: "IfNotPresent".into(),
+            priority_class: None,
         }
     }
 }
@@ -194,6 +217,9 @@ impl Args {
                 memory_request: self.agent_memory_request.clone(),
                 memory_limit: self.agent_memory_limit.clone(),
                 tolerations,
+                metrics_port: self.agent_metrics_port,
+                image_pull_policy: self.agent_image_pull_policy.clone(),
+                priority_class: Some(self.agent_priority_class.clone()).filter(|p| !p.is_empty()),
             },
             ranges,
             node_grace: Duration::from_secs(self.node_grace_seconds),

@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecurityContext,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use mirrornet_api::MirrorNetwork;
 use serde_json::Value;
@@ -216,6 +218,25 @@ pub fn desired(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(agent.service_account.clone()),
+                    priority_class_name: agent.priority_class.clone(),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    // The agent's memory of original sysctl values and applied specs lives on
+                    // the node's tmpfs, so it survives agent restarts but not a reboot, which
+                    // resets the sysctls anyway.
+                    volumes: Some(vec![Volume {
+                        name: "state".into(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: STATE_DIR.into(),
+                            type_: Some("DirectoryOrCreate".into()),
+                        }),
+                        ..Default::default()
+                    }]),
                     // The agent programs the node's own network namespace.
                     host_network: Some(true),
                     dns_policy: Some("ClusterFirstWithHostNet".into()),
@@ -224,7 +245,25 @@ pub fn desired(
                     containers: vec![Container {
                         name: "agent".into(),
                         image: Some(agent.image.clone()),
-                        args: Some(vec!["run".into()]),
+                        image_pull_policy: Some(agent.image_pull_policy.clone()),
+                        args: Some(vec![
+                            "run".into(),
+                            "--metrics-address".into(),
+                            format!("0.0.0.0:{}", agent.metrics_port),
+                        ]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("metrics".into()),
+                            container_port: i32::from(agent.metrics_port),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        }]),
+                        liveness_probe: Some(http_probe("/healthz", agent.metrics_port, 10)),
+                        readiness_probe: Some(http_probe("/readyz", agent.metrics_port, 5)),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "state".into(),
+                            mount_path: STATE_DIR.into(),
+                            ..Default::default()
+                        }]),
                         env: Some(vec![
                             env_from_field("NODE_NAME", "spec.nodeName"),
                             env_from_field("POD_NAMESPACE", "metadata.namespace"),
@@ -261,6 +300,24 @@ pub fn desired(
         }),
         status: None,
     })
+}
+
+/// Where the agent keeps its state (`MIRRORNET_STATE_DIR`'s default).
+const STATE_DIR: &str = "/run/mirrornet";
+
+fn http_probe(path: &str, port: u16, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        // The first pass after start can wait for the API server's first lists.
+        initial_delay_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
 }
 
 /// True when `observed` differs from `desired` in anything the operator sets: every field of
@@ -424,7 +481,18 @@ mod tests {
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.host_network, Some(true));
         let c = &pod.containers[0];
-        assert_eq!(c.args.as_deref(), Some(&["run".to_string()][..]));
+        assert_eq!(
+            c.args.clone().unwrap(),
+            ["run", "--metrics-address", "0.0.0.0:9090"]
+        );
+        let probe = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.clone()).unwrap();
+        assert_eq!(probe(&c.liveness_probe).path.as_deref(), Some("/healthz"));
+        assert_eq!(probe(&c.readiness_probe).path.as_deref(), Some("/readyz"));
+        assert_eq!(
+            c.volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/run/mirrornet",
+            "the state directory survives restarts on the node's tmpfs"
+        );
         assert_eq!(c.image.as_deref(), Some("mirrornet/mirrornet-agent:0.1.0"));
         let caps = c
             .security_context

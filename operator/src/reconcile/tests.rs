@@ -264,7 +264,14 @@ async fn a_valid_network_gets_ids_status_and_agents() {
                 assert_eq!(owners(body), ["a"]);
                 let pod = &body["spec"]["template"]["spec"];
                 assert_eq!(pod["hostNetwork"], true);
-                assert_eq!(pod["containers"][0]["args"], json!(["run"]));
+                assert_eq!(
+                    pod["containers"][0]["args"],
+                    json!(["run", "--metrics-address", "0.0.0.0:9090"])
+                );
+                assert_eq!(
+                    pod["securityContext"]["seccompProfile"]["type"],
+                    "RuntimeDefault"
+                );
                 assert_eq!(
                     pod["containers"][0]["securityContext"]["capabilities"]["add"],
                     json!(["NET_ADMIN"])
