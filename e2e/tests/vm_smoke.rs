@@ -31,7 +31,7 @@ mnvm_check modules sh -c '
 mnvm_check vrf ip link add vrf-test type vrf table 10
 mnvm_check vrf-up ip link set vrf-test up
 mnvm_check vrf-shown ip -d link show vrf-test
-cat >/tmp/smoke.nft <<'NFT'
+cat >"$TMPDIR/smoke.nft" <<'NFT'
 table ip mnvm_smoke {
     chain prerouting_raw {
         type filter hook prerouting priority raw; policy accept;
@@ -47,7 +47,7 @@ table ip mnvm_smoke {
     }
 }
 NFT
-mnvm_check nft-nat nft -f /tmp/smoke.nft
+mnvm_check nft-nat nft -f "$TMPDIR/smoke.nft"
 mnvm_check nft-listed nft list table ip mnvm_smoke
 "#;
 

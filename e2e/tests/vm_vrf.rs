@@ -121,7 +121,7 @@ snap() {
 
 const MIDDLEMAN: &str = r#"
 ip link set eth1 up; ip link set eth2 up
-snap > /tmp/before
+snap > "$TMPDIR/before"
 mnvm_check apply "$AGENT" apply --file "$SPEC"
 mnvm_check show "$AGENT" show
 mnvm_check vrfs ip -d link show type vrf
@@ -132,8 +132,8 @@ mnvm_barrier traffic-done
 mnvm_check conntrack conntrack -L -p tcp --orig-port-src 40000
 mnvm_check reapply "$AGENT" apply --file "$SPEC"
 mnvm_check delete "$AGENT" delete --file "$SPEC"
-snap > /tmp/after
-mnvm_check residue diff -u /tmp/before /tmp/after
+snap > "$TMPDIR/after"
+mnvm_check residue diff -u "$TMPDIR/before" "$TMPDIR/after"
 "#;
 
 const SIDE: &str = r#"

@@ -61,17 +61,18 @@ ln -s /proc/self/fd /host/dev/fd
 ln -s /proc/self/fd/0 /host/dev/stdin
 ln -s /proc/self/fd/1 /host/dev/stdout
 ln -s /proc/self/fd/2 /host/dev/stderr
-# Writable places for the script (and `ip netns`, which keeps its state under /run).
-mount -t tmpfs tmpfs /host/tmp
+# Writable places for the script (and `ip netns`, which keeps its state under /run). The
+# host's /tmp stays visible (read-only, like everything else): a checkout or target directory
+# may live there. Scratch space is $TMPDIR, a fresh tmpfs under /run.
 mount -t tmpfs tmpfs /host/run
-mkdir -p /host/run/mnvm
+mkdir -p /host/run/mnvm /host/run/tmp
 cp /mnvm/* /host/run/mnvm/
 
 emit "{\"event\":\"ready\",\"uptime\":$(uptime)}"
 chroot /host /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/tmp TERM=dumb MNVM_NAME="$(cat /mnvm/name)" \
-    /bin/bash -c 'cd /tmp && . /run/mnvm/env && . /run/mnvm/lib.sh && . /run/mnvm/script' \
+    HOME=/run/tmp TMPDIR=/run/tmp TERM=dumb MNVM_NAME="$(cat /mnvm/name)" \
+    /bin/bash -c 'cd /run/tmp && . /run/mnvm/env && . /run/mnvm/lib.sh && . /run/mnvm/script' \
     </dev/null
 code=$?
 emit "{\"event\":\"exit\",\"code\":$code,\"uptime\":$(uptime)}"

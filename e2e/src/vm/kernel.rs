@@ -88,7 +88,10 @@ fn uncompressed(bzimage: &Path) -> Result<Option<PathBuf>, VmError> {
     let Some(elf) = payload(&image)? else {
         return Ok(None);
     };
-    let partial = bzimage.with_file_name(format!("vmlinux.{}", std::process::id()));
+    // Unique per thread too: tests of one process boot VMs in parallel on a cold cache.
+    static PARTIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PARTIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = bzimage.with_file_name(format!("vmlinux.{}.{n}", std::process::id()));
     fs::write(&partial, elf).map_err(|source| VmError::Io {
         path: partial.clone(),
         source,

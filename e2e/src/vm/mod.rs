@@ -18,10 +18,10 @@
 //!   timeouts, barriers, [`Cluster`]s; [`console`]: the line protocol; [`VmOutcome`]: judging it.
 //!
 //! The guest: `/init` loads the modules, names the NICs as the spec says, mounts the host's `/`
-//! read-only over 9p with fresh `/proc`, `/sys`, `/dev`, `/tmp` and `/run`, and runs the
+//! read-only over 9p with fresh `/proc`, `/sys`, `/dev` and `/run` (scratch space: `$TMPDIR` under it), and runs the
 //! script with bash as root, chrooted there. So the host's `ip`, `nft`, `conntrack`, `ping`, and
 //! this workspace's binaries (the agent under the target dir) run in the guest at the host's
-//! paths; only files the host keeps under `/tmp` or `/run` are out of sight. The script has the
+//! paths; only files the host keeps under `/run` are out of sight. The script has the
 //! spec's `env` exported and these functions (`guest-lib.sh`):
 //!
 //! * `mnvm_check NAME CMD...`: runs CMD; its output and ok/exit become [`Check`] `NAME`;

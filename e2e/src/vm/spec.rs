@@ -10,14 +10,14 @@ use super::VmError;
 pub struct VmSpec {
     /// The guest's hostname and how errors name it: lowercase letters, digits and `-`.
     pub name: String,
-    /// A bash script run as root in the guest, chrooted into the host's root (read-only; `/tmp`
-    /// and `/run` are fresh tmpfs), after `guest-lib.sh` has defined `mnvm_check`, `mnvm_value`
+    /// A bash script run as root in the guest, chrooted into the host's root (read-only; `/run`
+    /// is a fresh tmpfs and `$TMPDIR` the scratch space inside it), after `guest-lib.sh` has defined `mnvm_check`, `mnvm_value`
     /// and `mnvm_until`. Its exit code is the guest's.
     pub script: String,
     /// Virtio NICs in PCI order.
     pub nics: Vec<NicLink>,
     /// Variables exported to the script, e.g. the path of a host binary to run (the host's
-    /// files are at the same paths in the guest, except under `/tmp` and `/run`).
+    /// files are at the same paths in the guest, except under `/run`).
     pub env: Vec<(String, String)>,
     pub memory_mb: u32,
     /// From qemu's start to its exit; a guest still running then is killed and the test fails.
