@@ -542,7 +542,7 @@ impl Engine {
         remove: &[String],
     ) -> Result<Outcome> {
         let memory = StateFile::load(state)?;
-        check_preconditions(state, plans)?;
+        check_preconditions(state, plans, remove)?;
         let changes = changes(state, plans, remove, &memory)?;
         if changes.is_empty() {
             return Ok(self.outcome(0, &changes, plans));
@@ -818,8 +818,33 @@ pub fn resolve_backend(
 }
 
 /// Refuses, before any write, what would fail half-way or take over someone else's objects.
-pub fn check_preconditions(state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
-    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+pub fn check_preconditions(
+    state: &NodeState,
+    plans: &[NetworkPlan],
+    remove: &[String],
+) -> Result<()> {
+    // Interfaces other networks on this node hold (and keep): first come, first served.
+    let changing: BTreeSet<&str> = plans
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(remove.iter().map(String::as_str))
+        .collect();
+    let held: BTreeMap<String, String> = state
+        .nft
+        .networks()
+        .into_iter()
+        .filter(|n| !changing.contains(n.as_str()))
+        .flat_map(|n| {
+            state
+                .interfaces_of(&n)
+                .into_iter()
+                .map(move |i| (i, n.clone()))
+        })
+        .collect();
+    let mut claimed: BTreeMap<&str, &str> = held
+        .iter()
+        .map(|(i, n)| (i.as_str(), n.as_str()))
+        .collect();
     for p in plans {
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {

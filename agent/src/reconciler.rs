@@ -337,7 +337,7 @@ pub async fn pass(
     // Refuse per network what would fail, so one bad network does not block the others.
     let mut accepted = Vec::new();
     for (plan, network) in ready {
-        match crate::engine::check_preconditions(&state, std::slice::from_ref(&plan)) {
+        match crate::engine::check_preconditions(&state, std::slice::from_ref(&plan), &remove) {
             Ok(()) => accepted.push((plan, network)),
             Err(e) => {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {

@@ -68,6 +68,24 @@ impl SpecFile {
         Self { path, networks }
     }
 
+    /// The same file with its text rewritten (and re-read).
+    pub fn with_text(self, edit: impl FnOnce(&str) -> String) -> Self {
+        let text = edit(&std::fs::read_to_string(&self.path).expect("reading spec file"));
+        std::fs::write(&self.path, &text).expect("writing spec file");
+        let networks = load_str("edited", &text).unwrap_or_default();
+        Self {
+            path: self.path.clone(),
+            networks,
+        }
+        .keep(self)
+    }
+
+    fn keep(self, old: Self) -> Self {
+        // The old value's Drop would remove the file both now share.
+        std::mem::forget(old);
+        self
+    }
+
     pub fn path(&self) -> &str {
         self.path.to_str().expect("utf-8 temp path")
     }

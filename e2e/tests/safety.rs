@@ -380,3 +380,103 @@ fn two_networks_on_one_node_are_independent() {
     delete(&s.lab, &second);
     assert_same(&before, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "after");
 }
+
+/// A second network that wants what the first holds is refused with the reason, changes
+/// nothing, and the first keeps forwarding during the attempt.
+#[test]
+fn conflicting_networks_are_refused_and_the_first_keeps_forwarding() {
+    let (s, spec) = seed("conflict");
+    apply(&s.lab, &spec, &[]);
+    let applied = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // Interfaces for the later cases: a veth pair inside the middleman, one end in a bridge.
+    for cmd in [
+        "ip link add eth5 type veth peer name eth6",
+        "ip link add br5 type bridge",
+        "ip link set eth5 master br5",
+        "ip link set eth5 up",
+        "ip link set eth6 up",
+        "ip link set br5 up",
+        "ip rule add priority 300 fwmark 0x7 lookup 4242",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        s.lab.exec(MIDDLEMAN, &args).unwrap();
+    }
+    // The bridge's own settling (carrier, link-local address, timers) is not ours to compare.
+    let settled = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "-6", "addr", "show", "dev", "br5"])
+            .unwrap()
+            .contains("fe80")
+    });
+    assert!(settled, "br5 came up");
+    let steady = |snapshot: String| {
+        snapshot
+            .lines()
+            .filter(|l| !l.contains("timer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let applied_plus = steady(snapshot(&s.lab, MIDDLEMAN).unwrap());
+    let other = |replacements: &[(&str, &str)]| {
+        let mut text = SEED.replace("name: plant-twin", "name: intruder");
+        for (from, to) in replacements {
+            text = text.replace(from, to);
+        }
+        SpecFile::new("intruder", &text)
+    };
+    let cases = [
+        (
+            "the same interface",
+            other(&[("192.168.2.", "10.77.2."), ("192.168.3.", "10.77.3.")]),
+            "interface eth1 is already used by network plant-twin",
+        ),
+        (
+            "an interface enslaved to a bridge",
+            other(&[("eth1", "eth5"), ("eth2", "eth6")]),
+            "is enslaved to \"br5\"",
+        ),
+        (
+            "a table another program routes with",
+            other(&[("eth1", "eth5"), ("eth2", "eth6")]).with_text(|t| {
+                t.replacen(
+                    "interface: eth6",
+                    "interface: eth6\n      kernelIds: {table: 4242}",
+                    1,
+                )
+            }),
+            "4242",
+        ),
+    ];
+    for (what, intruder, reason) in cases {
+        // Traffic of the first network throughout the attempt.
+        let flood = s
+            .lab
+            .command(
+                "inner-10",
+                &["ping", "-q", "-i", "0.01", "-c", "100", "192.168.3.11"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = agent(&s.lab, &["apply", "--file", intruder.path()], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let summary =
+            String::from_utf8_lossy(&flood.wait_with_output().unwrap().stdout).into_owned();
+        assert!(!out.status.success(), "{what}: the intruder was accepted");
+        assert!(
+            stderr.contains(reason),
+            "{what}: expected {reason:?} in {stderr}"
+        );
+        assert!(
+            summary.contains("100 packets transmitted, 100 received"),
+            "{what}: the first network dropped packets during the attempt: {summary}"
+        );
+        assert_same(
+            &applied_plus,
+            &steady(snapshot(&s.lab, MIDDLEMAN).unwrap()),
+            what,
+        );
+    }
+    assert_ne!(steady(applied), applied_plus);
+}
