@@ -79,6 +79,17 @@ pub enum EngineError {
         interface: String,
         controller: String,
     },
+    #[error(
+        "network {network}: {field}: interface {interface:?} {why}; the node itself uses it, and \
+         taking it over could cut the node off. Set takeOverNodeInterface: true on the side to \
+         allow it"
+    )]
+    NodeInterface {
+        network: String,
+        field: String,
+        interface: String,
+        why: String,
+    },
     #[error("network {network}: interface {interface} is already used by network {other}")]
     InterfaceShared {
         network: String,
@@ -131,6 +142,8 @@ pub struct NodeState {
     pub nft_listing: Option<Value>,
     pub facts: NodeFacts,
     pub l3mdev: L3mdevRules,
+    /// Links the node's own default routes leave by.
+    pub default_route_links: BTreeSet<String>,
 }
 
 impl NodeState {
@@ -417,7 +430,7 @@ impl Engine {
     pub async fn observe(&self) -> Result<NodeState> {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses(&links).await?;
-        let (routes, route_tables) = self.netlink.routes(&links).await?;
+        let (routes, route_tables, default_route_links) = self.netlink.routes(&links).await?;
         let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
         let nft_listing = nft_list()?;
         let nft = nft_listing
@@ -436,6 +449,7 @@ impl Engine {
             nft_listing,
             facts: node_facts(),
             l3mdev,
+            default_route_links: default_route_links.into_iter().collect(),
         })
     }
 
@@ -841,10 +855,8 @@ pub fn check_preconditions(
                 .map(move |i| (i, n.clone()))
         })
         .collect();
-    let mut claimed: BTreeMap<&str, &str> = held
-        .iter()
-        .map(|(i, n)| (i.as_str(), n.as_str()))
-        .collect();
+    let mut claimed: BTreeMap<&str, &str> =
+        held.iter().map(|(i, n)| (i.as_str(), n.as_str())).collect();
     for p in plans {
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {
@@ -859,6 +871,14 @@ pub fn check_preconditions(
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
+                });
+            }
+            if let Some(why) = node_use(state, p, &side.interface) {
+                return Err(EngineError::NodeInterface {
+                    network: p.name.clone(),
+                    field: format!("spec.sides[{index}].interface"),
+                    interface: side.interface.clone(),
+                    why,
                 });
             }
             if let Some(controller) = state.links[&side.interface].controller
@@ -1173,6 +1193,50 @@ pub fn changes(
     steps.extend(restores);
     steps.extend(l3mdev);
     Ok(Changes { steps })
+}
+
+/// Name prefixes of the interfaces common CNIs create (Calico, Cilium, Flannel, Weave, kube-
+/// proxy's IPVS dummy, the bridge plugin's default, Kube-OVN, Antrea).
+const CNI_PREFIXES: &[&str] = &[
+    "cali",
+    "cilium_",
+    "lxc",
+    "flannel",
+    "cni",
+    "weave",
+    "vxlan.calico",
+    "kube-ipvs",
+    "tunl",
+    "ovn",
+    "antrea",
+    "genev_sys",
+];
+
+/// Why the node itself needs `interface`, unless the side allows taking it over.
+fn node_use(state: &NodeState, plan: &NetworkPlan, interface: &str) -> Option<String> {
+    if plan.take_over.contains(interface) {
+        return None;
+    }
+    if state.default_route_links.contains(interface) {
+        return Some("carries the node's default route".into());
+    }
+    if let Some(prefix) = CNI_PREFIXES.iter().find(|p| interface.starts_with(*p)) {
+        return Some(format!("is named like a CNI's interface ({prefix}*)"));
+    }
+    let gateway = plan.gateway;
+    let foreign: Vec<String> = state
+        .addresses
+        .iter()
+        .filter(|a| a.interface == interface && !a.ours && a.address != gateway)
+        .filter(|a| !matches!(a.address, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .map(|a| format!("{}/{}", a.address, a.prefix_len))
+        .collect();
+    (!foreign.is_empty()).then(|| {
+        format!(
+            "holds addresses mirrornet did not add ({}): node or cluster traffic",
+            foreign.join(", ")
+        )
+    })
 }
 
 /// Whether `link` is a VRF device mirrornet made: named `mnv<its own table>`.

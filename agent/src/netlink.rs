@@ -182,20 +182,31 @@ impl Netlink {
             .map_err(ctx("listing routes"))
     }
 
-    /// mirrornet's routes (protocol [`PROTOCOL`]) in every table, and every table id in use
-    /// by anyone (so that allocation avoids foreign tables).
+    /// mirrornet's routes (protocol [`PROTOCOL`]) in every table, every table id in use by
+    /// anyone (so that allocation avoids foreign tables), and the links the node's default
+    /// routes (main table) leave by.
     pub async fn routes(
         &self,
         links: &BTreeMap<String, Link>,
-    ) -> Result<(Vec<RoutePlan>, Vec<u32>)> {
+    ) -> Result<(Vec<RoutePlan>, Vec<u32>, Vec<String>)> {
         let by_index: BTreeMap<u32, &str> =
             links.values().map(|l| (l.index, l.name.as_str())).collect();
         let mut ours = Vec::new();
         let mut tables = Vec::new();
+        let mut default_links = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump_routes(family).await? {
                 let table = route_table(&m);
                 tables.push(table);
+                if table == 254 && m.header.destination_prefix_length == 0 {
+                    let oif = m.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(i) => Some(*i),
+                        _ => None,
+                    });
+                    if let Some(name) = oif.and_then(|i| by_index.get(&i)) {
+                        default_links.push(name.to_string());
+                    }
+                }
                 if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
                     continue;
                 }
@@ -233,7 +244,7 @@ impl Netlink {
         }
         tables.sort_unstable();
         tables.dedup();
-        Ok((ours, tables))
+        Ok((ours, tables, default_links))
     }
 
     /// mirrornet's rules (protocol [`PROTOCOL`]), the tables every other rule looks up, and

@@ -140,6 +140,8 @@ pub struct NetworkPlan {
     pub rules: Vec<RulePlan>,
     pub sysctls: Vec<SysctlPlan>,
     pub nft: NetworkNft,
+    /// Interfaces the spec allows even though the node itself uses them.
+    pub take_over: std::collections::BTreeSet<String>,
 }
 
 /// Why a plan cannot be made.
@@ -329,6 +331,12 @@ pub fn plan(
         rules,
         sysctls,
         nft,
+        take_over: network
+            .sides
+            .iter()
+            .filter(|s| s.take_over_node_interface)
+            .map(|s| s.interface.to_string())
+            .collect(),
     })
 }
 

@@ -421,6 +421,7 @@ pub fn reason_of(e: &EngineError) -> &'static str {
         EngineError::AddressTaken { .. }
         | EngineError::InterfaceShared { .. }
         | EngineError::InterfaceEnslaved { .. } => "Conflict",
+        EngineError::NodeInterface { .. } => "NodeInterface",
         EngineError::Allocation { .. } => "AllocationFailed",
         EngineError::Plan(_) => "BackendUnavailable",
         _ => "ApplyFailed",

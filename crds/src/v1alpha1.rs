@@ -106,6 +106,13 @@ pub struct Side {
     /// against the ids other networks hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_ids: Option<SideKernelIds>,
+
+    /// Allow this side's interface to be one the node itself uses: one carrying its default
+    /// route or addresses mirrornet did not put there (node or cluster traffic), or one named
+    /// like a CNI's. Without it such an interface is refused, because enslaving it to a VRF or
+    /// steering its traffic could cut the node off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub take_over_node_interface: bool,
 }
 
 /// Explicit kernel ids for one side. Any id left out is allocated.

@@ -128,6 +128,8 @@ pub struct ValidSide {
     pub alias: IpNet,
     /// Ids the user fixed for this side.
     pub kernel_ids: SideKernelIds,
+    /// The user allowed an interface the node itself uses.
+    pub take_over_node_interface: bool,
 }
 
 /// A spec after validation: parsed, typed, and consistent.
@@ -351,6 +353,7 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
                 interface,
                 alias,
                 kernel_ids: side.kernel_ids.clone().unwrap_or_default(),
+                take_over_node_interface: side.take_over_node_interface,
             });
         }
     }

@@ -57,6 +57,7 @@ fn spec(sides: u8, explicit_table: Option<u32>) -> MirrorNetworkSpec {
                     table: explicit_table,
                     ..Default::default()
                 }),
+                take_over_node_interface: false,
             })
             .collect(),
         backend: Default::default(),

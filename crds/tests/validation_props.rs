@@ -38,6 +38,7 @@ fn side() -> impl Strategy<Value = Side> {
             interface,
             alias_prefix,
             kernel_ids: None,
+            take_over_node_interface: false,
         })
 }
 
@@ -59,6 +60,7 @@ fn plausible_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
                     interface: format!("eth{iface}"),
                     alias_prefix: format!("10.{}.0.0/16", alias + 1),
                     kernel_ids: None,
+                    take_over_node_interface: false,
                 })
                 .collect(),
             backend: Backend::Auto,

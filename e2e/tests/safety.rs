@@ -480,3 +480,62 @@ fn conflicting_networks_are_refused_and_the_first_keeps_forwarding() {
     }
     assert_ne!(steady(applied), applied_plus);
 }
+
+/// The interface the node itself uses (its default route, its own addresses) is refused unless
+/// the side opts in; the refusal says why and how to opt in.
+#[test]
+fn the_nodes_own_interfaces_are_protected_unless_the_spec_opts_in() {
+    let (s, spec) = seed("protect");
+    // The node's own uplink: an address and the default route on eth2. (With no address of
+    // its own, removing mirrornet's would be the interface's last IPv4 address, and the kernel
+    // flushes every route through an interface that loses its last address.)
+    for cmd in [
+        "ip addr add 198.51.100.2/24 dev eth2",
+        "ip route add default via 198.51.100.1 dev eth2",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        s.lab.exec(MIDDLEMAN, &args).unwrap();
+    }
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let out = agent(&s.lab, &["apply", "--file", spec.path()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.sides[1].interface")
+            && stderr.contains("carries the node's default route")
+            && stderr.contains("takeOverNodeInterface"),
+        "{stderr}"
+    );
+    assert_same(&before, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "refused");
+
+    let opted_in = SpecFile::new(
+        "protect-optin",
+        &SEED.replace(
+            "interface: eth2",
+            "interface: eth2\n      takeOverNodeInterface: true",
+        ),
+    );
+    apply(&s.lab, &opted_in, &[]);
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    delete(&s.lab, &opted_in);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "opted in, then deleted",
+    );
+
+    // An address the node uses on a side interface is node traffic too.
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &["ip", "addr", "add", "203.0.113.7/24", "dev", "eth1"],
+        )
+        .unwrap();
+    let out = agent(&s.lab, &["apply", "--file", opted_in.path()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.sides[0].interface") && stderr.contains("203.0.113.7/24"),
+        "{stderr}"
+    );
+}

@@ -16,6 +16,7 @@ pub fn network(name: &str) -> MirrorNetwork {
         interface: interface.into(),
         alias_prefix: "192.168.3.0/24".into(),
         kernel_ids: None,
+        take_over_node_interface: false,
     };
     let mut net = MirrorNetwork::new(
         name,
