@@ -22,3 +22,4 @@ pub mod plan;
 pub mod reconciler;
 pub mod state;
 pub mod sysctl;
+pub mod translate;

@@ -100,6 +100,17 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         resync_seconds: u64,
     },
+    /// What ADDRESS means to a host on side SIDE, and how the other sides see that host.
+    Translate {
+        address: std::net::IpAddr,
+        #[arg(long)]
+        from: String,
+        /// The networks to look in (default: the ones this node holds).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Build the seed scenario in network namespaces, show traffic crossing, clean up.
     Demo {
         /// The network to demonstrate (default: the built-in seed example).
@@ -290,6 +301,12 @@ async fn dispatch(command: Cmd) -> Result<()> {
             (None, None) => anyhow::bail!("pass --file, or --node-name (NODE_NAME) in a cluster"),
         },
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
+        Cmd::Translate {
+            address,
+            from,
+            file,
+            output,
+        } => translate(address, &from, file.as_deref(), output).await?,
         Cmd::Probe { probe } => match probe {
             ProbeCmd::Serve {
                 port,
@@ -351,6 +368,64 @@ async fn run(
         let _ = stop_tx.send(true);
     });
     reconciler::run(engine()?, settings, desired, report_tx, metrics, stop_rx).await;
+    Ok(())
+}
+
+async fn translate(
+    address: std::net::IpAddr,
+    from: &str,
+    file: Option<&std::path::Path>,
+    output: Output,
+) -> Result<()> {
+    let networks: Vec<LoadedNetwork> = match file {
+        Some(f) => load(f)?,
+        None => {
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            StateFile::load(&state)?
+                .networks
+                .into_iter()
+                .filter_map(|(name, record)| {
+                    let object = mirrornet_api::MirrorNetwork::new(&name, record.spec?);
+                    let valid = mirrornet_api::validate(&object.spec).ok()?;
+                    Some(LoadedNetwork { object, valid })
+                })
+                .collect()
+        }
+    };
+    let mut answers = Vec::new();
+    for n in &networks {
+        if !n.valid.sides.iter().any(|s| s.name.as_str() == from) {
+            continue;
+        }
+        match mirrornet_agent::translate::translate(&n.valid, from, address) {
+            Ok(m) => answers.push((n.name().to_owned(), m)),
+            Err(e) => tracing::debug!(network = n.name(), error = %e, "no meaning"),
+        }
+    }
+    if answers.is_empty() {
+        anyhow::bail!(
+            "{address} means nothing to side {from:?} in {} network(s) looked at",
+            networks.len()
+        );
+    }
+    let json = serde_json::to_value(
+        answers
+            .iter()
+            .map(|(n, m)| serde_json::json!({"network": n, "meaning": m}))
+            .collect::<Vec<_>>(),
+    )?;
+    print(output, &json, || {
+        for (network, m) in &answers {
+            println!(
+                "{network}: from side {from}, {address} is side {}'s host {}",
+                m.host_side, m.real
+            );
+            for (side, seen) in &m.seen_by {
+                println!("  side {side} reaches that host as {seen}");
+            }
+        }
+    });
     Ok(())
 }
 
