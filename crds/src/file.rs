@@ -93,6 +93,11 @@ pub fn load_str(path: &str, text: &str) -> Result<Vec<LoadedNetwork>, FileError>
     Ok(out)
 }
 
+/// `x` of serde's "missing field `x`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
 fn field(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
@@ -152,10 +157,14 @@ fn strict_from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T,
     match parsed {
         Err(e) => {
             let path = e.path().to_string();
-            Err(vec![field(
-                if path == "." { String::new() } else { path },
-                e.into_inner().to_string(),
-            )])
+            let message = e.into_inner().to_string();
+            // At the root the path is empty; a missing field then names itself.
+            let path = match (path.as_str(), missing_field(&message)) {
+                (".", Some(missing)) => missing.to_owned(),
+                (".", None) => "(document)".to_owned(),
+                _ => path,
+            };
+            Err(vec![field(path, message)])
         }
         Ok(_) if !unknown.is_empty() => Err(unknown
             .into_iter()
