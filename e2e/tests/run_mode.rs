@@ -304,3 +304,36 @@ fn file_changes_are_followed_and_a_broken_file_changes_nothing() {
     std::fs::write(&spec.path, "# nothing here any more\n").unwrap();
     converges_to(&s, &before, "network removed from the file");
 }
+
+/// The side interface taken down (routes through it vanish with it) and brought back: the agent
+/// reports it, does not fight the link state (not its to decide), and restores every object as
+/// soon as the link is up again.
+#[test]
+fn a_side_link_going_down_is_reported_and_restored_when_up() {
+    let (s, spec) = seed("linkdown");
+    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    sh(&s, "ip link set eth2 down");
+    assert!(
+        time_until(Duration::from_secs(5), || {
+            agent.get(&s.lab, "/readyz").1.contains("InterfaceMissing")
+        })
+        .is_some(),
+        "the down link is reported"
+    );
+    assert!(
+        sh(&s, "ip link show eth2").contains("state DOWN"),
+        "link state left alone"
+    );
+    sh(&s, "ip link set eth2 up");
+    converges_to(&s, &converged, "link back up");
+    assert!(
+        time_until(Duration::from_secs(5), || ping(
+            &s.lab,
+            "inner-10",
+            "192.168.3.11"
+        ))
+        .is_some()
+    );
+}
