@@ -120,6 +120,31 @@ pub fn vrf() -> bool {
     backend() == "vrf"
 }
 
+/// The seed example (examples/seed.yaml).
+pub const SEED: &str = include_str!("../../examples/seed.yaml");
+
+/// The seed topology (hosts .10 and .11 on each side, optionally the unrelated `eth9` LAN) and
+/// its spec file. Fails unless root.
+pub fn seed_scenario(tag: &str, extra_interface: bool) -> (Scenario, SpecFile) {
+    require_root();
+    let spec = SpecFile::new(tag, SEED);
+    let scenario = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], extra_interface)
+        .expect("building the seed topology");
+    (scenario, spec)
+}
+
+/// How many steps `apply` would take now (`plan -o json`): how tests enumerate failure points.
+pub fn planned_steps(lab: &Lab, spec: &SpecFile) -> usize {
+    let out = agent(lab, &["plan", "--file", spec.path(), "-o", "json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("plan -o json prints JSON");
+    v["steps"].as_array().map(Vec::len).unwrap_or_default()
+}
+
 /// `apply --file F -o json`, which must succeed; returns its JSON report. `extra` may name a
 /// `--backend`; otherwise the suite's [`backend`] is used.
 pub fn apply(lab: &Lab, spec: &SpecFile, extra: &[&str]) -> Value {

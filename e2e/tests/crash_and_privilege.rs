@@ -8,29 +8,8 @@
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    SpecFile, agent, apply, assert_same, delete, ping, require_root, snapshot,
+    SpecFile, agent, apply, assert_same, delete, ping, planned_steps, seed_scenario, snapshot,
 };
-
-const SEED: &str = include_str!("../../examples/seed.yaml");
-
-fn seed(tag: &str) -> (Scenario, SpecFile) {
-    require_root();
-    let spec = SpecFile::new(tag, SEED);
-    let scenario =
-        Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false).expect("seed topology");
-    (scenario, spec)
-}
-
-fn steps_of(s: &Scenario, spec: &SpecFile) -> usize {
-    let out = agent(&s.lab, &["plan", "--file", spec.path(), "-o", "json"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["steps"].as_array().unwrap().len()
-}
 
 fn crash(s: &Scenario, command: &str, spec: &SpecFile, step: usize) {
     let at = step.to_string();
@@ -48,7 +27,7 @@ fn crash(s: &Scenario, command: &str, spec: &SpecFile, step: usize) {
 
 #[test]
 fn a_crash_before_any_step_of_apply_or_delete_converges_on_the_next_run() {
-    let (s, spec) = seed("crash");
+    let (s, spec) = seed_scenario("crash", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     // The converged state, for comparison; then back to nothing.
     apply(&s.lab, &spec, &[]);
@@ -56,7 +35,7 @@ fn a_crash_before_any_step_of_apply_or_delete_converges_on_the_next_run() {
     let delete_steps = delete(&s.lab, &spec)["steps"].as_array().unwrap().len();
     assert_same(&before, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "setup");
 
-    let apply_steps = steps_of(&s, &spec);
+    let apply_steps = planned_steps(&s.lab, &spec);
     for step in 0..apply_steps {
         crash(&s, "apply", &spec, step);
         let report = apply(&s.lab, &spec, &[]);
@@ -97,7 +76,7 @@ fn agent_with_caps(s: &Scenario, caps: &str, args: &[&str]) -> std::process::Out
 
 #[test]
 fn cap_net_admin_is_all_the_agent_needs() {
-    let (s, spec) = seed("caps");
+    let (s, spec) = seed_scenario("caps", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     // Without any capability: refused by the kernel, nothing changed, the error says why.
     let out = agent_with_caps(&s, "", &["apply", "--file", spec.path()]);
@@ -139,7 +118,7 @@ fn cap_net_admin_is_all_the_agent_needs() {
 /// interface settings it needs over rtnetlink instead, and puts them back on delete.
 #[test]
 fn a_read_only_proc_sys_is_worked_around_over_netlink() {
-    let (s, spec) = seed("rosys");
+    let (s, spec) = seed_scenario("rosys", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let bin = mirrornet_e2e::node::agent_bin();
     let in_container = |command: &str| {

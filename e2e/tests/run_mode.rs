@@ -5,18 +5,9 @@ use std::time::Duration;
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    RunningAgent, SpecFile, assert_same, ping, require_root, snapshot, time_until,
+    RunningAgent, SEED, SpecFile, assert_same, ping, require_root, seed_scenario, snapshot,
+    time_until,
 };
-
-const SEED: &str = include_str!("../../examples/seed.yaml");
-
-fn seed(tag: &str) -> (Scenario, SpecFile) {
-    require_root();
-    let spec = SpecFile::new(tag, SEED);
-    let scenario =
-        Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false).expect("seed topology");
-    (scenario, spec)
-}
 
 fn sh(s: &Scenario, command: &str) -> String {
     s.lab
@@ -36,7 +27,7 @@ fn converges_to(s: &Scenario, expected: &str, what: &str) {
 
 #[test]
 fn every_tampered_object_is_repaired() {
-    let (s, spec) = seed("tamper");
+    let (s, spec) = seed_scenario("tamper", false);
     let agent = RunningAgent::start(&s.lab, &spec, &[]);
     agent.wait_ready(&s.lab);
     let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
@@ -209,7 +200,7 @@ fn converges_to_stripped(s: &Scenario, expected: &str, strip: impl Fn(&str) -> S
 
 #[test]
 fn restarting_the_agent_drops_no_packet_and_sigterm_leaves_the_datapath() {
-    let (s, spec) = seed("restart");
+    let (s, spec) = seed_scenario("restart", false);
     let mut agent = RunningAgent::start(&s.lab, &spec, &[]);
     agent.wait_ready(&s.lab);
     let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
@@ -260,7 +251,7 @@ fn restarting_the_agent_drops_no_packet_and_sigterm_leaves_the_datapath() {
 
 #[test]
 fn file_changes_are_followed_and_a_broken_file_changes_nothing() {
-    let (s, spec) = seed("reload");
+    let (s, spec) = seed_scenario("reload", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let agent = RunningAgent::start(&s.lab, &spec, &[]);
     agent.wait_ready(&s.lab);
@@ -310,7 +301,7 @@ fn file_changes_are_followed_and_a_broken_file_changes_nothing() {
 /// soon as the link is up again.
 #[test]
 fn a_side_link_going_down_is_reported_and_restored_when_up() {
-    let (s, spec) = seed("linkdown");
+    let (s, spec) = seed_scenario("linkdown", false);
     let agent = RunningAgent::start(&s.lab, &spec, &[]);
     agent.wait_ready(&s.lab);
     let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();

@@ -5,19 +5,9 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_api::file::load_str;
 use mirrornet_e2e::node::{
-    SpecFile, agent, apply, assert_same, connect, delete, host_of, ping, require_root, serve,
-    snapshot,
+    SEED, SpecFile, agent, apply, assert_same, connect, delete, host_of, ping, planned_steps,
+    require_root, seed_scenario, serve, snapshot,
 };
-
-const SEED: &str = include_str!("../../examples/seed.yaml");
-
-fn seed(tag: &str) -> (Scenario, SpecFile) {
-    require_root();
-    let spec = SpecFile::new(tag, SEED);
-    let scenario =
-        Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false).expect("seed topology");
-    (scenario, spec)
-}
 
 fn nft(s: &Scenario, script: &str) {
     s.lab.exec(MIDDLEMAN, &["nft", script]).unwrap();
@@ -39,7 +29,7 @@ fn counter_packets(s: &Scenario, family_table: &[&str], name: &str) -> u64 {
 
 #[test]
 fn foreign_tables_rules_and_marks_survive() {
-    let (s, spec) = seed("foreign");
+    let (s, spec) = seed_scenario("foreign", false);
     // Another program's nft table: it marks every packet with low bits 0x42 before mirrornet
     // sees it, and counts forwarded packets that still carry them.
     nft(&s, "add table ip foreign");
@@ -107,7 +97,7 @@ fn foreign_tables_rules_and_marks_survive() {
 
 #[test]
 fn invalid_files_are_rejected_naming_the_field_and_change_nothing() {
-    let (s, _spec) = seed("invalid");
+    let (s, _spec) = seed_scenario("invalid", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/invalid");
     let mut checked = 0;
@@ -141,7 +131,7 @@ fn invalid_files_are_rejected_naming_the_field_and_change_nothing() {
 
 #[test]
 fn a_missing_interface_or_a_foreign_address_is_refused_before_any_write() {
-    let (s, _) = seed("refuse");
+    let (s, _) = seed_scenario("refuse", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let missing = SpecFile::new(
         "missing",
@@ -176,22 +166,12 @@ fn a_missing_interface_or_a_foreign_address_is_refused_before_any_write() {
 }
 
 /// Number of steps the agent would take for `spec` now.
-fn planned_steps(s: &Scenario, spec: &SpecFile) -> usize {
-    let out = agent(&s.lab, &["plan", "--file", spec.path(), "-o", "json"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["steps"].as_array().unwrap().len()
-}
 
 #[test]
 fn a_failure_at_any_step_of_an_apply_rolls_back_to_the_state_before() {
-    let (s, spec) = seed("rollback");
+    let (s, spec) = seed_scenario("rollback", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
-    let steps = planned_steps(&s, &spec);
+    let steps = planned_steps(&s.lab, &spec);
     assert!(steps > 5);
     assert_eq!(
         snapshot(&s.lab, MIDDLEMAN).unwrap(),
@@ -227,7 +207,7 @@ fn a_failure_at_any_step_of_an_apply_rolls_back_to_the_state_before() {
 
 #[test]
 fn a_failed_change_or_delete_returns_to_the_applied_state() {
-    let (s, spec) = seed("rollback-change");
+    let (s, spec) = seed_scenario("rollback-change", false);
     apply(&s.lab, &spec, &[]);
     let applied = snapshot(&s.lab, MIDDLEMAN).unwrap();
     // A changed alias: new map elements, stale ones removed after the nft transaction.
@@ -235,7 +215,7 @@ fn a_failed_change_or_delete_returns_to_the_applied_state() {
         "changed",
         &SEED.replace("aliasPrefix: 192.168.3.0/24", "aliasPrefix: 10.99.3.0/24"),
     );
-    let change_steps = planned_steps(&s, &changed);
+    let change_steps = planned_steps(&s.lab, &changed);
     let delete_steps = {
         let out = agent(
             &s.lab,
@@ -280,7 +260,7 @@ fn a_failed_change_or_delete_returns_to_the_applied_state() {
 
 #[test]
 fn a_changed_spec_converges_without_leftovers() {
-    let (mut s, spec) = seed("change");
+    let (mut s, spec) = seed_scenario("change", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     apply(&s.lab, &spec, &[]);
     serve(&mut s, "outer-11", 7010, 0);
@@ -385,7 +365,7 @@ fn two_networks_on_one_node_are_independent() {
 /// nothing, and the first keeps forwarding during the attempt.
 #[test]
 fn conflicting_networks_are_refused_and_the_first_keeps_forwarding() {
-    let (s, spec) = seed("conflict");
+    let (s, spec) = seed_scenario("conflict", false);
     apply(&s.lab, &spec, &[]);
     let applied = snapshot(&s.lab, MIDDLEMAN).unwrap();
     // Interfaces for the later cases: a veth pair inside the middleman, one end in a bridge.
@@ -485,7 +465,7 @@ fn conflicting_networks_are_refused_and_the_first_keeps_forwarding() {
 /// the side opts in; the refusal says why and how to opt in.
 #[test]
 fn the_nodes_own_interfaces_are_protected_unless_the_spec_opts_in() {
-    let (s, spec) = seed("protect");
+    let (s, spec) = seed_scenario("protect", false);
     // The node's own uplink: an address and the default route on eth2. (With no address of
     // its own, removing mirrornet's would be the interface's last IPv4 address, and the kernel
     // flushes every route through an interface that loses its last address.)

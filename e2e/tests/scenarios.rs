@@ -5,24 +5,15 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     SpecFile, agent, alias_of, apply, assert_same, connect, delete, host_of, ping, require_root,
-    serve, snapshot, vrf, zone_of,
+    seed_scenario, serve, snapshot, vrf, zone_of,
 };
 
-const SEED: &str = include_str!("../../examples/seed.yaml");
 const THREE: &str = include_str!("../../examples/three-sides.yaml");
 const IPV6: &str = include_str!("../../examples/ipv6.yaml");
 
-fn seed(tag: &str, extra_interface: bool) -> (Scenario, SpecFile) {
-    require_root();
-    let spec = SpecFile::new(tag, SEED);
-    let scenario = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], extra_interface)
-        .expect("building the seed topology");
-    (scenario, spec)
-}
-
 #[test]
 fn ping_crosses_both_ways_with_translated_addresses() {
-    let (mut s, spec) = seed("ping", false);
+    let (mut s, spec) = seed_scenario("ping", false);
     let net = spec.networks[0].valid.clone();
     // Nothing crosses before the network is applied.
     assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
@@ -63,7 +54,7 @@ fn ping_crosses_both_ways_with_translated_addresses() {
 
 #[test]
 fn tcp_crosses_both_ways_to_every_host() {
-    let (mut s, spec) = seed("tcp", false);
+    let (mut s, spec) = seed_scenario("tcp", false);
     apply(&s.lab, &spec, &[]);
     for side in ["inner", "outer"] {
         for n in [10, 11] {
@@ -89,7 +80,7 @@ fn tcp_crosses_both_ways_to_every_host() {
 
 #[test]
 fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
-    let (mut s, spec) = seed("collide", false);
+    let (mut s, spec) = seed_scenario("collide", false);
     let report = apply(&s.lab, &spec, &[]);
     let (zone_inner, zone_outer) = (zone_of(&report, "inner"), zone_of(&report, "outer"));
     assert_ne!(zone_inner, zone_outer);
@@ -141,7 +132,7 @@ fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
 
 #[test]
 fn unrelated_interface_is_unaffected() {
-    let (mut s, spec) = seed("third", true);
+    let (mut s, spec) = seed_scenario("third", true);
     let before_eth9 = (
         s.lab
             .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
@@ -188,7 +179,7 @@ fn unrelated_interface_is_unaffected() {
 
 #[test]
 fn reapply_makes_zero_kernel_writes() {
-    let (s, spec) = seed("reapply", false);
+    let (s, spec) = seed_scenario("reapply", false);
     let first = apply(&s.lab, &spec, &[]);
     assert!(first["writes"].as_u64().unwrap() > 0);
     let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
@@ -209,7 +200,7 @@ fn reapply_makes_zero_kernel_writes() {
 
 #[test]
 fn delete_leaves_zero_residue() {
-    let (s, spec) = seed("residue", false);
+    let (s, spec) = seed_scenario("residue", false);
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     apply(&s.lab, &spec, &[]);
     assert_ne!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
@@ -229,7 +220,7 @@ fn delete_leaves_zero_residue() {
 /// Debian and Ubuntu nodes run loose (2), hardened ones strict (1); the kernel applies the
 /// larger of `all` and the interface's value, so both must work without touching `all`.
 fn reverse_path_filter_is_handled(mode: &str) {
-    let (s, spec) = seed(&format!("rpf{mode}"), false);
+    let (s, spec) = seed_scenario(&format!("rpf{mode}"), false);
     s.lab
         .exec(
             MIDDLEMAN,
