@@ -59,8 +59,24 @@ fn verdicts(output: &[String]) -> Vec<(String, bool)> {
 
 #[test]
 fn the_scenario_suite_passes_with_vrf_inside_one_vm() {
+    run_suite_in_vm(
+        "scenarios",
+        10,
+        &["identical_five_tuple_from_both_sides_uses_two_conntrack_zones"],
+    );
+}
+
+/// Drift repair (the VRF device itself deleted), hot-plug, restarts and reloads, under VRF.
+#[test]
+fn the_run_mode_suite_passes_with_vrf_inside_one_vm() {
+    run_suite_in_vm("run_mode", 5, &["every_tampered_object_is_repaired"]);
+}
+
+/// Runs the namespace test binary `name` inside a VM with backend VRF; at least `expected`
+/// tests must pass, among them `must_run`.
+fn run_suite_in_vm(name: &str, expected: usize, must_run: &[&str]) {
     require_root();
-    let suite = test_binary("scenarios");
+    let suite = test_binary(name);
     let script = r#"
 mnvm_value vrf-module "$(grep -c '^vrf ' /proc/modules)"
 mnvm_check suite env MIRRORNET_E2E_BACKEND=vrf MIRRORNET_AGENT_BIN="$AGENT" \
@@ -68,7 +84,7 @@ mnvm_check suite env MIRRORNET_E2E_BACKEND=vrf MIRRORNET_AGENT_BIN="$AGENT" \
 "#;
     let outcome = must(
         must(
-            VmSpec::new("vrf-suite", script)
+            VmSpec::new(format!("vrf-{}", name.replace('_', "-")), script)
                 .env("SUITE", suite.display().to_string())
                 .env("AGENT", agent_bin().display().to_string())
                 .memory_mb(1024)
@@ -89,7 +105,7 @@ mnvm_check suite env MIRRORNET_E2E_BACKEND=vrf MIRRORNET_AGENT_BIN="$AGENT" \
     }
     let verdicts = verdicts(&suite.output);
     assert!(
-        verdicts.len() >= 10,
+        verdicts.len() >= expected,
         "expected the whole suite, got {verdicts:?}"
     );
     let failed: Vec<&String> = verdicts
@@ -98,12 +114,12 @@ mnvm_check suite env MIRRORNET_E2E_BACKEND=vrf MIRRORNET_AGENT_BIN="$AGENT" \
         .map(|(n, _)| n)
         .collect();
     assert!(failed.is_empty(), "failed under VRF: {failed:?}");
-    assert!(
-        verdicts
-            .iter()
-            .any(|(n, _)| n == "identical_five_tuple_from_both_sides_uses_two_conntrack_zones"),
-        "the collision test ran"
-    );
+    for test in must_run {
+        assert!(
+            verdicts.iter().any(|(n, ok)| n == test && *ok),
+            "{test} ran and passed"
+        );
+    }
     must(outcome.ensure_passed(&["suite"]));
 }
 
