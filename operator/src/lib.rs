@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod reconcile;
 pub mod run;
 pub mod selection;

@@ -19,6 +19,7 @@
 //! `Repaired` event goes to every network programmed on the node.
 
 pub mod index;
+pub mod rbac;
 pub mod status;
 pub mod writer;
 
