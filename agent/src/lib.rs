@@ -22,4 +22,5 @@ pub mod plan;
 pub mod reconciler;
 pub mod state;
 pub mod sysctl;
+pub mod trace;
 pub mod translate;

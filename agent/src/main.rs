@@ -111,6 +111,19 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// The path a packet from SRC to DST entering from side SIDE takes through this node, with
+    /// the kernel's own routing answer.
+    Trace {
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        #[arg(long)]
+        from: String,
+        /// The networks to look in (default: the ones this node holds).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Build the seed scenario in network namespaces, show traffic crossing, clean up.
     Demo {
         /// The network to demonstrate (default: the built-in seed example).
@@ -301,6 +314,41 @@ async fn dispatch(command: Cmd) -> Result<()> {
             (None, None) => anyhow::bail!("pass --file, or --node-name (NODE_NAME) in a cluster"),
         },
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
+        Cmd::Trace {
+            src,
+            dst,
+            from,
+            file,
+            output,
+        } => {
+            let engine = engine()?;
+            let state = engine.observe().await?;
+            let networks = networks_here(&state, file.as_deref())?;
+            let network = networks
+                .iter()
+                .find(|n| n.valid.sides.iter().any(|s| s.name.as_str() == from))
+                .with_context(|| format!("no network on this node has a side {from:?}"))?;
+            let allocation = state.recorded_allocation(network.name());
+            let hops = mirrornet_agent::trace::trace(
+                network,
+                allocation.as_ref(),
+                &state.nft,
+                &from,
+                src,
+                dst,
+            );
+            print(output, &serde_json::to_value(&hops)?, || {
+                for (i, h) in hops.iter().enumerate() {
+                    println!(
+                        "{}. [{}] {}{}",
+                        i + 1,
+                        h.stage,
+                        h.detail,
+                        if h.ok { "" } else { "   <-- check this" }
+                    );
+                }
+            });
+        }
         Cmd::Translate {
             address,
             from,
@@ -371,6 +419,22 @@ async fn run(
     Ok(())
 }
 
+/// The networks in `file`, or those this node holds (their last applied specs).
+fn networks_here(state: &NodeState, file: Option<&std::path::Path>) -> Result<Vec<LoadedNetwork>> {
+    if let Some(f) = file {
+        return load(f);
+    }
+    Ok(StateFile::load(state)?
+        .networks
+        .into_iter()
+        .filter_map(|(name, record)| {
+            let object = mirrornet_api::MirrorNetwork::new(&name, record.spec?);
+            let valid = mirrornet_api::validate(&object.spec).ok()?;
+            Some(LoadedNetwork { object, valid })
+        })
+        .collect())
+}
+
 async fn translate(
     address: std::net::IpAddr,
     from: &str,
@@ -382,15 +446,7 @@ async fn translate(
         None => {
             let engine = engine()?;
             let state = engine.observe().await?;
-            StateFile::load(&state)?
-                .networks
-                .into_iter()
-                .filter_map(|(name, record)| {
-                    let object = mirrornet_api::MirrorNetwork::new(&name, record.spec?);
-                    let valid = mirrornet_api::validate(&object.spec).ok()?;
-                    Some(LoadedNetwork { object, valid })
-                })
-                .collect()
+            networks_here(&state, None)?
         }
     };
     let mut answers = Vec::new();

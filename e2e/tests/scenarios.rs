@@ -341,3 +341,57 @@ fn ipv6_network() {
     delete(&s.lab, &spec);
     assert_same(&before, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "after");
 }
+
+/// `trace` explains the path with the kernel's own routing answer, and `translate` names the
+/// real host behind an alias.
+#[test]
+fn trace_and_translate_explain_the_path() {
+    let (s, spec) = seed_scenario("trace", false);
+    apply(&s.lab, &spec, &[]);
+    let out = agent(
+        &s.lab,
+        &[
+            "trace",
+            "192.168.2.10",
+            "192.168.3.11",
+            "--from",
+            "inner",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hops: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = hops.to_string();
+    assert!(
+        hops.as_array().unwrap().iter().all(|h| h["ok"] == true),
+        "{text}"
+    );
+    // The kernel names the table for policy routing; with VRF the interface says it all.
+    let outer_table = if vrf() { "dev eth2" } else { "table 20001" };
+    for expected in [
+        "steer.plant-twin.inner.outer",
+        "dnat 192.168.3.11 -> 192.168.2.11",
+        "dev eth2",
+        outer_table,
+        "snat 192.168.2.10 -> 192.168.3.10",
+        "zone 40000",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in {text}");
+    }
+    let out = agent(
+        &s.lab,
+        &["translate", "192.168.3.11", "--from", "inner"],
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is side outer's host 192.168.2.11"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
