@@ -168,20 +168,7 @@ impl NodeState {
 
     /// Side interfaces the kernel state attributes to `network` (from its ingress map keys).
     fn interfaces_of(&self, network: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for elements in self.nft.maps.values() {
-            for (key, target) in elements {
-                if nft::chain_network(target) != Some(network) {
-                    continue;
-                }
-                if let Ok(key) = serde_json::from_str::<Value>(key)
-                    && let Some(name) = key.pointer("/concat/0").and_then(Value::as_str)
-                {
-                    out.insert(name.to_owned());
-                }
-            }
-        }
-        out
+        self.nft.interfaces_of(network)
     }
 }
 
@@ -460,10 +447,27 @@ impl Engine {
         state: &NodeState,
         networks: &[LoadedNetwork],
     ) -> Result<Vec<Allocation>> {
-        let mut recorded: BTreeMap<String, Allocation> = StateFile::load(state)?
+        let mut allocator = self.allocator(state, &StateFile::load(state)?);
+        networks
+            .iter()
+            .map(|n| {
+                allocator
+                    .allocate(n.name(), &n.valid)
+                    .map_err(|e| EngineError::Allocation {
+                        network: n.name().into(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// An allocator holding every id recorded (kernel first, then `memory`) and every foreign
+    /// table; what [`Engine::allocate`] starts from.
+    pub fn allocator(&self, state: &NodeState, memory: &StateFile) -> Allocator {
+        let mut recorded: BTreeMap<String, Allocation> = memory
             .networks
-            .into_iter()
-            .filter_map(|(n, r)| r.allocation.map(|a| (n, a)))
+            .iter()
+            .filter_map(|(n, r)| r.allocation.clone().map(|a| (n.clone(), a)))
             .collect();
         // The kernel's record wins over the file's.
         recorded.extend(
@@ -483,17 +487,7 @@ impl Engine {
             .flat_map(|a| a.sides.iter().map(|s| s.table))
             .collect();
         allocator.reserve_foreign(state.tables_in_use.difference(&ours).copied());
-        networks
-            .iter()
-            .map(|n| {
-                allocator
-                    .allocate(n.name(), &n.valid)
-                    .map_err(|e| EngineError::Allocation {
-                        network: n.name().into(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect()
+        allocator
     }
 
     /// Plans every network in `networks` for this node.
@@ -539,11 +533,8 @@ impl Engine {
     /// Networks mirrornet holds on this node: in the kernel, or remembered in the state file
     /// with traces left in the kernel.
     pub fn owned_networks(&self, state: &NodeState) -> BTreeSet<String> {
-        let mut names = state.nft.networks();
-        if let Ok(memory) = StateFile::load(state) {
-            names.extend(memory.networks.keys().cloned());
-        }
-        names
+        let memory = StateFile::load(state).ok();
+        owned_networks(state, memory.as_ref())
     }
 
     /// Makes the node hold exactly `plans` (and nothing of `remove`), rolling back on failure.
@@ -556,6 +547,20 @@ impl Engine {
         remove: &[String],
     ) -> Result<Outcome> {
         let memory = StateFile::load(state)?;
+        self.converge_with(state, memory, plans, specs, remove)
+            .await
+    }
+
+    /// [`Engine::converge`] with the state file already loaded (for `state`, and unchanged
+    /// since).
+    pub async fn converge_with(
+        &self,
+        state: &NodeState,
+        memory: StateFile,
+        plans: &[NetworkPlan],
+        specs: &[&mirrornet_api::MirrorNetworkSpec],
+        remove: &[String],
+    ) -> Result<Outcome> {
         check_preconditions(state, plans, remove)?;
         let changes = changes(state, plans, remove, &memory)?;
         if changes.is_empty() {
@@ -813,6 +818,15 @@ impl Engine {
     }
 }
 
+/// Networks mirrornet holds on this node: in the kernel, or remembered in `memory`.
+pub fn owned_networks(state: &NodeState, memory: Option<&StateFile>) -> BTreeSet<String> {
+    let mut names = state.nft.networks();
+    if let Some(memory) = memory {
+        names.extend(memory.networks.keys().cloned());
+    }
+    names
+}
+
 /// The command line overrides the spec; `Auto` means VRF where the kernel can make VRF devices.
 /// An explicit VRF request on a kernel without VRF is refused in [`plan::plan`].
 pub fn resolve_backend(
@@ -857,6 +871,12 @@ pub fn check_preconditions(
         .collect();
     let mut claimed: BTreeMap<&str, &str> =
         held.iter().map(|(i, n)| (i.as_str(), n.as_str())).collect();
+    let foreign_addresses: BTreeSet<(&str, std::net::IpAddr)> = state
+        .addresses
+        .iter()
+        .filter(|o| !o.ours)
+        .map(|o| (o.interface.as_str(), o.address))
+        .collect();
     for p in plans {
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {
@@ -906,11 +926,7 @@ pub fn check_preconditions(
             }
         }
         for a in &p.addresses {
-            if state
-                .addresses
-                .iter()
-                .any(|o| !o.ours && o.interface == a.interface && o.address == a.address)
-            {
+            if foreign_addresses.contains(&(a.interface.as_str(), a.address)) {
                 return Err(EngineError::AddressTaken {
                     network: p.name.clone(),
                     interface: a.interface.clone(),
@@ -934,6 +950,44 @@ pub fn changes(
     let mut sysctls = Vec::new();
     let mut deletes = Vec::new();
     let mut restores = Vec::new();
+
+    // Our addresses by interface, our routes and rules by table: each network then looks at its
+    // own objects only, in the order the kernel listed them.
+    let mut addresses_by_interface: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, a) in state.addresses.iter().enumerate().filter(|(_, a)| a.ours) {
+        addresses_by_interface
+            .entry(a.interface.as_str())
+            .or_default()
+            .push(i);
+    }
+    let mut routes_by_table: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, r) in state.routes.iter().enumerate() {
+        routes_by_table.entry(r.table).or_default().push(i);
+    }
+    let mut rules_by_table: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, r) in state.rules.iter().enumerate() {
+        rules_by_table.entry(r.table).or_default().push(i);
+    }
+    let our_addresses = |interfaces: &BTreeSet<String>| {
+        select(
+            &state.addresses,
+            interfaces
+                .iter()
+                .filter_map(|i| addresses_by_interface.get(i.as_str())),
+        )
+    };
+    let our_routes = |tables: &BTreeSet<u32>| {
+        select(
+            &state.routes,
+            tables.iter().filter_map(|t| routes_by_table.get(t)),
+        )
+    };
+    let our_rules = |tables: &BTreeSet<u32>| {
+        select(
+            &state.rules,
+            tables.iter().filter_map(|t| rules_by_table.get(t)),
+        )
+    };
 
     let owned = |network: &str, plan: Option<&NetworkPlan>| {
         // What the kernel attributes to this network: its recorded tables and interfaces,
@@ -1006,10 +1060,8 @@ pub fn changes(
             }
         }
 
-        let have_addresses: Vec<AddressPlan> = state
-            .addresses
-            .iter()
-            .filter(|a| a.ours && interfaces.contains(&a.interface))
+        let have_addresses: Vec<AddressPlan> = our_addresses(&interfaces)
+            .into_iter()
             .map(|a| AddressPlan {
                 interface: a.interface.clone(),
                 address: a.address,
@@ -1033,11 +1085,7 @@ pub fn changes(
             }
         }
 
-        let have_routes: Vec<&RoutePlan> = state
-            .routes
-            .iter()
-            .filter(|r| tables.contains(&r.table))
-            .collect();
+        let have_routes: Vec<&RoutePlan> = our_routes(&tables);
         for r in &p.routes {
             if !have_routes.contains(&r) {
                 adds.push(Step::AddRoute {
@@ -1059,11 +1107,7 @@ pub fn changes(
             }
         }
 
-        let have_rules: Vec<&RulePlan> = state
-            .rules
-            .iter()
-            .filter(|r| tables.contains(&r.table))
-            .collect();
+        let have_rules: Vec<&RulePlan> = our_rules(&tables);
         // Iif rules before mark rules: a mark rule is what makes the new path live.
         let mut wanted_rules = p.rules.clone();
         wanted_rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
@@ -1108,11 +1152,7 @@ pub fn changes(
         for link in our_vrfs(state, &tables) {
             deletes.extend(delete_vrf(state, name, link));
         }
-        for a in state
-            .addresses
-            .iter()
-            .filter(|a| a.ours && interfaces.contains(&a.interface))
-        {
+        for a in our_addresses(&interfaces) {
             deletes.push(Step::DeleteAddress {
                 network: name.clone(),
                 address: AddressPlan {
@@ -1122,13 +1162,13 @@ pub fn changes(
                 },
             });
         }
-        for r in state.routes.iter().filter(|r| tables.contains(&r.table)) {
+        for r in our_routes(&tables) {
             deletes.push(Step::DeleteRoute {
                 network: name.clone(),
                 route: r.clone(),
             });
         }
-        for r in state.rules.iter().filter(|r| tables.contains(&r.table)) {
+        for r in our_rules(&tables) {
             deletes.push(Step::DeleteRule {
                 network: name.clone(),
                 rule: r.clone(),
@@ -1193,6 +1233,14 @@ pub fn changes(
     steps.extend(restores);
     steps.extend(l3mdev);
     Ok(Changes { steps })
+}
+
+/// The items at the positions in `groups`, in their original order.
+fn select<'a, T>(items: &'a [T], groups: impl Iterator<Item = &'a Vec<usize>>) -> Vec<&'a T> {
+    let mut positions: Vec<usize> = groups.flatten().copied().collect();
+    positions.sort_unstable();
+    positions.dedup();
+    positions.into_iter().map(|i| &items[i]).collect()
 }
 
 /// Name prefixes of the interfaces common CNIs create (Calico, Cilium, Flannel, Weave, kube-

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -226,23 +227,108 @@ fn parse_ids_comment(comment: &str) -> Option<RecordedSide> {
 }
 
 /// What the table holds, as far as we care.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ObservedNft {
     pub table_exists: bool,
     /// Chain name -> comments of its rules, in order.
     pub chains: BTreeMap<String, Vec<String>>,
     /// Map name -> elements (key JSON, jump target).
     pub maps: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// What belongs to which network, built once on first use (the fields above are not
+    /// changed after parsing).
+    index: OnceLock<NftIndex>,
+}
+
+impl PartialEq for ObservedNft {
+    fn eq(&self, other: &Self) -> bool {
+        self.table_exists == other.table_exists
+            && self.chains == other.chains
+            && self.maps == other.maps
+    }
+}
+
+impl Eq for ObservedNft {}
+
+/// The table's chains and elements grouped by the network they belong to, so that per-network
+/// work costs the network's share of the table rather than the whole table.
+#[derive(Debug, Clone, Default)]
+struct NftIndex {
+    networks: BTreeMap<String, NetworkIndex>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NetworkIndex {
+    /// Whether the network has at least one chain (what [`ObservedNft::networks`] counts).
+    has_chains: bool,
+    /// The network's chains, in name order.
+    chains: Vec<String>,
+    /// Elements jumping to the network's chains: (map, key JSON, target), in map then
+    /// element order.
+    elements: Vec<(String, String, String)>,
+    /// Side interfaces, from the first field of its ingress map keys.
+    interfaces: BTreeSet<String>,
+}
+
+impl NftIndex {
+    fn build(observed: &ObservedNft) -> Self {
+        let mut networks: BTreeMap<String, NetworkIndex> = BTreeMap::new();
+        for chain in observed.chains.keys() {
+            if let Some(network) = chain_network(chain) {
+                let entry = networks.entry(network.to_owned()).or_default();
+                entry.has_chains = true;
+                entry.chains.push(chain.clone());
+            }
+        }
+        for (map, elements) in &observed.maps {
+            for (key, target) in elements {
+                let Some(network) = chain_network(target) else {
+                    continue;
+                };
+                let entry = networks.entry(network.to_owned()).or_default();
+                if let Some(interface) = key_interface(key) {
+                    entry.interfaces.insert(interface);
+                }
+                entry
+                    .elements
+                    .push((map.clone(), key.clone(), target.clone()));
+            }
+        }
+        Self { networks }
+    }
+}
+
+/// The interface name a concatenated ingress key starts with (`{"concat": ["eth1", ...]}`).
+fn key_interface(key: &str) -> Option<String> {
+    let key: Value = serde_json::from_str(key).ok()?;
+    key.pointer("/concat/0")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 impl ObservedNft {
+    fn index(&self) -> &NftIndex {
+        self.index.get_or_init(|| NftIndex::build(self))
+    }
+
+    fn network_index(&self, network: &str) -> Option<&NetworkIndex> {
+        self.index().networks.get(network)
+    }
+
     /// Networks that have chains in the table.
     pub fn networks(&self) -> BTreeSet<String> {
-        self.chains
-            .keys()
-            .filter_map(|c| chain_network(c))
-            .map(str::to_owned)
+        self.index()
+            .networks
+            .iter()
+            .filter(|(_, n)| n.has_chains)
+            .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Side interfaces the table attributes to `network` (from its ingress map keys).
+    pub fn interfaces_of(&self, network: &str) -> BTreeSet<String> {
+        self.network_index(network)
+            .map(|n| n.interfaces.clone())
+            .unwrap_or_default()
     }
 
     /// The ids recorded for `network`, one entry per side.
@@ -255,10 +341,7 @@ impl ObservedNft {
 
     /// Everything of `network` that is present, for `show`.
     pub fn network_chains(&self, network: &str) -> usize {
-        self.chains
-            .keys()
-            .filter(|c| chain_network(c) == Some(network))
-            .count()
+        self.network_index(network).map_or(0, |n| n.chains.len())
     }
 }
 
@@ -271,12 +354,14 @@ pub fn parse_listing(listing: &Value) -> ObservedNft {
     let items = listing
         .get("nftables")
         .and_then(Value::as_array)
-        .cloned()
+        .map(Vec::as_slice)
         .unwrap_or_default();
     for item in items {
         if let Some(chain) = item.get("chain") {
-            if let Some(name) = chain.get("name").and_then(Value::as_str) {
-                observed.chains.entry(name.to_owned()).or_default();
+            if let Some(name) = chain.get("name").and_then(Value::as_str)
+                && !observed.chains.contains_key(name)
+            {
+                observed.chains.insert(name.to_owned(), Vec::new());
             }
         } else if let Some(rule) = item.get("rule") {
             let chain = rule
@@ -287,11 +372,14 @@ pub fn parse_listing(listing: &Value) -> ObservedNft {
                 .get("comment")
                 .and_then(Value::as_str)
                 .unwrap_or("<no comment>");
-            observed
-                .chains
-                .entry(chain.to_owned())
-                .or_default()
-                .push(comment.to_owned());
+            match observed.chains.get_mut(chain) {
+                Some(comments) => comments.push(comment.to_owned()),
+                None => {
+                    observed
+                        .chains
+                        .insert(chain.to_owned(), vec![comment.to_owned()]);
+                }
+            }
         } else if let Some(map) = item.get("map") {
             let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
             let elements = observed.maps.entry(name.to_owned()).or_default();
@@ -428,37 +516,44 @@ pub fn transaction(
         }
     }
 
-    // Networks being programmed: their chains and elements exactly as desired.
+    // Networks being programmed: their chains and elements exactly as desired. Each network
+    // looks only at its own share of the table (the index), never the whole table.
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (network, want) in desired {
         touched.insert(network);
+        let have = observed.network_index(network);
         let wanted_chains: BTreeSet<&str> = want.chains.iter().map(|c| c.name.as_str()).collect();
-        let wanted_elements: BTreeSet<(String, String, String)> = want
+        let wanted_elements: BTreeSet<(&str, &str, &str)> = want
             .elements
             .iter()
-            .map(|e| (e.map.clone(), e.key.clone(), e.target.clone()))
+            .map(|e| (e.map.as_str(), e.key.as_str(), e.target.as_str()))
             .collect();
-        // Elements of this network that should not be there (or point elsewhere).
-        for (map, elements) in &observed.maps {
-            for (key, target) in elements {
-                if chain_network(target) == Some(network)
-                    && !wanted_elements.contains(&(map.clone(), key.clone(), target.clone()))
-                {
+        let mut present: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+        if let Some(have) = have {
+            // Elements of this network that should not be there (or point elsewhere).
+            for (map, key, target) in &have.elements {
+                let element = (map.as_str(), key.as_str(), target.as_str());
+                if wanted_elements.contains(&element) {
+                    present.insert(element);
+                } else {
                     deletes.push(delete_element(map, key));
                 }
             }
-        }
-        for chain in observed.chains.keys() {
-            if chain_network(chain) == Some(network) && !wanted_chains.contains(chain.as_str()) {
-                chain_ops.push(
-                    json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
-                );
+            for chain in &have.chains {
+                if !wanted_chains.contains(chain.as_str()) {
+                    chain_ops.push(
+                        json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
+                    );
+                }
             }
         }
         for chain in &want.chains {
-            let comments: Vec<&str> = chain.rules.iter().map(|r| r.comment.as_str()).collect();
             match observed.chains.get(&chain.name) {
-                Some(have) if have.iter().map(String::as_str).eq(comments.iter().copied()) => {}
+                Some(have)
+                    if have
+                        .iter()
+                        .map(String::as_str)
+                        .eq(chain.rules.iter().map(|r| r.comment.as_str())) => {}
                 Some(_) => {
                     chain_ops.push(json!({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain.name}}}));
                     chain_ops.extend(chain.rules.iter().map(|r| add_rule(&chain.name, r)));
@@ -470,41 +565,47 @@ pub fn transaction(
             }
         }
         for e in &want.elements {
-            let present = observed
-                .maps
-                .get(&e.map)
-                .is_some_and(|m| m.contains(&(e.key.clone(), e.target.clone())));
-            if !present {
-                // A key held by another chain (a stale or foreign element) is replaced.
-                if observed.maps.get(&e.map).is_some_and(|m| {
-                    m.iter()
-                        .any(|(k, t)| *k == e.key && chain_network(t) != Some(network))
-                }) {
-                    deletes.push(delete_element(&e.map, &e.key));
-                }
-                adds.push(json!({"add": {"element": {"family": FAMILY, "table": TABLE,
-                    "name": e.map, "elem": [element_value(e)]}}}));
+            // Present elements are usually in this network's share; a target whose name does
+            // not say the network (a dotted network name) is looked up in the whole map.
+            if present.contains(&(e.map.as_str(), e.key.as_str(), e.target.as_str()))
+                || observed
+                    .maps
+                    .get(&e.map)
+                    .is_some_and(|m| m.contains(&(e.key.clone(), e.target.clone())))
+            {
+                continue;
             }
+            // A key held by another chain (a stale or foreign element) is replaced.
+            if observed.maps.get(&e.map).is_some_and(|m| {
+                m.range((e.key.clone(), String::new())..)
+                    .take_while(|(k, _)| *k == e.key)
+                    .any(|(_, t)| chain_network(t) != Some(network))
+            }) {
+                deletes.push(delete_element(&e.map, &e.key));
+            }
+            adds.push(json!({"add": {"element": {"family": FAMILY, "table": TABLE,
+                "name": e.map, "elem": [element_value(e)]}}}));
         }
     }
 
     // Networks being removed.
-    let mut remaining: BTreeSet<String> = observed.networks();
+    let mut remaining: BTreeSet<String> = if remove.is_empty() {
+        BTreeSet::new()
+    } else {
+        observed.networks()
+    };
     for network in remove {
         remaining.remove(*network);
-        for (map, elements) in &observed.maps {
-            for (key, target) in elements {
-                if chain_network(target) == Some(network) {
-                    deletes.push(delete_element(map, key));
-                }
-            }
+        let Some(have) = observed.network_index(network) else {
+            continue;
+        };
+        for (map, key, _) in &have.elements {
+            deletes.push(delete_element(map, key));
         }
-        for chain in observed.chains.keys() {
-            if chain_network(chain) == Some(network) {
-                chain_ops.push(
-                    json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
-                );
-            }
+        for chain in &have.chains {
+            chain_ops.push(
+                json!({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}),
+            );
         }
     }
     for network in &touched {
@@ -515,7 +616,7 @@ pub fn transaction(
         return vec![json!({"delete": {"table": {"family": FAMILY, "name": TABLE}}})];
     }
 
-    deletes.sort_by_key(|v| v.to_string());
+    deletes.sort_by_cached_key(|v| v.to_string());
     deletes.dedup();
     deletes.into_iter().chain(chain_ops).chain(adds).collect()
 }

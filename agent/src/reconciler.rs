@@ -32,6 +32,8 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::engine::{BackendChoice, Engine, EngineError, NodeState};
 use crate::netlink::Netlink;
 use crate::plan::NetworkPlan;
+use crate::state::StateFile;
+use mirrornet_api::allocation::Allocator;
 
 /// A network the node should hold, with the ids the operator allocated (none in file mode:
 /// the agent allocates locally).
@@ -269,6 +271,15 @@ pub async fn pass(
             return (report, Vec::new());
         }
     };
+    // The state file is read once per pass: planning, ownership and converging all see the
+    // same memory (nothing writes it in between).
+    let memory = StateFile::load(&state);
+    // One allocator for the pass, as `apply` uses for a file: networks without ids of their
+    // own that appear together get distinct ids.
+    let mut allocator = memory
+        .as_ref()
+        .ok()
+        .map(|memory| engine.allocator(&state, memory));
     let mut ready: Vec<(NetworkPlan, &DesiredNetwork)> = Vec::new();
     for network in networks {
         let name = network.loaded.name().to_owned();
@@ -308,7 +319,13 @@ pub async fn pass(
             report.networks.insert(name, entry);
             continue;
         }
-        match plan_one(engine, &state, network, settings.backend) {
+        match plan_one(
+            engine,
+            &state,
+            network,
+            settings.backend,
+            allocator.as_mut(),
+        ) {
             Ok(plan) => {
                 entry.backend = Some(plan.backend);
                 report.networks.insert(name, entry);
@@ -326,7 +343,7 @@ pub async fn pass(
     // stay as they are.
     let wanted: std::collections::BTreeSet<&str> =
         networks.iter().map(|n| n.loaded.name()).collect();
-    report.held = engine.owned_networks(&state);
+    report.held = crate::engine::owned_networks(&state, memory.as_ref().ok());
     let remove: Vec<String> = report
         .held
         .iter()
@@ -352,7 +369,15 @@ pub async fn pass(
         .iter()
         .map(|(_, n)| &n.loaded.object.spec)
         .collect();
-    match engine.converge(&state, &plans, &specs, &remove).await {
+    let converged = match memory {
+        Ok(memory) => {
+            engine
+                .converge_with(&state, memory, &plans, &specs, &remove)
+                .await
+        }
+        Err(_) => engine.converge(&state, &plans, &specs, &remove).await,
+    };
+    match converged {
         Ok(outcome) => {
             metrics.kernel_writes.inc_by(outcome.writes as u64);
             if outcome.writes > 0 {
@@ -405,11 +430,22 @@ fn plan_one(
     state: &NodeState,
     network: &DesiredNetwork,
     backend: BackendChoice,
+    allocator: Option<&mut Allocator>,
 ) -> Result<NetworkPlan, EngineError> {
     let loaded = std::slice::from_ref(&network.loaded);
-    match &network.allocation {
-        Some(allocation) => engine.plan_with(state, &network.loaded, allocation, backend),
-        None => Ok(engine.plans(state, loaded, backend)?.remove(0)),
+    match (&network.allocation, allocator) {
+        (Some(allocation), _) => engine.plan_with(state, &network.loaded, allocation, backend),
+        (None, Some(allocator)) => {
+            let allocation = allocator
+                .allocate(network.loaded.name(), &network.loaded.valid)
+                .map_err(|e| EngineError::Allocation {
+                    network: network.loaded.name().into(),
+                    reason: e.to_string(),
+                })?;
+            engine.plan_with(state, &network.loaded, &allocation, backend)
+        }
+        // The state file could not be read: the engine reports why.
+        (None, None) => Ok(engine.plans(state, loaded, backend)?.remove(0)),
     }
 }
 
