@@ -130,7 +130,7 @@ pub struct Options {
     /// Short run for development: one repetition of 1 s, scales 0/1/16, few tamperings.
     #[arg(long)]
     quick: bool,
-    /// The agent binary (default: built with `cargo build -p mirrornet-agent` in
+    /// The agent binary (default: built with `cargo build --release -p mirrornet-agent` in
     /// $CARGO_TARGET_DIR or target/).
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -157,11 +157,15 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
     let agent_bin = match options.agent {
         Some(a) => a,
         None => {
-            super::run("cargo", &["build", "--package", "mirrornet-agent"])?;
+            // Release: what a node runs. The test suites (`cargo xtask test`) stay on debug.
+            super::run(
+                "cargo",
+                &["build", "--release", "--package", "mirrornet-agent"],
+            )?;
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target"));
-            target.join("debug/mirrornet-agent")
+            target.join("release/mirrornet-agent")
         }
     };
     let agent_bin = std::fs::canonicalize(&agent_bin)
