@@ -241,7 +241,13 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
         println!("  {}", zone_highlight(&style, line));
     }
 
-    style.heading(6, "Remove it: mirrornet-agent delete");
+    style.heading(6, "What the node holds: mirrornet-agent show");
+    let shown = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
+    for line in shown.lines() {
+        println!("  {}", style.dim(line));
+    }
+
+    style.heading(7, "Remove it: mirrornet-agent delete");
     let out = scenario
         .lab
         .stdout(MIDDLEMAN, &[agent, "delete", "--file", spec_path])?;

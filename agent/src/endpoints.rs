@@ -45,6 +45,9 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
+    let metrics = shared.metrics.clone();
+    // One `nft -j list` per scrape: the counters are read when someone asks.
+    let _ = tokio::task::spawn_blocking(move || metrics.read_traffic()).await;
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, String::new()).into_response();

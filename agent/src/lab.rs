@@ -338,7 +338,7 @@ fn configure_host(
 }
 
 /// The ruleset as one JSON object per line, without what carries no state: handles (renumbered
-/// when a rule is re-added) and the order of set elements (the kernel's, not ours).
+/// when a rule is re-added), counter values, and the order of set elements (the kernel's).
 fn canonical_ruleset(json: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<serde_json::Value>(json) else {
         return json.to_owned();
@@ -347,6 +347,9 @@ fn canonical_ruleset(json: &str) -> String {
         match v {
             serde_json::Value::Object(o) => {
                 o.remove("handle");
+                // Counters count traffic; they are not state.
+                o.remove("packets");
+                o.remove("bytes");
                 if let Some(serde_json::Value::Array(elems)) = o.get_mut("elem") {
                     elems.sort_by_key(|e| e.to_string());
                 }

@@ -282,6 +282,12 @@ async fn dispatch(command: Cmd) -> Result<()> {
                             s.side, s.table, s.mark, s.zone, s.rule_priority
                         );
                     }
+                    for t in &n.traffic {
+                        println!(
+                            "  traffic {} -> {}: {} packets, {} bytes",
+                            t.from, t.to, t.packets, t.bytes
+                        );
+                    }
                     for step in &n.pending {
                         println!("  pending: {step}");
                     }
@@ -495,6 +501,8 @@ struct ShownNetwork {
     in_sync: Option<bool>,
     allocation: mirrornet_api::Allocation,
     pending: Vec<String>,
+    /// Packets and bytes per direction since the network was programmed.
+    traffic: Vec<mirrornet_agent::nft::Traffic>,
 }
 
 fn show(
@@ -564,7 +572,9 @@ fn show(
                 }
             }
         };
+        let traffic = state.nft.traffic(&name);
         out.push(ShownNetwork {
+            traffic,
             name,
             backend,
             summary,

@@ -128,7 +128,8 @@ pub fn network(name: &str, subnet: IpNet, mask: u32, sides: &[SidePlan]) -> Netw
             chains.push(NftChain {
                 name: chain.clone(),
                 rules: vec![
-                    NftRule::new(json!([{"mangle": {
+                    // The counter makes every direction's traffic visible (`show`, /metrics).
+                    NftRule::new(json!([{"counter": null}, {"mangle": {
                         "key": {"meta": {"key": "mark"}},
                         "value": {"|": [{"&": [{"meta": {"key": "mark"}}, !mask]}, target.ids.mark]}
                     }}])),
@@ -234,6 +235,9 @@ pub struct ObservedNft {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Map name -> elements (key JSON, jump target).
     pub maps: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Chain name -> (packets, bytes) of its rules' counters: traffic, not state, so not part
+    /// of equality.
+    pub counters: BTreeMap<String, (u64, u64)>,
     /// What belongs to which network, built once on first use (the fields above are not
     /// changed after parsing).
     index: OnceLock<NftIndex>,
@@ -345,6 +349,37 @@ impl ObservedNft {
     }
 }
 
+/// Traffic of one direction of a network, from its steering chain's counter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// The side the packets entered from.
+    pub from: String,
+    /// The side they were sent to.
+    pub to: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl ObservedNft {
+    /// Packets and bytes per direction of `network` (new flows and every packet of them: the
+    /// steering chain sees every packet addressed to an alias).
+    pub fn traffic(&self, network: &str) -> Vec<Traffic> {
+        let prefix = format!("steer.{network}.");
+        self.counters
+            .iter()
+            .filter_map(|(chain, (packets, bytes))| {
+                let (from, to) = chain.strip_prefix(&prefix)?.split_once('.')?;
+                Some(Traffic {
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    packets: *packets,
+                    bytes: *bytes,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Parses `nft -j list table inet mirrornet` output.
 pub fn parse_listing(listing: &Value) -> ObservedNft {
     let mut observed = ObservedNft {
@@ -372,6 +407,18 @@ pub fn parse_listing(listing: &Value) -> ObservedNft {
                 .get("comment")
                 .and_then(Value::as_str)
                 .unwrap_or("<no comment>");
+            for counter in rule
+                .get("expr")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("counter"))
+            {
+                let n = |k: &str| counter.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let total = observed.counters.entry(chain.to_owned()).or_default();
+                total.0 += n("packets");
+                total.1 += n("bytes");
+            }
             match observed.chains.get_mut(chain) {
                 Some(comments) => comments.push(comment.to_owned()),
                 None => {

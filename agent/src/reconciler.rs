@@ -70,6 +70,41 @@ pub struct NodeReport {
     pub held: std::collections::BTreeSet<String>,
 }
 
+/// Labels of a traffic direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub network: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl Metrics {
+    /// Refreshes the traffic gauges from the kernel's counters.
+    pub fn read_traffic(&self) {
+        let Ok(Some(listing)) = crate::engine::nft_list() else {
+            return;
+        };
+        let nft = crate::nft::parse_listing(&listing);
+        self.side_packets.clear();
+        self.side_bytes.clear();
+        for network in nft.networks() {
+            for t in nft.traffic(&network) {
+                let labels = TrafficLabels {
+                    network: network.clone(),
+                    from: t.from,
+                    to: t.to,
+                };
+                self.side_packets
+                    .get_or_create(&labels)
+                    .set(i64::try_from(t.packets).unwrap_or(i64::MAX));
+                self.side_bytes
+                    .get_or_create(&labels)
+                    .set(i64::try_from(t.bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 pub struct Trigger {
@@ -107,6 +142,10 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     pub networks_programmed: Gauge,
     pub networks_failing: Gauge,
+    /// Packets and bytes per network and direction, read from the steering chains' counters
+    /// when /metrics is scraped.
+    pub side_packets: Family<TrafficLabels, Gauge>,
+    pub side_bytes: Family<TrafficLabels, Gauge>,
     /// Unix time (ms) of the last completed pass, for liveness.
     pub last_pass_ms: AtomicU64,
 }
@@ -121,6 +160,18 @@ impl Default for Metrics {
         let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let networks_programmed = Gauge::default();
         let networks_failing = Gauge::default();
+        let side_packets = Family::<TrafficLabels, Gauge>::default();
+        let side_bytes = Family::<TrafficLabels, Gauge>::default();
+        registry.register(
+            "side_packets",
+            "Packets that entered side `from` for side `to` (nft counter)",
+            side_packets.clone(),
+        );
+        registry.register(
+            "side_bytes",
+            "Bytes that entered side `from` for side `to` (nft counter)",
+            side_bytes.clone(),
+        );
         registry.register(
             "reconcile_passes",
             "Reconcile passes, by what caused them",
@@ -157,6 +208,8 @@ impl Default for Metrics {
             pass_seconds,
             networks_programmed,
             networks_failing,
+            side_packets,
+            side_bytes,
             last_pass_ms: AtomicU64::new(0),
         }
     }

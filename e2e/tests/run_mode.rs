@@ -270,6 +270,8 @@ fn restarting_the_agent_drops_no_packet_and_sigterm_leaves_the_datapath() {
         summary.contains("300 packets transmitted, 300 received"),
         "packets were lost across the restart: {summary}"
     );
+    // /metrics reads the per-direction counters: every request and every reply counted.
+    assert!(agent.metric(&s.lab, "mirrornet_agent_side_packets{") >= 600.0);
     // The restarted agent adopted the state: it wrote nothing.
     assert_eq!(
         agent.metric(&s.lab, "mirrornet_agent_kernel_writes_total"),

@@ -192,10 +192,24 @@ fn reapply_makes_zero_kernel_writes() {
         );
     }
     assert_same(&converged, &snapshot(&s.lab, MIDDLEMAN).unwrap(), "after");
+    // Traffic shows up per direction in `show` (the counters are not state: still in sync).
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
     let show = agent(&s.lab, &["show", "-o", "json"], &[]);
     let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(show[0]["name"], "plant-twin");
     assert_eq!(show[0]["in_sync"], true);
+    let packets = |from: &str, to: &str| {
+        show[0]["traffic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["from"] == from && t["to"] == to)
+            .and_then(|t| t["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no traffic entry {from} -> {to}: {show}"))
+    };
+    // The request entered inner for outer; the reply entered outer for inner's alias.
+    assert!(packets("inner", "outer") >= 1, "{show}");
+    assert!(packets("outer", "inner") >= 1, "{show}");
 }
 
 #[test]
