@@ -148,14 +148,29 @@ pub fn network(name: &str, subnet: IpNet, mask: u32, sides: &[SidePlan]) -> Netw
     }
 
     let dnat_chain = format!("xlate-dst.{name}");
+    // A nat chain sees only a connection's first packet: dropping there refuses a connection
+    // an answer-only side tries to open, while replies (and connections others open) pass.
+    let mut dnat_rules: Vec<NftRule> = sides
+        .iter()
+        .filter(|s| s.answer_only)
+        .map(|s| {
+            NftRule::new(json!([
+                {"match": {"op": "==",
+                    "left": {"ct": {"key": "zone", "dir": "original"}},
+                    "right": s.ids.zone}},
+                {"drop": null}
+            ]))
+        })
+        .collect();
+    dnat_rules.push(NftRule::new(json!([{"dnat": {
+        "family": proto,
+        "addr": prefix(subnet),
+        "flags": "netmap",
+        "type_flags": "prefix"
+    }}])));
     chains.push(NftChain {
         name: dnat_chain.clone(),
-        rules: vec![NftRule::new(json!([{"dnat": {
-            "family": proto,
-            "addr": prefix(subnet),
-            "flags": "netmap",
-            "type_flags": "prefix"
-        }}]))],
+        rules: dnat_rules,
     });
     for target in sides {
         elements.push(NftElement {
@@ -700,6 +715,7 @@ mod tests {
                 zone: 40000,
                 rule_priority: 500,
             },
+            answer_only: false,
         };
         let c = ids_comment(&side, 0xff00_0000);
         assert!(c.len() <= 128, "nft comments hold at most 128 bytes: {c}");

@@ -55,6 +55,8 @@ pub struct SidePlan {
     pub interface: String,
     pub alias: IpNet,
     pub ids: SideAllocation,
+    /// May only answer connections (`direction: OneWay`).
+    pub answer_only: bool,
 }
 
 /// A side's VRF device (backend VRF): the side's routing domain, its interface enslaved.
@@ -202,6 +204,7 @@ pub fn plan(
             interface: side.interface.to_string(),
             alias: side.alias,
             ids: ids.clone(),
+            answer_only: network.answer_only.contains(side.name.as_str()),
         });
     }
 

@@ -17,8 +17,8 @@ pub mod validation;
 pub use k8s_openapi;
 pub use kube;
 pub use v1alpha1::{
-    Allocation, Backend, BackendKind, MirrorNetwork, MirrorNetworkSpec, MirrorNetworkStatus,
-    NodeStatus, Side, SideAllocation, SideKernelIds,
+    Allocation, Backend, BackendKind, Direction, MirrorNetwork, MirrorNetworkSpec,
+    MirrorNetworkStatus, NodeStatus, Side, SideAllocation, SideKernelIds,
 };
 pub use validation::{FieldError, SpecErrors, ValidNetwork, ValidSide, validate};
 

@@ -48,6 +48,9 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.name == a.name))").message("spec.sides[].name: side names must be unique").field_path(".sides"),
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.interface == a.interface))").message("spec.sides[].interface: interface names must be unique in the network").field_path(".sides"),
     validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, !isCIDR(a.aliasPrefix) || self.sides.exists_one(b, isCIDR(b.aliasPrefix) && cidr(b.aliasPrefix).masked() == cidr(a.aliasPrefix).masked()))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
+    validation = Rule::new("!has(self.answerOnly) || self.answerOnly.all(n, self.sides.exists(s, s.name == n))").message("spec.answerOnly: every entry must be the name of a side").field_path(".answerOnly"),
+    validation = Rule::new("!has(self.answerOnly) || size(self.answerOnly) == 0 || (has(self.direction) && self.direction == 'OneWay')").message("spec.answerOnly: only meaningful with direction: OneWay").field_path(".answerOnly"),
+    validation = Rule::new("!has(self.direction) || self.direction != 'OneWay' || (has(self.answerOnly) && size(self.answerOnly) > 0 && self.sides.exists(s, !(s.name in self.answerOnly)))").message("spec.answerOnly: direction: OneWay needs the sides that may only answer, and at least one side left to initiate").field_path(".answerOnly"),
 )]
 pub struct MirrorNetworkSpec {
     /// Nodes that become middlemen for this network. An empty selector (`{}`) selects every
@@ -77,6 +80,28 @@ pub struct MirrorNetworkSpec {
     /// rules, for kernels without VRF) or `Auto` (VRF where the kernel can create one).
     #[serde(default)]
     pub backend: Backend,
+
+    /// `Both` (default): every side may open connections to every other. `OneWay`: the sides
+    /// named in `answerOnly` may only answer connections the other sides open, never start
+    /// their own (a twin that must not reach into production). Enforced with conntrack: only
+    /// a connection's first packet is judged, replies always pass.
+    #[serde(default)]
+    pub direction: Direction,
+
+    /// With `direction: OneWay`, the sides that may only answer. At least one side must be left
+    /// able to initiate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answer_only: Vec<String>,
+}
+
+/// Which sides may open connections.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Direction {
+    /// Every side may initiate.
+    #[default]
+    Both,
+    /// The sides in `answerOnly` may only answer.
+    OneWay,
 }
 
 /// One network that reuses the subnet, attached to the middleman by one interface.

@@ -139,6 +139,8 @@ pub struct ValidNetwork {
     pub gateway: IpAddr,
     pub sides: Vec<ValidSide>,
     pub backend: Backend,
+    /// Sides that may only answer (`direction: OneWay`); empty for `Both`.
+    pub answer_only: std::collections::BTreeSet<String>,
 }
 
 impl ValidNetwork {
@@ -373,6 +375,44 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
     // Aliases of different families or lengths than the subnet are already reported; two
     // distinct equal-length aliases cannot partially overlap, so equality is the only clash.
 
+    match spec.direction {
+        crate::v1alpha1::Direction::Both => {
+            if !spec.answer_only.is_empty() {
+                err(
+                    "spec.answerOnly".into(),
+                    "only meaningful with direction: OneWay".into(),
+                );
+            }
+        }
+        crate::v1alpha1::Direction::OneWay => {
+            if spec.answer_only.is_empty() {
+                err(
+                    "spec.answerOnly".into(),
+                    "direction: OneWay needs the sides that may only answer".into(),
+                );
+            }
+            for (i, name) in spec.answer_only.iter().enumerate() {
+                if !spec.sides.iter().any(|s| s.name == *name) {
+                    err(
+                        format!("spec.answerOnly[{i}]"),
+                        format!("{name:?} is not the name of a side"),
+                    );
+                }
+            }
+            if !spec.sides.is_empty()
+                && spec
+                    .sides
+                    .iter()
+                    .all(|s| spec.answer_only.contains(&s.name))
+            {
+                err(
+                    "spec.answerOnly".into(),
+                    "every side would only answer: no connection could ever start".into(),
+                );
+            }
+        }
+    }
+
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
@@ -382,6 +422,7 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
             gateway,
             sides,
             backend: spec.backend,
+            answer_only: spec.answer_only.iter().cloned().collect(),
         }),
         _ => unreachable!("a missing subnet or gateway was reported as an error"),
     }

@@ -61,6 +61,8 @@ fn spec(sides: u8, explicit_table: Option<u32>) -> MirrorNetworkSpec {
             })
             .collect(),
         backend: Default::default(),
+        direction: Default::default(),
+        answer_only: Vec::new(),
     }
 }
 

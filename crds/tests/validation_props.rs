@@ -64,6 +64,8 @@ fn plausible_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
                 })
                 .collect(),
             backend: Backend::Auto,
+            direction: Default::default(),
+            answer_only: Vec::new(),
         })
 }
 
@@ -89,6 +91,8 @@ fn arbitrary_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
                 gateway_address,
                 sides,
                 backend,
+                direction: Default::default(),
+                answer_only: Vec::new(),
             },
         )
 }

@@ -519,3 +519,33 @@ fn the_nodes_own_interfaces_are_protected_unless_the_spec_opts_in() {
         "{stderr}"
     );
 }
+
+/// `direction: OneWay`: the answer-only side cannot open a connection (refused at its first
+/// packet), yet answers every connection the other side opens.
+#[test]
+fn one_way_refuses_initiation_and_allows_replies() {
+    let (mut s, _) = seed_scenario("oneway", false);
+    let spec = SpecFile::new(
+        "oneway",
+        &format!("{SEED}  direction: OneWay\n  answerOnly: [outer]\n"),
+    );
+    apply(&s.lab, &spec, &[]);
+    serve(&mut s, "outer-11", 7020, 0);
+    serve(&mut s, "inner-11", 7020, 0);
+    // inner may initiate: the connection opens and outer's answer comes back.
+    let answer = connect(&s.lab, "inner-10", "192.168.3.11:7020", None).unwrap();
+    assert_eq!(answer.server, "outer-11");
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    // outer may not: its first packet is dropped, the connection never opens.
+    let refused = connect(&s.lab, "outer-10", "192.168.3.11:7020", None);
+    assert!(refused.is_err(), "outer opened a connection: {refused:?}");
+    assert!(!ping(&s.lab, "outer-10", "192.168.3.11"));
+    // Back to Both: outer may initiate again.
+    apply(&s.lab, &SpecFile::new("both", SEED), &[]);
+    assert_eq!(
+        connect(&s.lab, "outer-10", "192.168.3.11:7020", None)
+            .unwrap()
+            .server,
+        "inner-11"
+    );
+}

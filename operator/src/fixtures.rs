@@ -38,6 +38,8 @@ pub fn network(name: &str, created: i64) -> MirrorNetwork {
                 },
             ],
             backend: Default::default(),
+            direction: Default::default(),
+            answer_only: Vec::new(),
         },
     );
     net.metadata.uid = Some(format!("uid-{name}"));

@@ -26,6 +26,8 @@ pub fn network(name: &str) -> MirrorNetwork {
             gateway_address: "192.168.2.1".into(),
             sides: vec![side("inner", "eth1"), side("outer", "eth2")],
             backend: Default::default(),
+            direction: Default::default(),
+            answer_only: Vec::new(),
         },
     );
     net.metadata.uid = Some(format!("uid-{name}"));
