@@ -288,6 +288,9 @@ async fn dispatch(command: Cmd) -> Result<()> {
                             t.from, t.to, t.packets, t.bytes
                         );
                     }
+                    for (side, count) in &n.connections {
+                        println!("  connections opened by side {side}: {count} (conntrack)");
+                    }
                     for step in &n.pending {
                         println!("  pending: {step}");
                     }
@@ -491,6 +494,19 @@ async fn translate(
     Ok(())
 }
 
+/// How many conntrack entries `zone` holds (original direction), via the conntrack tool;
+/// `None` where it is not installed.
+fn connections_in_zone(zone: u16) -> Option<usize> {
+    let out = std::process::Command::new("conntrack")
+        .args(["-L", "--orig-zone", &zone.to_string()])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
 /// One network in `show`.
 #[derive(Debug, serde::Serialize)]
 struct ShownNetwork {
@@ -503,6 +519,9 @@ struct ShownNetwork {
     pending: Vec<String>,
     /// Packets and bytes per direction since the network was programmed.
     traffic: Vec<mirrornet_agent::nft::Traffic>,
+    /// Conntrack entries per side's zone (connections that side opened), where the
+    /// `conntrack` tool is installed.
+    connections: std::collections::BTreeMap<String, usize>,
 }
 
 fn show(
@@ -573,8 +592,14 @@ fn show(
             }
         };
         let traffic = state.nft.traffic(&name);
+        let connections = allocation
+            .sides
+            .iter()
+            .filter_map(|s| Some((s.side.clone(), connections_in_zone(s.zone)?)))
+            .collect();
         out.push(ShownNetwork {
             traffic,
+            connections,
             name,
             backend,
             summary,

@@ -128,6 +128,15 @@ fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
             "both entries carry the identical original tuple: {line}"
         );
     }
+    // `show` counts the connections each side opened, from its zone.
+    let show = agent(&s.lab, &["show", "-o", "json"], &[]);
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    for side in ["inner", "outer"] {
+        assert!(
+            show[0]["connections"][side].as_u64().unwrap_or(0) >= 1,
+            "{side}: {show}"
+        );
+    }
 }
 
 #[test]
