@@ -133,10 +133,16 @@ snap() {
     nft list ruleset
     sysctl -a 2>/dev/null | grep -E 'forwarding|rp_filter|src_valid_mark' | sort
 }
+# The kernel restores some things by itself after a VRF releases an interface (the link is
+# cycled; its IPv6 link-local address and route come back after duplicate address detection):
+# wait for that to settle, then compare.
+settled() { ! ip -6 addr show | grep -q tentative; }
+same_as_before() { snap > "$TMPDIR/after"; cmp -s "$TMPDIR/before" "$TMPDIR/after"; }
 "#;
 
 const MIDDLEMAN: &str = r#"
 ip link set eth1 up; ip link set eth2 up
+mnvm_until 20 settled
 snap > "$TMPDIR/before"
 mnvm_check apply "$AGENT" apply --file "$SPEC"
 mnvm_check show "$AGENT" show
@@ -148,7 +154,7 @@ mnvm_barrier traffic-done
 mnvm_check conntrack conntrack -L -p tcp --orig-port-src 40000
 mnvm_check reapply "$AGENT" apply --file "$SPEC"
 mnvm_check delete "$AGENT" delete --file "$SPEC"
-snap > "$TMPDIR/after"
+mnvm_until 20 same_as_before || true
 mnvm_check residue diff -u "$TMPDIR/before" "$TMPDIR/after"
 "#;
 
