@@ -33,6 +33,16 @@ pub struct NetlinkError {
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
+/// The first attribute of netlink message `$message` matching `$pattern`, as `$value`.
+macro_rules! attr {
+    ($message:expr, $pattern:pat => $value:expr) => {
+        $message.attributes.iter().find_map(|a| match a {
+            $pattern => Some($value),
+            _ => None,
+        })
+    };
+}
+
 fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError { what, source }
@@ -97,14 +107,8 @@ impl Netlink {
         Ok(messages
             .into_iter()
             .filter_map(|m| {
-                let name = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })?;
-                let controller = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Controller(i) => Some(*i),
-                    _ => None,
-                });
+                let name = attr!(m, LinkAttribute::IfName(n) => n.clone())?;
+                let controller = attr!(m, LinkAttribute::Controller(i) => *i);
                 let vrf_table = m.attributes.iter().find_map(|a| match a {
                     LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
                         LinkInfo::Data(InfoData::Vrf(vrf)) => vrf.iter().find_map(|v| match v {
@@ -115,10 +119,7 @@ impl Netlink {
                     }),
                     _ => None,
                 });
-                let alias = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfAlias(s) => Some(s.clone()),
-                    _ => None,
-                });
+                let alias = attr!(m, LinkAttribute::IfAlias(s) => s.clone());
                 Some((
                     name.clone(),
                     Link {
@@ -149,10 +150,7 @@ impl Netlink {
             .into_iter()
             .filter_map(|m| {
                 let interface = by_index.get(&m.header.index)?.to_string();
-                let address = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })?;
+                let address = attr!(m, AddressAttribute::Address(ip) => *ip)?;
                 let noprefixroute = m.attributes.iter().any(|a| {
                     matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Noprefixroute))
                 });
@@ -199,10 +197,7 @@ impl Netlink {
                 let table = route_table(&m);
                 tables.push(table);
                 if table == 254 && m.header.destination_prefix_length == 0 {
-                    let oif = m.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Oif(i) => Some(*i),
-                        _ => None,
-                    });
+                    let oif = attr!(m, RouteAttribute::Oif(i) => *i);
                     if let Some(name) = oif.and_then(|i| by_index.get(&i)) {
                         default_links.push(name.to_string());
                     }
@@ -220,10 +215,7 @@ impl Netlink {
                     RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                     _ => None,
                 });
-                let oif = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                });
+                let oif = attr!(m, RouteAttribute::Oif(i) => *i);
                 let (Some(destination), Some(oif)) = (destination, oif) else {
                     continue;
                 };
@@ -283,10 +275,7 @@ impl Netlink {
                     .iter()
                     .any(|a| matches!(a, RuleAttribute::L3MDev(true)));
                 if is_l3mdev {
-                    let priority = m.attributes.iter().find_map(|a| match a {
-                        RuleAttribute::Priority(p) => Some(*p),
-                        _ => None,
-                    });
+                    let priority = attr!(m, RuleAttribute::Priority(p) => *p);
                     if ipv6 {
                         l3mdev.ipv6 = priority;
                     } else {
@@ -306,22 +295,10 @@ impl Netlink {
                         _ => None,
                     })
                     .unwrap_or(0);
-                let mark = m.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::FwMark(v) => Some(*v),
-                    _ => None,
-                });
-                let mask = m.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::FwMask(v) => Some(*v),
-                    _ => None,
-                });
-                let iif = m.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::Iifname(n) => Some(n.clone()),
-                    _ => None,
-                });
-                let source = m.attributes.iter().find_map(|a| match a {
-                    RuleAttribute::Source(ip) => Some(*ip),
-                    _ => None,
-                });
+                let mark = attr!(m, RuleAttribute::FwMark(v) => *v);
+                let mask = attr!(m, RuleAttribute::FwMask(v) => *v);
+                let iif = attr!(m, RuleAttribute::Iifname(n) => n.clone());
+                let source = attr!(m, RuleAttribute::Source(ip) => *ip);
                 let selector = match (mark, iif, source) {
                     (Some(value), None, None) => RuleSelector::Mark {
                         value,
@@ -616,11 +593,5 @@ impl Netlink {
 }
 
 fn route_table(m: &RouteMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table))
+    attr!(m, RouteAttribute::Table(t) => *t).unwrap_or(u32::from(m.header.table))
 }
