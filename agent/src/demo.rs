@@ -84,6 +84,17 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
         .first()
         .context("the file holds no MirrorNetwork")?;
     let valid = &network.valid;
+    // The demo's hosts are .10 and .11 of the subnet.
+    let host_bits = match valid.subnet {
+        ipnet::IpNet::V4(n) => 32 - u32::from(n.prefix_len()),
+        ipnet::IpNet::V6(n) => 128 - u32::from(n.prefix_len()),
+    };
+    if host_bits < 4 {
+        bail!(
+            "the demo puts hosts .10 and .11 on each side; {} is too small for them",
+            valid.subnet
+        );
+    }
     if valid.sides.len() != 2 {
         bail!(
             "the demo shows two-sided networks; this one has {}",
