@@ -10,6 +10,8 @@
 pub mod allocation;
 pub mod conditions;
 pub mod file;
+#[cfg(feature = "testing")]
+pub mod mock_api;
 pub mod selection;
 pub mod v1alpha1;
 pub mod validation;

@@ -220,8 +220,8 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock_api::{self, expect, fail, serve};
     use http::Method;
+    use mirrornet_api::mock_api::{self, expect, fail, serve};
     use serde_json::json;
 
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
@@ -229,7 +229,10 @@ mod tests {
     /// One campaign step against a scripted API server.
     async fn attempt(script: Vec<mock_api::Exchange>) -> Result<bool> {
         let (client, handle) = mock_api::client();
-        let server = tokio::spawn(serve(handle, script));
+        let server = tokio::spawn(async move {
+            let mut handle = handle;
+            serve(&mut handle, script).await
+        });
         let elector = Elector::new(client, LeaseSettings::new("op", "ns", "me"));
         let won = tokio::time::timeout(Duration::from_secs(5), elector.try_acquire_or_renew())
             .await

@@ -32,8 +32,6 @@ pub mod summary;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
-#[cfg(test)]
-pub(crate) mod mock_api;
 
 pub use error::{Error, Result};
 

@@ -26,7 +26,6 @@ pub mod writer;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-pub(crate) mod mock_api;
 #[cfg(test)]
 mod tests;
 

@@ -11,7 +11,7 @@ use tower_test::mock::SendResponse;
 
 use super::*;
 use crate::cluster::fixtures::{NetworkExt, network};
-use crate::cluster::mock_api;
+use mirrornet_api::mock_api;
 
 /// Watch requests not answered yet, with their URIs.
 type Pending = Arc<Mutex<Vec<(String, SendResponse<Response<Body>>)>>>;

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::Class;
 use crate::fixtures::{NetworkExt, first_allocation, network, node};
 
-use crate::mock_api::{Exchange, Handle, expect, fail, serve};
+use mirrornet_api::mock_api::{Exchange, Handle, expect, fail, serve};
 
 const NETWORKS: &str = "/apis/mirrornet.io/v1alpha1/mirrornetworks";
 const DAEMONSET: &str = "/apis/apps/v1/namespaces/mirrornet-system/daemonsets/mirrornet-agent";
@@ -59,7 +59,7 @@ impl World {
     }
 
     fn context(self) -> (Arc<Context>, Handle) {
-        let (client, handle) = crate::mock_api::client();
+        let (client, handle) = mirrornet_api::mock_api::client();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -97,7 +97,10 @@ async fn scenario(
     script: Vec<Exchange>,
 ) -> (Result<Action>, Arc<Context>) {
     let (ctx, handle) = world.context();
-    let server = tokio::spawn(serve(handle, script));
+    let server = tokio::spawn(async move {
+        let mut handle = handle;
+        serve(&mut handle, script).await
+    });
     let result = tokio::time::timeout(
         Duration::from_secs(5),
         reconcile(Arc::new(net), ctx.clone()),

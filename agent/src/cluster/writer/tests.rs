@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::cluster::fixtures::{NetworkExt, interface_missing, network, now, programmed};
 use crate::cluster::index::Index;
-use crate::cluster::mock_api::{self, Exchange, Handle, assert_idle, expect, fail, serve};
 use crate::reconciler::NetworkReport;
+use mirrornet_api::mock_api::{self, Exchange, Handle, assert_idle, expect, fail, serve};
 
 const NODE: &str = "node-a";
 const STATUS_A: &str = "/apis/mirrornet.io/v1alpha1/mirrornetworks/a/status?&force=true&fieldManager=mirrornet-agent%2Fnode-a";

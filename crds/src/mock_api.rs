@@ -1,6 +1,6 @@
-//! A scripted API server for tests: `kube::Client` over a tower-test mock, answering an
-//! exact, ordered list of expected requests and asserting each method, URI and body. The same
-//! harness as the operator's (`operator/src/mock_api.rs`); test code cannot cross crates.
+//! A scripted API server for the operator's and the agent's tests (feature `testing`):
+//! `kube::Client` over a tower-test mock, answering an exact, ordered list of expected requests
+//! and asserting each method, URI and body.
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -23,6 +23,20 @@ pub struct Exchange {
     respond: Box<dyn FnOnce(&Value) -> Value + Send>,
 }
 
+impl Exchange {
+    /// The same exchange answered with another HTTP status.
+    pub fn with_status(mut self, code: u16) -> Self {
+        self.status = StatusCode::from_u16(code).expect("an HTTP status code");
+        self
+    }
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} -> {}", self.method, self.uri, self.status)
+    }
+}
+
 /// Expects `method uri`, checks the body with `respond`, and answers 200 with what it returns.
 pub fn expect(
     method: Method,
@@ -42,7 +56,7 @@ pub fn fail(method: Method, uri: impl Into<String>, code: u16) -> Exchange {
     Exchange {
         method,
         uri: uri.into(),
-        status: StatusCode::from_u16(code).unwrap(),
+        status: StatusCode::from_u16(code).expect("an HTTP status code"),
         respond: Box::new(move |_| {
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                    "message": "injected", "reason": "Injected", "code": code})
