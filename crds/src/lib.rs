@@ -19,10 +19,12 @@ pub mod validation;
 pub use k8s_openapi;
 pub use kube;
 pub use v1alpha1::{
-    Allocation, Backend, BackendKind, Direction, MirrorNetwork, MirrorNetworkSpec,
-    MirrorNetworkStatus, NodeStatus, Side, SideAllocation, SideKernelIds,
+    Allocation, AllowedTraffic, Backend, BackendKind, Direction, MirrorNetwork, MirrorNetworkSpec,
+    MirrorNetworkStatus, NodeStatus, Probe, Protocol, Side, SideAllocation, SideKernelIds, Verify,
 };
-pub use validation::{FieldError, SpecErrors, ValidNetwork, ValidSide, validate};
+pub use validation::{
+    FieldError, SpecErrors, ValidAllow, ValidNetwork, ValidProbe, ValidSide, validate,
+};
 
 /// API group of every mirrornet resource.
 pub const GROUP: &str = "mirrornet.io";

@@ -50,6 +50,8 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, !isCIDR(a.aliasPrefix) || self.sides.exists_one(b, isCIDR(b.aliasPrefix) && cidr(b.aliasPrefix).masked() == cidr(a.aliasPrefix).masked()))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
     validation = Rule::new("!has(self.answerOnly) || self.answerOnly.all(n, self.sides.exists(s, s.name == n))").message("spec.answerOnly: every entry must be the name of a side").field_path(".answerOnly"),
     validation = Rule::new("!has(self.answerOnly) || size(self.answerOnly) == 0 || (has(self.direction) && self.direction == 'OneWay')").message("spec.answerOnly: only meaningful with direction: OneWay").field_path(".answerOnly"),
+    validation = Rule::new("!has(self.verify) || !has(self.verify.probes) || self.verify.probes.all(p, self.sides.exists(s, s.name == p.side))").message("spec.verify.probes[].side: must be the name of a side").field_path(".verify"),
+    validation = Rule::new("!has(self.verify) || !has(self.verify.probes) || !isCIDR(self.subnet) || self.verify.probes.all(p, isIP(p.address) && ip(p.address).family() == cidr(self.subnet).ip().family() && cidr(self.subnet).containsIP(p.address))").message("spec.verify.probes[].address: must be an IP address inside spec.subnet").field_path(".verify"),
     validation = Rule::new("!has(self.direction) || self.direction != 'OneWay' || (has(self.answerOnly) && size(self.answerOnly) > 0 && self.sides.exists(s, !(s.name in self.answerOnly)))").message("spec.answerOnly: direction: OneWay needs the sides that may only answer, and at least one side left to initiate").field_path(".answerOnly"),
 )]
 pub struct MirrorNetworkSpec {
@@ -92,6 +94,117 @@ pub struct MirrorNetworkSpec {
     /// able to initiate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answer_only: Vec<String>,
+
+    /// The traffic one side may open towards another, in the shape of a NetworkPolicy's
+    /// `ports`. Empty or absent: everything. Only a connection's first packet is judged, so
+    /// replies always pass; a connection nothing allows is dropped on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow: Vec<AllowedTraffic>,
+
+    /// Withdraw the datapath from every node while keeping this object, its allocated ids and
+    /// its status; set back to `false` to bring the same datapath back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// How a node proves that a change worked before keeping it. After programming, the agent
+    /// checks that the node still reaches what it reached before (its default gateways and, in
+    /// a cluster, the API server) and that every probe here answers; if a check fails within
+    /// `timeoutSeconds`, the node goes back to what it held before the change. The rollback
+    /// is armed before the first kernel write, so it also happens if the agent dies part-way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// Traffic a side may open towards another side.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.port) || self.protocol in ['TCP', 'UDP', 'SCTP']").message("port: only TCP, UDP and SCTP have ports").field_path(".port"),
+    validation = Rule::new("!has(self.endPort) || (has(self.port) && self.endPort >= self.port)").message("endPort: needs port, and must not be below it").field_path(".endPort"),
+)]
+pub struct AllowedTraffic {
+    /// `TCP` (default), `UDP`, `SCTP` or `ICMP` (ICMPv6 in an IPv6 network).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Destination port; absent: every port of the protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// With `port`, the last port of a range `port`..=`endPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub end_port: Option<u16>,
+}
+
+/// A transport protocol an allow-list entry names.
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+    /// ICMP in an IPv4 network, ICMPv6 in an IPv6 one.
+    #[serde(rename = "ICMP")]
+    Icmp,
+}
+
+impl Protocol {
+    /// The name as written in a spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+        }
+    }
+}
+
+/// The checks a node makes after a change before keeping it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// Hosts the node must reach on a side after a change: a TCP connection from the
+    /// node's gateway address to `address`:`port` on side `side`. Any answer counts, a refusal
+    /// too: it proves the side's interface, address, route and rules work both ways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub probes: Vec<Probe>,
+    /// How long every check together may take before the change is rolled back (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// One host the node must reach on one side after a change.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// Name of the side the host is on.
+    pub side: String,
+    /// The host's own address on that side (inside `subnet`).
+    #[schemars(length(max = 39))]
+    pub address: String,
+    /// A TCP port on the host.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
 }
 
 /// Which sides may open connections.

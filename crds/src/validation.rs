@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::v1alpha1::{Backend, MirrorNetworkSpec, SideKernelIds};
+use crate::v1alpha1::{Backend, MirrorNetworkSpec, Protocol, SideKernelIds};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_INTERFACE_NAME: usize = 15;
@@ -141,6 +141,35 @@ pub struct ValidNetwork {
     pub backend: Backend,
     /// Sides that may only answer (`direction: OneWay`); empty for `Both`.
     pub answer_only: std::collections::BTreeSet<String>,
+    /// What a side may open towards another; empty: everything.
+    pub allow: Vec<ValidAllow>,
+    /// The datapath is withdrawn; the ids stay.
+    pub suspend: bool,
+    /// Hosts to reach after a change before keeping it.
+    pub probes: Vec<ValidProbe>,
+    /// How long the checks after a change may take.
+    pub verify_timeout: std::time::Duration,
+}
+
+/// Default of `spec.verify.timeoutSeconds`.
+pub const DEFAULT_VERIFY_TIMEOUT_SECONDS: u32 = 10;
+/// Largest `spec.verify.timeoutSeconds`: a node holds a change unconfirmed for at most this.
+pub const MAX_VERIFY_TIMEOUT_SECONDS: u32 = 300;
+
+/// One allow-list entry after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValidAllow {
+    pub protocol: Protocol,
+    /// First and last destination port; `None`: every port (or a protocol without ports).
+    pub ports: Option<(u16, u16)>,
+}
+
+/// One probe after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ValidProbe {
+    pub side: SideName,
+    pub address: IpAddr,
+    pub port: u16,
 }
 
 impl ValidNetwork {
@@ -413,6 +442,110 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
         }
     }
 
+    let mut allow = Vec::new();
+    for (i, entry) in spec.allow.iter().enumerate() {
+        let at = |field: &str| format!("spec.allow[{i}].{field}");
+        let has_ports = matches!(
+            entry.protocol,
+            Protocol::Tcp | Protocol::Udp | Protocol::Sctp
+        );
+        let ports = match (entry.port, entry.end_port) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                err(
+                    at("endPort"),
+                    "needs port, the first port of the range".into(),
+                );
+                None
+            }
+            (Some(0), _) | (_, Some(0)) => {
+                err(at("port"), "0 is not a port".into());
+                None
+            }
+            (Some(first), end) => {
+                let last = end.unwrap_or(first);
+                if last < first {
+                    err(at("endPort"), format!("{last} is below port {first}"));
+                }
+                Some((first, last))
+            }
+        };
+        if ports.is_some() && !has_ports {
+            err(
+                at("port"),
+                format!(
+                    "{} has no ports; only TCP, UDP and SCTP do",
+                    entry.protocol.as_str()
+                ),
+            );
+        }
+        allow.push(ValidAllow {
+            protocol: entry.protocol,
+            ports,
+        });
+    }
+
+    let mut probes = Vec::new();
+    let mut verify_timeout = DEFAULT_VERIFY_TIMEOUT_SECONDS;
+    if let Some(verify) = &spec.verify {
+        if let Some(t) = verify.timeout_seconds {
+            if t == 0 || t > MAX_VERIFY_TIMEOUT_SECONDS {
+                err(
+                    "spec.verify.timeoutSeconds".into(),
+                    format!("{t} is not between 1 and {MAX_VERIFY_TIMEOUT_SECONDS} seconds"),
+                );
+            }
+            verify_timeout = t;
+        }
+        for (i, probe) in verify.probes.iter().enumerate() {
+            let at = |field: &str| format!("spec.verify.probes[{i}].{field}");
+            let side = spec.sides.iter().find(|s| s.name == probe.side);
+            if side.is_none() {
+                err(
+                    at("side"),
+                    format!("{:?} is not the name of a side", probe.side),
+                );
+            }
+            let address = match probe.address.trim().parse::<IpAddr>() {
+                Ok(a) => {
+                    if subnet.is_some_and(|n| !n.contains(&a)) {
+                        err(
+                            at("address"),
+                            format!(
+                                "{a} is outside spec.subnet {}; probe a host by its own address on its side",
+                                spec.subnet
+                            ),
+                        );
+                    } else if gateway == Some(a) {
+                        err(
+                            at("address"),
+                            format!("{a} is the node's own gateway address; probe a host"),
+                        );
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    err(
+                        at("address"),
+                        format!("{:?} is not an IP address", probe.address),
+                    );
+                    None
+                }
+            };
+            if probe.port == 0 {
+                err(at("port"), "0 is not a port".into());
+            }
+            if let (Some(_), Some(address), Ok(side)) = (side, address, SideName::new(&probe.side))
+            {
+                probes.push(ValidProbe {
+                    side,
+                    address,
+                    port: probe.port,
+                });
+            }
+        }
+    }
+
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
@@ -423,6 +556,10 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
             sides,
             backend: spec.backend,
             answer_only: spec.answer_only.iter().cloned().collect(),
+            allow,
+            suspend: spec.suspend,
+            probes,
+            verify_timeout: std::time::Duration::from_secs(verify_timeout.into()),
         }),
         _ => unreachable!("a missing subnet or gateway was reported as an error"),
     }

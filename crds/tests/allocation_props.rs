@@ -63,6 +63,9 @@ fn spec(sides: u8, explicit_table: Option<u32>) -> MirrorNetworkSpec {
         backend: Default::default(),
         direction: Default::default(),
         answer_only: Vec::new(),
+        allow: Vec::new(),
+        suspend: false,
+        verify: None,
     }
 }
 

@@ -66,6 +66,9 @@ fn plausible_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
             backend: Backend::Auto,
             direction: Default::default(),
             answer_only: Vec::new(),
+            allow: Vec::new(),
+            suspend: false,
+            verify: None,
         })
 }
 
@@ -93,6 +96,9 @@ fn arbitrary_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
                 backend,
                 direction: Default::default(),
                 answer_only: Vec::new(),
+                allow: Vec::new(),
+                suspend: false,
+                verify: None,
             },
         )
 }

@@ -40,6 +40,9 @@ pub fn network(name: &str, created: i64) -> MirrorNetwork {
             backend: Default::default(),
             direction: Default::default(),
             answer_only: Vec::new(),
+            allow: Vec::new(),
+            suspend: false,
+            verify: None,
         },
     );
     net.metadata.uid = Some(format!("uid-{name}"));

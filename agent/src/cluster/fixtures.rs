@@ -28,6 +28,9 @@ pub fn network(name: &str) -> MirrorNetwork {
             backend: Default::default(),
             direction: Default::default(),
             answer_only: Vec::new(),
+            allow: Vec::new(),
+            suspend: false,
+            verify: None,
         },
     );
     net.metadata.uid = Some(format!("uid-{name}"));
