@@ -110,6 +110,16 @@ pub enum EngineError {
         failed: Box<EngineError>,
         rollback: Box<EngineError>,
     },
+    #[error("verification failed: {failed}; {outcome}")]
+    VerificationFailed {
+        /// The failing check and why.
+        failed: String,
+        /// What happened to the change: rolled back, or why it could not be.
+        outcome: String,
+        rolled_back: bool,
+    },
+    #[error("arming the rollback: {0}; nothing was changed")]
+    Arming(String),
     #[error("injected fault at step {step} (MIRRORNET_FAULT_AT_STEP)")]
     InjectedFault { step: usize },
 }
@@ -413,6 +423,11 @@ impl Engine {
         }
     }
 
+    /// The engine's netlink connection, for the checks made after a change.
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
     /// Reads everything mirrornet cares about from the kernel.
     pub async fn observe(&self) -> Result<NodeState> {
         let links = self.netlink.links().await?;
@@ -564,6 +579,18 @@ impl Engine {
         check_preconditions(state, plans, remove)?;
         let changes = changes(state, plans, remove, &memory)?;
         if changes.is_empty() {
+            // The kernel already matches; the memory must too (a rollback to the state the
+            // kernel still holds changes only what the networks are recorded as).
+            let mut current = memory.clone();
+            for (plan, spec) in plans.iter().zip(specs) {
+                current.record_network(plan, spec);
+            }
+            for name in remove {
+                current.forget_network(name);
+            }
+            if current != memory {
+                current.save()?;
+            }
             return Ok(self.outcome(0, &changes, plans));
         }
         // Intent first: what the change is about to create (ids, original sysctl values) is

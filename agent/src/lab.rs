@@ -107,6 +107,11 @@ impl Lab {
     }
 
     /// A command that runs `args` inside namespace `short`.
+    /// The agent's state directory in this lab.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     pub fn command(&self, short: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(short)]).args(args);

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mirrornet_agent::engine::{BackendChoice, Engine, NodeState};
 use mirrornet_agent::netlink::Netlink;
 use mirrornet_agent::state::StateFile;
-use mirrornet_agent::{demo, lab};
+use mirrornet_agent::{demo, lab, rollback};
 use mirrornet_api::allocation::IdRanges;
 use mirrornet_api::file::{self, LoadedNetwork};
 
@@ -130,6 +130,13 @@ enum Cmd {
         #[arg(long, short)]
         file: Option<PathBuf>,
     },
+    /// Rolls back the change armed as ID once the agent that armed it lets go of the node,
+    /// unless that agent confirmed or undid it. Started by the agent itself.
+    #[command(hide = true)]
+    RollbackGuard {
+        #[arg(long)]
+        id: String,
+    },
     /// Traffic probe used inside lab namespaces by the demo and the tests.
     #[command(hide = true)]
     Probe {
@@ -215,13 +222,30 @@ async fn dispatch(command: Cmd) -> Result<()> {
         } => {
             let networks = load(&file)?;
             let engine = engine()?;
+            rollback::recover(&engine).await?;
+            let _lock = rollback::NodeLock::acquire().await?;
             let state = engine.observe().await?;
             let plans = engine.plans(&state, &networks, backend)?;
             let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
-            let outcome = engine.converge(&state, &plans, &specs, &[]).await?;
-            print(output, &serde_json::to_value(&outcome)?, || {
+            let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+            let memory = StateFile::load(&state)?;
+            let change = rollback::Change {
+                plans: &plans,
+                specs: &specs,
+                networks: &valid,
+                remove: &[],
+                endpoints: &[],
+            };
+            let verified = rollback::converge_verified(&engine, &state, memory, change).await?;
+            print(output, &serde_json::to_value(&verified)?, || {
+                let outcome = &verified.outcome;
                 for step in &outcome.steps {
                     println!("{step}");
+                }
+                if let Some(v) = &verified.verification {
+                    for c in &v.checks {
+                        println!("check {}: {}", c.name, c.detail);
+                    }
                 }
                 for n in &outcome.networks {
                     println!(
@@ -234,9 +258,21 @@ async fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Delete { file, output } => {
             let networks = load(&file)?;
             let engine = engine()?;
+            rollback::recover(&engine).await?;
+            let _lock = rollback::NodeLock::acquire().await?;
             let state = engine.observe().await?;
             let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
-            let outcome = engine.converge(&state, &[], &[], &names).await?;
+            let memory = StateFile::load(&state)?;
+            let change = rollback::Change {
+                plans: &[],
+                specs: &[],
+                networks: &[],
+                remove: &names,
+                endpoints: &[],
+            };
+            let outcome = rollback::converge_verified(&engine, &state, memory, change)
+                .await?
+                .outcome;
             print(output, &serde_json::to_value(&outcome)?, || {
                 for step in &outcome.steps {
                     println!("{step}");
@@ -323,6 +359,14 @@ async fn dispatch(command: Cmd) -> Result<()> {
             (None, None) => anyhow::bail!("pass --file, or --node-name (NODE_NAME) in a cluster"),
         },
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
+        Cmd::RollbackGuard { id } => {
+            if let Some(outcome) = rollback::guard(&engine()?, &id).await? {
+                eprintln!(
+                    "rolled back change {id} ({} kernel writes): its agent died before confirming it",
+                    outcome.writes
+                );
+            }
+        }
         Cmd::Trace {
             src,
             dst,
@@ -398,8 +442,21 @@ async fn run(
     let settings = Settings {
         backend,
         resync: Duration::from_secs(resync_seconds.max(1)),
+        // In a cluster a change must leave the node able to reach the API server.
+        endpoints: cluster
+            .as_ref()
+            .and_then(|_| mirrornet_agent::verify::api_server())
+            .into_iter()
+            .collect(),
         ..Settings::default()
     };
+    let engine = engine()?;
+    if let Some(outcome) = rollback::recover(&engine).await? {
+        tracing::warn!(
+            writes = outcome.writes,
+            "rolled back a change the previous agent never confirmed"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let (report_tx, report_rx) = tokio::sync::watch::channel(NodeReport::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -424,7 +481,7 @@ async fn run(
         }
         let _ = stop_tx.send(true);
     });
-    reconciler::run(engine()?, settings, desired, report_tx, metrics, stop_rx).await;
+    reconciler::run(engine, settings, desired, report_tx, metrics, stop_rx).await;
     Ok(())
 }
 

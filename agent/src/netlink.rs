@@ -180,6 +180,58 @@ impl Netlink {
             .map_err(ctx("listing routes"))
     }
 
+    /// The gateways of the main table's default routes: what the node itself reaches the
+    /// world through, and so what a change must never take away.
+    pub async fn default_gateways(&self) -> Result<Vec<IpAddr>> {
+        let mut gateways = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for m in self.dump_routes(family).await? {
+                if route_table(&m) != 254 || m.header.destination_prefix_length != 0 {
+                    continue;
+                }
+                gateways.extend(m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                }));
+            }
+        }
+        gateways.sort_unstable();
+        gateways.dedup();
+        Ok(gateways)
+    }
+
+    /// The kernel's answer to "how does this node send to `destination`" (`ip route get`):
+    /// the output interface's index and the next hop, or `None` where it has no route.
+    pub async fn route_to(&self, destination: IpAddr) -> Option<(u32, Option<IpAddr>)> {
+        let mut message = RouteMessage::default();
+        let (family, address, len) = match destination {
+            IpAddr::V4(ip) => (AddressFamily::Inet, RouteAddress::Inet(ip), 32),
+            IpAddr::V6(ip) => (AddressFamily::Inet6, RouteAddress::Inet6(ip), 128),
+        };
+        message.header.address_family = family;
+        message.header.destination_prefix_length = len;
+        message
+            .attributes
+            .push(RouteAttribute::Destination(address));
+        let answer: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(message)
+            .execute()
+            .try_collect()
+            .await
+            .ok()?;
+        let m = answer.first()?;
+        let oif = attr!(m, RouteAttribute::Oif(i) => *i)?;
+        let gateway = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        });
+        Some((oif, gateway))
+    }
+
     /// mirrornet's routes (protocol [`PROTOCOL`]) in every table, every table id in use by
     /// anyone (so that allocation avoids foreign tables), and the links the node's default
     /// routes (main table) leave by.

@@ -55,6 +55,22 @@ pub struct NetworkReport {
     /// CamelCase reason, as in a Kubernetes condition.
     pub reason: String,
     pub message: String,
+    /// Whether the last checks of this network (after its last change, or the periodic
+    /// probes) passed; `None` before any.
+    pub verified: Option<bool>,
+    /// The last checks: what passed, or the check that failed and why.
+    pub verification: String,
+}
+
+/// What the loop remembers about checks from one pass to the next.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    /// Specs whose change failed a check and was rolled back, with why: the network stays on
+    /// its previous spec (or off the node) until its spec changes again, instead of being
+    /// re-applied and rolled back on every pass.
+    rejected: BTreeMap<String, (mirrornet_api::MirrorNetworkSpec, String)>,
+    /// The last checks per network: passed, and what they said.
+    last: BTreeMap<String, (bool, String)>,
 }
 
 /// The node's state after the last pass.
@@ -222,6 +238,8 @@ pub struct Settings {
     pub resync: Duration,
     /// How long to wait for a burst of events to settle before a pass.
     pub debounce: Duration,
+    /// Endpoints the node must still reach after a change (the API server in a cluster).
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -230,6 +248,7 @@ impl Default for Settings {
             backend: BackendChoice::Auto,
             resync: Duration::from_secs(30),
             debounce: Duration::from_millis(10),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -253,6 +272,7 @@ pub async fn run(
     // The first tick fires at once: the initial pass, which programs rather than repairs.
     resync.tick().await;
     let mut first = true;
+    let mut verdicts = Verdicts::default();
     loop {
         let cause = if std::mem::take(&mut first) {
             Cause::Spec
@@ -276,7 +296,15 @@ pub async fn run(
         let networks = desired.borrow_and_update().clone();
         let started = Instant::now();
         metrics.passes.get_or_create(&Trigger { cause }).inc();
-        let (next, sysctls) = pass(&engine, &settings, &networks, cause, &metrics).await;
+        let (next, sysctls) = pass(
+            &engine,
+            &settings,
+            &networks,
+            cause,
+            &metrics,
+            &mut verdicts,
+        )
+        .await;
         if let Ok(mut w) = watched_sysctls.lock() {
             *w = sysctls;
         }
@@ -310,10 +338,22 @@ pub async fn pass(
     networks: &[DesiredNetwork],
     cause: Cause,
     metrics: &Metrics,
+    verdicts: &mut Verdicts,
 ) -> (NodeReport, Vec<(String, String)>) {
     let mut report = NodeReport {
         synced: true,
         ..Default::default()
+    };
+    // Held for the whole pass: a guard reverting a dead agent's change, or a file-mode
+    // `apply`, never interleaves its writes with ours.
+    let _lock = match crate::rollback::NodeLock::acquire().await {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!(error = %e, "taking the node lock failed");
+            metrics.errors.inc();
+            report.synced = false;
+            return (report, Vec::new());
+        }
     };
     let state = match engine.observe().await {
         Ok(s) => s,
@@ -333,8 +373,39 @@ pub async fn pass(
         .as_ref()
         .ok()
         .map(|memory| engine.allocator(&state, memory));
+    // A spec rejected by its checks stays rejected until it changes; meanwhile the network
+    // keeps the spec it had before (or stays off the node if it had none).
+    verdicts.rejected.retain(|name, (spec, _)| {
+        networks
+            .iter()
+            .any(|n| n.loaded.name() == name && n.loaded.object.spec == *spec)
+    });
+    let substitutes: Vec<DesiredNetwork> = networks
+        .iter()
+        .filter(|n| verdicts.rejected.contains_key(n.loaded.name()))
+        .filter_map(|n| {
+            let record = memory.as_ref().ok()?.network(n.loaded.name())?;
+            let spec = record.spec.clone()?;
+            let valid = mirrornet_api::validate(&spec).ok()?;
+            let mut object = n.loaded.object.clone();
+            object.spec = spec;
+            Some(DesiredNetwork {
+                loaded: LoadedNetwork { object, valid },
+                allocation: record.allocation.clone(),
+            })
+        })
+        .collect();
+    let effective: Vec<&DesiredNetwork> = networks
+        .iter()
+        .filter_map(|n| match verdicts.rejected.get(n.loaded.name()) {
+            None => Some(n),
+            Some(_) => substitutes
+                .iter()
+                .find(|s| s.loaded.name() == n.loaded.name()),
+        })
+        .collect();
     let mut ready: Vec<(NetworkPlan, &DesiredNetwork)> = Vec::new();
-    for network in networks {
+    for network in effective {
         let name = network.loaded.name().to_owned();
         let _span = info_span!("network", network = %name).entered();
         let mut entry = NetworkReport {
@@ -345,6 +416,8 @@ pub async fn pass(
             interfaces_present: true,
             reason: String::new(),
             message: String::new(),
+            verified: None,
+            verification: String::new(),
         };
         let missing: Vec<String> = network
             .loaded
@@ -422,16 +495,33 @@ pub async fn pass(
         .iter()
         .map(|(_, n)| &n.loaded.object.spec)
         .collect();
-    let converged = match memory {
-        Ok(memory) => {
-            engine
-                .converge_with(&state, memory, &plans, &specs, &remove)
-                .await
-        }
-        Err(_) => engine.converge(&state, &plans, &specs, &remove).await,
+    let valid: Vec<&mirrornet_api::ValidNetwork> =
+        accepted.iter().map(|(_, n)| &n.loaded.valid).collect();
+    let change = crate::rollback::Change {
+        plans: &plans,
+        specs: &specs,
+        networks: &valid,
+        remove: &remove,
+        endpoints: &settings.endpoints,
     };
+    let changed = memory
+        .as_ref()
+        .map(|m| crate::rollback::changed_networks(m, &change))
+        .unwrap_or_default();
+    let converged = match memory {
+        Ok(memory) => crate::rollback::converge_verified(engine, &state, memory, change).await,
+        Err(e) => Err(e.into()),
+    };
+    let mut checked = std::collections::BTreeSet::new();
     match converged {
-        Ok(outcome) => {
+        Ok(verified) => {
+            let outcome = verified.outcome;
+            if let Some(v) = &verified.verification {
+                for name in &verified.changed {
+                    verdicts.last.insert(name.clone(), (true, v.summary()));
+                    checked.insert(name.clone());
+                }
+            }
             metrics.kernel_writes.inc_by(outcome.writes as u64);
             if outcome.writes > 0 {
                 if cause == Cause::Spec {
@@ -454,6 +544,29 @@ pub async fn pass(
             report.held.retain(|n| !remove.contains(n));
             report.removed = remove;
         }
+        Err(e @ EngineError::VerificationFailed { .. }) => {
+            metrics.errors.inc();
+            error!(error = %e, "a change failed its checks");
+            let message = e.to_string();
+            for (plan, network) in &accepted {
+                let spec = &network.loaded.object.spec;
+                if !changed.contains(&plan.name) {
+                    if let Some(entry) = report.networks.get_mut(&plan.name) {
+                        entry.programmed = true;
+                        entry.reason = "Programmed".into();
+                        entry.message = format!("programmed with backend {}", plan.backend);
+                    }
+                    continue;
+                }
+                verdicts
+                    .rejected
+                    .insert(plan.name.clone(), (spec.clone(), message.clone()));
+                verdicts
+                    .last
+                    .insert(plan.name.clone(), (false, message.clone()));
+                checked.insert(plan.name.clone());
+            }
+        }
         Err(e) => {
             metrics.errors.inc();
             error!(error = %e, "converging failed");
@@ -463,6 +576,74 @@ pub async fn pass(
                     entry.message = e.to_string();
                 }
             }
+        }
+    }
+    // Rejected changes: the network runs its previous spec, or nothing, and says why.
+    for network in networks {
+        let name = network.loaded.name();
+        let Some((_, why)) = verdicts.rejected.get(name) else {
+            continue;
+        };
+        let kept = substitutes.iter().any(|s| s.loaded.name() == name);
+        let entry = report
+            .networks
+            .entry(name.to_owned())
+            .or_insert_with(|| NetworkReport {
+                name: name.to_owned(),
+                generation: None,
+                backend: None,
+                programmed: false,
+                interfaces_present: true,
+                reason: String::new(),
+                message: String::new(),
+                verified: None,
+                verification: String::new(),
+            });
+        entry.generation = network.loaded.object.metadata.generation;
+        entry.programmed = false;
+        entry.reason = mirrornet_api::conditions::reason::VERIFICATION_FAILED.into();
+        entry.message = format!(
+            "{why}; {}",
+            if kept {
+                "the node keeps the previous spec until this one changes"
+            } else {
+                "the network stays off this node until its spec changes"
+            }
+        );
+    }
+    // The periodic probes: a path that stops answering later is reported, not rolled back
+    // (there is no earlier state to go back to).
+    if cause == Cause::Resync {
+        for (plan, network) in &accepted {
+            let valid = &network.loaded.valid;
+            if valid.probes.is_empty()
+                || checked.contains(&plan.name)
+                || !report
+                    .networks
+                    .get(&plan.name)
+                    .is_some_and(|n| n.programmed)
+            {
+                continue;
+            }
+            let deadline = Instant::now() + valid.verify_timeout;
+            let v = crate::verify::Verification {
+                checks: crate::verify::probe_network(plan, valid, deadline).await,
+            };
+            if let Some(failed) = v.failure() {
+                warn!(network = %plan.name, check = %failed.name, detail = %failed.detail, "a probe failed");
+            }
+            verdicts
+                .last
+                .insert(plan.name.clone(), (v.failure().is_none(), v.summary()));
+        }
+    }
+    verdicts
+        .last
+        .retain(|name, _| networks.iter().any(|n| n.loaded.name() == name));
+    for (name, entry) in report.networks.iter_mut() {
+        if let Some((passed, message)) = verdicts.last.get(name) {
+            entry.verified = Some(*passed);
+            entry.verification = message.clone();
         }
     }
     let sysctls = plans

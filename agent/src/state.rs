@@ -58,6 +58,12 @@ pub struct StateFile {
     pub l3mdev_rule_ours: bool,
 }
 
+/// `netns-<inode>.<extension>` in the state directory: the state file (`json`) and its
+/// siblings (the node lock, an armed rollback) for this network namespace.
+pub fn sibling(extension: &str) -> Result<PathBuf, StateError> {
+    Ok(location()?.with_extension(extension))
+}
+
 fn location() -> Result<PathBuf, StateError> {
     let dir = std::env::var_os("MIRRORNET_STATE_DIR")
         .map(PathBuf::from)

@@ -14,6 +14,9 @@ pub const DEGRADED: &str = "Degraded";
 pub const PROGRAMMED: &str = "Programmed";
 /// Node: every side's interface exists on the node.
 pub const INTERFACES_PRESENT: &str = "InterfacesPresent";
+/// Node: the checks after the last change, and the periodic probes since, passed. The
+/// condition's lastTransitionTime tells since when; absent until the node has checked.
+pub const DATA_PATH_VERIFIED: &str = "DataPathVerified";
 /// Node: the network's kernel state was removed from the node (teardown finished).
 pub const REMOVED: &str = "Removed";
 
@@ -50,6 +53,13 @@ pub mod reason {
     pub const APPLIED: &str = "Applied";
     /// Node: applying failed; the message says which kernel object and why.
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Node: every check passed (DataPathVerified=True).
+    pub const CHECKS_PASSED: &str = "ChecksPassed";
+    /// Node: a check failed (DataPathVerified=False); the message names it.
+    pub const CHECK_FAILED: &str = "CheckFailed";
+    /// Node: a change failed its checks and was rolled back (Programmed=False); summary:
+    /// some node rolled the current spec back.
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     /// Node: a side's interface is missing.
     pub const INTERFACE_MISSING: &str = "InterfaceMissing";
     /// Node: waiting for the operator to allocate ids.

@@ -32,7 +32,11 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditi
 }
 
 /// Node condition reasons that mean the agent tried and failed (not merely "not yet").
-const FAILURE_REASONS: [&str; 2] = [reason::APPLY_FAILED, reason::INTERFACE_MISSING];
+const FAILURE_REASONS: [&str; 3] = [
+    reason::APPLY_FAILED,
+    reason::INTERFACE_MISSING,
+    reason::VERIFICATION_FAILED,
+];
 
 /// Judges one selected node from its Node facts and the agent's entry.
 pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
@@ -47,7 +51,14 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     }
     let programmed = condition(&entry.conditions, c::PROGRAMMED);
     if programmed.is_some_and(|p| p.status == "True") {
-        return NodeState::Programmed;
+        // Programmed but its path does not answer: never Ready, and the check is named.
+        return match condition(&entry.conditions, c::DATA_PATH_VERIFIED) {
+            Some(v) if v.status == "False" => NodeState::Failed {
+                reason: v.reason.clone(),
+                message: v.message.clone(),
+            },
+            _ => NodeState::Programmed,
+        };
     }
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
         .iter()
@@ -330,7 +341,44 @@ mod tests {
             3,
             vec![cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION)],
         );
+        let verified = entry(
+            3,
+            vec![
+                cond(c::PROGRAMMED, "True", reason::APPLIED),
+                cond(c::DATA_PATH_VERIFIED, "True", reason::CHECKS_PASSED),
+            ],
+        );
+        let probe_failing = entry(
+            3,
+            vec![
+                cond(c::PROGRAMMED, "True", reason::APPLIED),
+                cond(c::DATA_PATH_VERIFIED, "False", reason::CHECK_FAILED),
+            ],
+        );
+        let rolled_back = entry(
+            3,
+            vec![cond(c::PROGRAMMED, "False", reason::VERIFICATION_FAILED)],
+        );
         let table = [
+            ("verified", true, Some(&verified), NodeState::Programmed),
+            (
+                "programmed, probe failing",
+                true,
+                Some(&probe_failing),
+                NodeState::Failed {
+                    reason: reason::CHECK_FAILED.into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                "change rolled back",
+                true,
+                Some(&rolled_back),
+                NodeState::Failed {
+                    reason: reason::VERIFICATION_FAILED.into(),
+                    message: "m".into(),
+                },
+            ),
             ("programmed", true, Some(&programmed), NodeState::Programmed),
             ("older generation", true, Some(&stale), NodeState::Pending),
             ("no entry", true, None, NodeState::Pending),

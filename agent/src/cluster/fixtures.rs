@@ -144,6 +144,8 @@ pub fn programmed(name: &str, generation: i64) -> NetworkReport {
         interfaces_present: true,
         reason: "Programmed".into(),
         message: "programmed with backend PolicyRouting".into(),
+        verified: None,
+        verification: String::new(),
     }
 }
 
@@ -157,6 +159,8 @@ pub fn interface_missing(name: &str, generation: i64) -> NetworkReport {
         interfaces_present: false,
         reason: "InterfaceMissing".into(),
         message: "interface(s) eth2 (side outer, absent) on this node; programming resumes when they are present and up".into(),
+        verified: None,
+        verification: String::new(),
     }
 }
 

@@ -152,7 +152,23 @@ fn held(network: &NetworkReport) -> Vec<Rendered> {
             network.message.clone(),
         )
     };
-    vec![programmed, interfaces]
+    let mut conditions = vec![programmed, interfaces];
+    // Left out until the node has checked: under server-side apply that also clears an old
+    // verdict when the network stops being checked.
+    if let Some(passed) = network.verified {
+        conditions.push((
+            c::DATA_PATH_VERIFIED,
+            passed,
+            if passed {
+                reason::CHECKS_PASSED
+            } else {
+                reason::CHECK_FAILED
+            }
+            .to_owned(),
+            network.verification.clone(),
+        ));
+    }
+    conditions
 }
 
 fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -219,6 +235,17 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
                 reason: p.reason.clone(),
                 note: format!("node {node}: {}", p.message),
                 action: "Program",
+            });
+        }
+    }
+    if let Some(v) = condition(&new.conditions, c::DATA_PATH_VERIFIED) {
+        let was = previous.and_then(|e| condition(&e.conditions, c::DATA_PATH_VERIFIED));
+        if v.status == "False" && was.is_none_or(|w| w.status == "True") {
+            out.push(Notice {
+                warning: true,
+                reason: reason::CHECK_FAILED.into(),
+                note: format!("node {node}: {}", v.message),
+                action: "Verify",
             });
         }
     }
@@ -321,6 +348,42 @@ mod tests {
                 conds(&[
                     ("Programmed", "False", "InterfaceMissing"),
                     ("InterfacesPresent", "False", "InterfaceMissing"),
+                ]),
+            ),
+            (
+                "programmed and its probes answer",
+                placement(Role::Program, true),
+                report(
+                    vec![NetworkReport {
+                        verified: Some(true),
+                        verification: "2 check(s) passed".into(),
+                        ..programmed("a", 3)
+                    }],
+                    &["a"],
+                ),
+                conds(&[
+                    ("Programmed", "True", "Applied"),
+                    ("InterfacesPresent", "True", "AllPresent"),
+                    ("DataPathVerified", "True", "ChecksPassed"),
+                ]),
+            ),
+            (
+                "a change rolled back by its checks",
+                placement(Role::Program, true),
+                report(
+                    vec![NetworkReport {
+                        programmed: false,
+                        reason: "VerificationFailed".into(),
+                        verified: Some(false),
+                        verification: "probe a/outer 192.168.2.99:9: no answer".into(),
+                        ..programmed("a", 3)
+                    }],
+                    &["a"],
+                ),
+                conds(&[
+                    ("Programmed", "False", "VerificationFailed"),
+                    ("InterfacesPresent", "True", "AllPresent"),
+                    ("DataPathVerified", "False", "CheckFailed"),
                 ]),
             ),
             (

@@ -1,0 +1,430 @@
+//! Changes that undo themselves unless the node proves they work ("commit confirmed").
+//!
+//! ```text
+//! lock ─> arm: record what the changed networks were before  ─> spawn the guard
+//!      ─> converge ─> checks (verify.rs) ─┬─ passed: disarm
+//!                                          └─ failed: revert to the record, disarm
+//! unlock
+//! guard (own process, own process group): waits for the lock; an arm still there means the
+//!       agent died holding it, so the guard reverts
+//! any later agent start: an arm still there (the guard died too, e.g. with its container)
+//!       is reverted before anything else
+//! ```
+//!
+//! The arm is written before the first kernel write, so there is no moment at which the node
+//! holds an unverified change that nothing will take back. The record is the networks' last
+//! applied specs and ids, the same memory the engine converges from, so reverting is an
+//! ordinary converge to the previous specs and reaches exactly the previous kernel state.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mirrornet_api::file::LoadedNetwork;
+use mirrornet_api::{Allocation, BackendKind, MirrorNetwork, MirrorNetworkSpec, ValidNetwork};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::engine::{BackendChoice, Engine, EngineError, NodeState, Outcome};
+use crate::plan::{NetworkPlan, vrf_name};
+use crate::state::{StateError, StateFile, sibling};
+use crate::verify::{self, NodeReach, Verification};
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Exclusive right to change this network namespace's datapath: held by an agent for a whole
+/// pass (observe, converge, verify, revert) and by a guard while it reverts. The kernel
+/// releases it when its holder dies, which is what wakes a guard.
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: std::fs::File,
+}
+
+impl NodeLock {
+    /// Waits for the lock.
+    pub async fn acquire() -> Result<Self, StateError> {
+        let path = sibling("lock")?;
+        let shown = path.display().to_string();
+        let err = move |what, source| StateError {
+            what,
+            path: shown.clone(),
+            source,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| err("opening", e))?;
+            file.lock().map_err(|e| err("locking", e))?;
+            Ok(Self { _file: file })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StateError {
+                what: "locking",
+                path: "the node lock".into(),
+                source: io::Error::other(e),
+            })
+        })
+    }
+}
+
+/// What one changed network was before the change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreviousNetwork {
+    pub name: String,
+    /// `None`: the network was not on the node; reverting removes it.
+    pub previous: Option<Previous>,
+}
+
+/// A network's last applied spec, ids and backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Previous {
+    pub spec: MirrorNetworkSpec,
+    pub allocation: Allocation,
+    pub backend: BackendKind,
+}
+
+/// A change in flight that is rolled back unless disarmed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Armed {
+    /// Tells this change's guard from an older one's.
+    pub id: String,
+    pub networks: Vec<PreviousNetwork>,
+}
+
+impl Armed {
+    /// The arm left on this node, if any.
+    pub fn load() -> Result<Option<Self>, StateError> {
+        let path = sibling("armed")?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(serde_json::from_str(&text).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError {
+                what: "reading",
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn save(&self) -> Result<(), StateError> {
+        let path = sibling("armed")?;
+        let err = |what, source| StateError {
+            what,
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
+        }
+        let tmp = path.with_extension("armed-tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())
+            .map_err(|e| err("writing", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err("renaming", e))
+    }
+
+    fn disarm() -> Result<(), StateError> {
+        let path = sibling("armed")?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError {
+                what: "removing",
+                path: path.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The backend `allocation`'s network is programmed with on the node now.
+fn programmed_backend(state: &NodeState, allocation: &Allocation) -> BackendKind {
+    let vrf = allocation.sides.first().is_some_and(|s| {
+        state
+            .links
+            .get(&vrf_name(s.table))
+            .is_some_and(|l| l.vrf_table == Some(s.table))
+    });
+    if vrf {
+        BackendKind::Vrf
+    } else {
+        BackendKind::PolicyRouting
+    }
+}
+
+/// Returns the networks in `armed` to what they were.
+pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
+    let state = engine.observe().await?;
+    let mut loaded = Vec::new();
+    let mut remove = Vec::new();
+    for n in &armed.networks {
+        match &n.previous {
+            Some(p) => {
+                let valid = mirrornet_api::validate(&p.spec).map_err(|e| {
+                    EngineError::Arming(format!("the previous spec of {} is invalid: {e}", n.name))
+                })?;
+                loaded.push((
+                    LoadedNetwork {
+                        object: MirrorNetwork::new(&n.name, p.spec.clone()),
+                        valid,
+                    },
+                    p,
+                ));
+            }
+            None => remove.push(n.name.clone()),
+        }
+    }
+    let mut plans = Vec::new();
+    for (network, p) in &loaded {
+        let choice = match p.backend {
+            BackendKind::Vrf => BackendChoice::Vrf,
+            BackendKind::PolicyRouting => BackendChoice::PolicyRouting,
+        };
+        plans.push(engine.plan_with(&state, network, &p.allocation, choice)?);
+    }
+    let specs: Vec<&MirrorNetworkSpec> = loaded.iter().map(|(_, p)| &p.spec).collect();
+    engine.converge(&state, &plans, &specs, &remove).await
+}
+
+/// Reverts an arm a dead agent left behind. Called by every agent before it changes anything.
+pub async fn recover(engine: &Engine) -> Result<Option<Outcome>> {
+    let _lock = NodeLock::acquire().await?;
+    let Some(armed) = Armed::load()? else {
+        return Ok(None);
+    };
+    warn!(
+        change = %armed.id,
+        "a change was never confirmed (its agent stopped part-way); rolling it back"
+    );
+    let outcome = revert(engine, &armed).await?;
+    Armed::disarm()?;
+    Ok(Some(outcome))
+}
+
+/// The guard process: waits until the agent that armed `id` lets go of the node, and reverts
+/// the change if the agent never confirmed or undid it.
+pub async fn guard(engine: &Engine, id: &str) -> Result<Option<Outcome>> {
+    let _lock = NodeLock::acquire().await?;
+    match Armed::load()? {
+        Some(armed) if armed.id == id => {
+            warn!(change = %id, "the agent died before confirming the change; rolling it back");
+            let outcome = revert(engine, &armed).await?;
+            Armed::disarm()?;
+            info!(change = %id, writes = outcome.writes, "rolled back");
+            Ok(Some(outcome))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn spawn_guard(id: &str) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    std::process::Command::new(exe)
+        .args(["rollback-guard", "--id", id])
+        // Injected faults are for the agent under test, never for its guard.
+        .env_remove("MIRRORNET_CRASH_AT_STEP")
+        .env_remove("MIRRORNET_FAULT_AT_STEP")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        // Its own process group: a signal to the agent's group (Ctrl-C) does not reach it.
+        .process_group(0)
+        .spawn()
+        .map(|_child| ())
+}
+
+/// What to apply: `plans` with their `specs` and validated `networks` (same order), and the
+/// networks to `remove`.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub plans: &'a [NetworkPlan],
+    pub specs: &'a [&'a MirrorNetworkSpec],
+    pub networks: &'a [&'a ValidNetwork],
+    pub remove: &'a [String],
+    /// Endpoints the node must still reach afterwards (the API server in a cluster).
+    pub endpoints: &'a [SocketAddr],
+}
+
+/// A converge and, when it changed what a network is, the checks that kept it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifiedOutcome {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// `None` when no network's spec changed (a converged node, or a repair of drift back to
+    /// specs already verified).
+    pub verification: Option<Verification>,
+    /// The networks whose spec changed.
+    pub changed: Vec<String>,
+}
+
+/// The networks whose spec differs from what `memory` says was last applied, or that go.
+pub fn changed_networks(memory: &StateFile, change: &Change<'_>) -> Vec<String> {
+    let mut changed: Vec<String> = change
+        .plans
+        .iter()
+        .zip(change.specs)
+        .filter(|(plan, spec)| {
+            memory
+                .network(&plan.name)
+                .and_then(|r| r.spec.as_ref())
+                .is_none_or(|previous| previous != **spec)
+        })
+        .map(|(plan, _)| plan.name.clone())
+        .collect();
+    changed.extend(
+        change
+            .remove
+            .iter()
+            .filter(|n| memory.network(n).is_some())
+            .cloned(),
+    );
+    changed
+}
+
+/// Converges like [`Engine::converge_with`]; a change to what a network is gets armed,
+/// checked and, if a check fails, reverted. The caller holds the [`NodeLock`] for `state`.
+pub async fn converge_verified(
+    engine: &Engine,
+    state: &NodeState,
+    memory: StateFile,
+    change: Change<'_>,
+) -> Result<VerifiedOutcome> {
+    let steps = crate::engine::changes(state, change.plans, change.remove, &memory)?;
+    let changed = changed_networks(&memory, &change);
+    if steps.is_empty() || changed.is_empty() {
+        let outcome = engine
+            .converge_with(state, memory, change.plans, change.specs, change.remove)
+            .await?;
+        return Ok(VerifiedOutcome {
+            outcome,
+            verification: None,
+            changed,
+        });
+    }
+    let timeout = change
+        .plans
+        .iter()
+        .zip(change.networks)
+        .filter(|(p, _)| changed.contains(&p.name))
+        .map(|(_, n)| n.verify_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(
+            mirrornet_api::validation::DEFAULT_VERIFY_TIMEOUT_SECONDS.into(),
+        ));
+    let before = NodeReach::observe(
+        engine.netlink(),
+        &change.endpoints.iter().map(|e| e.ip()).collect::<Vec<_>>(),
+    )
+    .await;
+    let previous: BTreeMap<&str, Option<Previous>> = changed
+        .iter()
+        .map(|name| {
+            let previous = memory.network(name).and_then(|r| {
+                let spec = r.spec.clone()?;
+                let allocation = r.allocation.clone()?;
+                let backend = programmed_backend(state, &allocation);
+                Some(Previous {
+                    spec,
+                    allocation,
+                    backend,
+                })
+            });
+            (name.as_str(), previous)
+        })
+        .collect();
+    let armed = Armed {
+        id: format!("{}-{}", std::process::id(), unix_ms()),
+        networks: previous
+            .into_iter()
+            .map(|(name, previous)| PreviousNetwork {
+                name: name.into(),
+                previous,
+            })
+            .collect(),
+    };
+    armed
+        .save()
+        .map_err(|e| EngineError::Arming(e.to_string()))?;
+    if let Err(e) = spawn_guard(&armed.id) {
+        Armed::disarm()?;
+        return Err(EngineError::Arming(format!(
+            "starting the guard process: {e}"
+        )));
+    }
+    info!(change = %armed.id, networks = ?changed, "rollback armed");
+    let deadline = Instant::now() + timeout;
+    let outcome = match engine
+        .converge_with(state, memory, change.plans, change.specs, change.remove)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // The engine rolled its own steps back (or says why not): nothing left to guard.
+            Armed::disarm()?;
+            return Err(e);
+        }
+    };
+    let mut verification = Verification {
+        checks: before.compare(engine.netlink()).await,
+    };
+    for (i, endpoint) in change.endpoints.iter().enumerate() {
+        let name = if i == 0 {
+            format!("API server {endpoint}")
+        } else {
+            format!("endpoint {endpoint}")
+        };
+        verification
+            .checks
+            .push(verify::reach_endpoint(&name, *endpoint, deadline).await);
+    }
+    for (plan, network) in change.plans.iter().zip(change.networks) {
+        if changed.contains(&plan.name) {
+            verification
+                .checks
+                .extend(verify::probe_network(plan, network, deadline).await);
+        }
+    }
+    let Some(failed) = verification.failure().cloned() else {
+        Armed::disarm()?;
+        info!(networks = ?changed, checks = %verification.summary(), "change verified");
+        return Ok(VerifiedOutcome {
+            outcome,
+            verification: Some(verification),
+            changed,
+        });
+    };
+    warn!(networks = ?changed, check = %failed.name, detail = %failed.detail, "a check failed; rolling the change back");
+    let failed = format!("{}: {}", failed.name, failed.detail);
+    match revert(engine, &armed).await {
+        Ok(_) => {
+            Armed::disarm()?;
+            Err(EngineError::VerificationFailed {
+                failed,
+                outcome: format!(
+                    "rolled {} back to the state before the change",
+                    changed.join(", ")
+                ),
+                rolled_back: true,
+            })
+        }
+        // The arm stays: the next agent start tries the rollback again.
+        Err(e) => Err(EngineError::VerificationFailed {
+            failed,
+            outcome: format!("rolling back failed: {e}"),
+            rolled_back: false,
+        }),
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
