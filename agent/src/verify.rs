@@ -293,7 +293,7 @@ mod tests {
         };
         assert_eq!(
             v.summary(),
-            "probe seed/outer 192.168.2.10:22: no answer within 3000 ms: timed out"
+            "probe seed/outer 192.168.2.10:22: no answer within 3 s: timed out"
         );
     }
 }
