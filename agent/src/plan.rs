@@ -11,6 +11,8 @@
 //!               with the packet mark taken into account (src_valid_mark)
 //!   nft         steer: (iif, dst alias) -> mark of the target side + zone of the ingress side
 //!               dnat:  mark -> alias to subnet;  snat: mark + zone -> subnet to ingress alias
+//!               (first packets an answer-only side sends, or `allow` does not name, dropped
+//!               before the dnat)
 //! ```
 
 use std::collections::BTreeMap;
@@ -320,7 +322,13 @@ pub fn plan(
         });
     }
 
-    let nft = crate::nft::network(name, network.subnet, allocation.mark_mask, &sides);
+    let nft = crate::nft::network(
+        name,
+        network.subnet,
+        allocation.mark_mask,
+        &sides,
+        &network.allow,
+    );
     Ok(NetworkPlan {
         name: name.into(),
         backend,
