@@ -152,6 +152,10 @@ enum ProbeCmd {
         to: std::net::SocketAddr,
         #[arg(long)]
         from_port: Option<u16>,
+        /// How long to wait for the connection to open: a test that expects a refusal by a
+        /// drop need not wait for the default.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
     /// Prints the status code, then the body; exits 0 for 2xx.
     HttpGet {
@@ -370,8 +374,13 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 identity,
                 hold_ms,
             } => lab::probe::serve(port, &identity, Duration::from_millis(hold_ms))?,
-            ProbeCmd::Connect { to, from_port } => {
-                println!("{}", lab::probe::connect(to, from_port).await?)
+            ProbeCmd::Connect {
+                to,
+                from_port,
+                timeout_ms,
+            } => {
+                let limit = Duration::from_millis(timeout_ms);
+                println!("{}", lab::probe::connect(to, from_port, limit).await?)
             }
             ProbeCmd::HttpGet { address, path } => {
                 let (status, body) = lab::probe::http_get(address, &path)?;
