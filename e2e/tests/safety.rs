@@ -5,8 +5,8 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_api::file::load_str;
 use mirrornet_e2e::node::{
-    SEED, SpecFile, agent, apply, assert_same, connect, delete, host_of, ping, planned_steps,
-    require_root, seed_scenario, serve, snapshot,
+    SEED, SpecFile, agent, apply, assert_same, connect, connect_within, delete, host_of, ping,
+    planned_steps, require_root, seed_scenario, serve, snapshot,
 };
 
 fn nft(s: &Scenario, script: &str) {
@@ -547,5 +547,98 @@ fn one_way_refuses_initiation_and_allows_replies() {
             .unwrap()
             .server,
         "inner-11"
+    );
+}
+
+/// Long enough for a connection across the middleman in a namespace lab to open; a dropped
+/// first packet never opens one.
+const REFUSED_WITHIN: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// `spec.allow`: a side opens only the connections the list names (TCP 7030, a UDP range,
+/// ping), every reply passes, and the network without the list opens everything again.
+#[test]
+fn an_allow_list_opens_only_what_it_names_and_replies_pass() {
+    let (mut s, _) = seed_scenario("allow", false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let allow = "  allow:\n    - {protocol: TCP, port: 7030}\n    - {protocol: UDP, port: 5000, endPort: 5100}\n    - {protocol: ICMP}\n";
+    let allowed = SpecFile::new("allow", &format!("{SEED}{allow}"));
+    apply(&s.lab, &allowed, &[]);
+    for host in ["outer-11", "inner-11"] {
+        serve(&mut s, host, 7030, 0);
+        serve(&mut s, host, 7031, 0);
+    }
+    // Named: opens both ways, and the server's answer (a reply to an unnamed client port)
+    // comes back.
+    let a = connect(&s.lab, "inner-10", "192.168.3.11:7030", None).unwrap();
+    assert_eq!(
+        (a.server.as_str(), host_of(&a.seen_as)),
+        ("outer-11", "192.168.3.10")
+    );
+    let b = connect(&s.lab, "outer-10", "192.168.3.11:7030", None).unwrap();
+    assert_eq!(b.server, "inner-11");
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    // Not named: the first packet is dropped, the connection never opens.
+    for from in ["inner-10", "outer-10"] {
+        let refused = connect_within(&s.lab, from, "192.168.3.11:7031", None, REFUSED_WITHIN);
+        assert!(refused.is_err(), "{from} opened TCP 7031: {refused:?}");
+    }
+    let chain = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "mirrornet",
+                "xlate-dst.plant-twin",
+            ],
+        )
+        .unwrap();
+    assert!(
+        chain.contains("tcp . 7030") && chain.contains("udp . 5000-5100"),
+        "{chain}"
+    );
+    assert_eq!(apply(&s.lab, &allowed, &[])["writes"], 0);
+
+    // With OneWay, the answer-only drop comes first: what the list names stays refused to
+    // the side that may only answer.
+    let one_way = SpecFile::new(
+        "allow-oneway",
+        &format!("{SEED}  direction: OneWay\n  answerOnly: [outer]\n{allow}"),
+    );
+    apply(&s.lab, &one_way, &[]);
+    assert_eq!(
+        connect(&s.lab, "inner-10", "192.168.3.11:7030", None)
+            .unwrap()
+            .server,
+        "outer-11"
+    );
+    let refused = connect_within(
+        &s.lab,
+        "outer-10",
+        "192.168.3.11:7030",
+        None,
+        REFUSED_WITHIN,
+    );
+    assert!(refused.is_err(), "outer opened TCP 7030: {refused:?}");
+
+    // Without the list, every port opens again.
+    let open = SpecFile::new("allow-open", SEED);
+    assert!(apply(&s.lab, &open, &[])["writes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        connect(&s.lab, "inner-10", "192.168.3.11:7031", None)
+            .unwrap()
+            .server,
+        "outer-11"
+    );
+    assert_eq!(apply(&s.lab, &open, &[])["writes"], 0);
+    delete(&s.lab, &open);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
     );
 }
