@@ -594,6 +594,19 @@ impl Engine {
         for (plan, spec) in plans.iter().zip(specs) {
             intent.record_network(plan, spec);
         }
+        // A sysctl the plan no longer needs keeps its original on disk until it is put back:
+        // a crash before the restore must not lose it.
+        for step in &changes.steps {
+            if let Step::RestoreSysctl {
+                network,
+                path,
+                value,
+                ..
+            } = step
+            {
+                intent.remember_sysctl(network, path, value);
+            }
+        }
         intent.save()?;
         let writes = match self.execute(state, &changes).await {
             Ok(writes) => writes,
