@@ -524,6 +524,8 @@ struct ShownNetwork {
     /// `in sync`, or what differs.
     summary: String,
     in_sync: Option<bool>,
+    /// `spec.suspend`: the node keeps only the ids, shown below.
+    suspended: bool,
     allocation: mirrornet_api::Allocation,
     pending: Vec<String>,
     /// Packets and bytes per direction since the network was programmed.
@@ -558,6 +560,7 @@ fn show(
             .find(|n| n.name() == name)
             .map(|n| n.object.spec.clone())
             .or_else(|| memory.network(&name).and_then(|r| r.spec.clone()));
+        let suspended = spec.as_ref().is_some_and(|s| s.suspend);
         let (backend, summary, in_sync, pending) = match spec {
             None => (
                 "unknown".into(),
@@ -585,10 +588,11 @@ fn show(
                             mirrornet_agent::engine::changes(state, &plans, &[], &memory)?;
                         let pending: Vec<String> =
                             changes.steps.iter().map(ToString::to_string).collect();
-                        let summary = if pending.is_empty() {
-                            "in sync".to_owned()
-                        } else {
-                            format!("{} change(s) pending", pending.len())
+                        let summary = match (suspended, pending.len()) {
+                            (false, 0) => "in sync".to_owned(),
+                            (false, n) => format!("{n} change(s) pending"),
+                            (true, 0) => "suspended: datapath withdrawn, ids kept".to_owned(),
+                            (true, n) => format!("suspended, {n} change(s) pending"),
                         };
                         (
                             plans[0].backend.to_string(),
@@ -613,6 +617,7 @@ fn show(
             backend,
             summary,
             in_sync,
+            suspended,
             allocation,
             pending,
         });
