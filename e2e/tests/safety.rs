@@ -642,3 +642,144 @@ fn an_allow_list_opens_only_what_it_names_and_replies_pass() {
         "after delete",
     );
 }
+
+/// A snapshot without its nft section, which a suspended network changes on purpose (its ids
+/// stay in mirrornet's table).
+fn without_nft(snapshot: &str) -> String {
+    let (head, rest) = snapshot
+        .split_once("### nft -j list ruleset")
+        .expect("snapshot has an nft section");
+    let (_, tail) = rest
+        .split_once("### sysctls")
+        .expect("snapshot has a sysctl section");
+    format!("{head}### sysctls{tail}")
+}
+
+/// mirrornet's table as (chain names, map names -> element count).
+fn our_table(s: &Scenario) -> (Vec<String>, Vec<(String, usize)>) {
+    let out = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &["nft", "-j", "list", "table", "inet", "mirrornet"],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let items = v["nftables"].as_array().unwrap();
+    let mut chains: Vec<String> = items
+        .iter()
+        .filter_map(|i| i["chain"]["name"].as_str().map(str::to_owned))
+        .collect();
+    chains.sort();
+    let maps = items
+        .iter()
+        .filter_map(|i| {
+            let map = i.get("map")?;
+            let elements = map["elem"].as_array().map_or(0, Vec::len);
+            Some((map["name"].as_str()?.to_owned(), elements))
+        })
+        .collect();
+    (chains, maps)
+}
+
+fn shown(s: &Scenario) -> serde_json::Value {
+    let out = agent(&s.lab, &["show", "-o", "json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "plant-twin")
+        .cloned()
+        .unwrap_or_else(|| panic!("show lists plant-twin: {v}"))
+}
+
+/// `spec.suspend`: the node gives back everything the network took (addresses, routes,
+/// rules, sysctls, steering and NAT) and keeps only its ids, so that resuming brings back the
+/// very same datapath.
+#[test]
+fn a_suspended_network_withdraws_its_datapath_and_keeps_its_ids() {
+    let (s, spec) = seed_scenario("suspend", false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let running = apply(&s.lab, &spec, &[]);
+    let ids = running["networks"][0]["allocation"].clone();
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+
+    let suspended = SpecFile::new("suspended", &format!("{SEED}  suspend: true\n"));
+    let report = apply(&s.lab, &suspended, &[]);
+    assert_eq!(report["networks"][0]["allocation"], ids);
+    assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(!ping(&s.lab, "outer-10", "192.168.3.11"));
+    let at_rest = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    assert_same(&without_nft(&before), &without_nft(&at_rest), "suspended");
+    let (chains, maps) = our_table(&s);
+    assert_eq!(
+        chains,
+        [
+            "ids.plant-twin",
+            "nat-postrouting",
+            "nat-prerouting",
+            "prerouting"
+        ],
+        "only the skeleton and the ids stay"
+    );
+    assert!(maps.iter().all(|(_, n)| *n == 0), "maps left: {maps:?}");
+    let network = shown(&s);
+    assert_eq!(network["suspended"], true);
+    assert_eq!(network["in_sync"], true);
+    assert!(
+        network["summary"].as_str().unwrap().contains("suspended"),
+        "{network}"
+    );
+    assert_eq!(network["allocation"], ids);
+    assert_eq!(apply(&s.lab, &suspended, &[])["writes"], 0);
+
+    // Resumed: the same ids, traffic crosses again.
+    let resumed = apply(&s.lab, &spec, &[]);
+    assert_eq!(resumed["networks"][0]["allocation"], ids);
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    assert_eq!(shown(&s)["suspended"], false);
+    delete(&s.lab, &spec);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
+    );
+
+    // Suspended from the start, then deleted: the ids alone come and go without residue.
+    apply(&s.lab, &suspended, &[]);
+    assert_same(
+        &without_nft(&before),
+        &without_nft(&snapshot(&s.lab, MIDDLEMAN).unwrap()),
+        "suspended from the start",
+    );
+    delete(&s.lab, &suspended);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after deleting a suspended network",
+    );
+
+    // A suspended network needs none of its interfaces: one that does not exist is no error.
+    let elsewhere = SpecFile::new(
+        "suspended-elsewhere",
+        &format!(
+            "{SEED}  suspend: true
+"
+        )
+        .replace("interface: eth2", "interface: eth7"),
+    );
+    apply(&s.lab, &elsewhere, &[]);
+    assert_eq!(shown(&s)["suspended"], true);
+    delete(&s.lab, &elsewhere);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after deleting a suspended network on a missing interface",
+    );
+}
