@@ -621,6 +621,19 @@ impl Engine {
         for (plan, spec) in plans.iter().zip(specs) {
             intent.record_network(plan, spec);
         }
+        // A sysctl the plan no longer needs (a suspended network needs none) keeps its
+        // original on disk until it is put back: a crash before the restore must not lose it.
+        for step in &changes.steps {
+            if let Step::RestoreSysctl {
+                network,
+                path,
+                value,
+                ..
+            } = step
+            {
+                intent.remember_sysctl(network, path, value);
+            }
+        }
         intent.save()?;
         let writes = match self.execute(state, &changes).await {
             Ok(writes) => writes,
@@ -640,6 +653,9 @@ impl Engine {
         }
         for name in remove {
             done.forget_network(name);
+        }
+        for plan in plans.iter().filter(|p| p.suspended) {
+            done.release_interfaces(&plan.name);
         }
         done.save()?;
         Ok(self.outcome(writes, &changes, plans))
@@ -904,7 +920,9 @@ pub fn check_preconditions(
         .filter(|o| !o.ours)
         .map(|o| (o.interface.as_str(), o.address))
         .collect();
-    for p in plans {
+    // A suspended network takes nothing on the node: its interfaces may be gone, down or the
+    // node's own, and it claims none of them.
+    for p in plans.iter().filter(|p| !p.suspended) {
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {
                 return Err(EngineError::InterfaceMissing {
@@ -1030,7 +1048,11 @@ pub fn changes(
         }
         if let Some(p) = plan {
             tables.extend(p.sides.iter().map(|s| s.ids.table));
-            interfaces.extend(p.sides.iter().map(|s| s.interface.clone()));
+            // A suspended network's interfaces are its own only while it still holds something
+            // there (recorded above); afterwards another network may use them.
+            if !p.suspended {
+                interfaces.extend(p.sides.iter().map(|s| s.interface.clone()));
+            }
         }
         (tables, interfaces)
     };

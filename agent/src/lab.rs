@@ -482,8 +482,13 @@ pub mod probe {
         Ok((status, body))
     }
 
-    /// Connects to `to` (from `from_port` if given) and returns the server's line.
-    pub async fn connect(to: SocketAddr, from_port: Option<u16>) -> std::io::Result<String> {
+    /// Connects to `to` (from `from_port` if given) and returns the server's line; gives up
+    /// when the connection has not opened within `limit`.
+    pub async fn connect(
+        to: SocketAddr,
+        from_port: Option<u16>,
+        limit: Duration,
+    ) -> std::io::Result<String> {
         let socket = if to.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
@@ -498,7 +503,7 @@ pub mod probe {
             };
             socket.bind(any)?;
         }
-        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        let stream = tokio::time::timeout(limit, socket.connect(to))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")

@@ -159,6 +159,10 @@ enum ProbeCmd {
         to: std::net::SocketAddr,
         #[arg(long)]
         from_port: Option<u16>,
+        /// How long to wait for the connection to open: a test that expects a refusal by a
+        /// drop need not wait for the default.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
     /// Prints the status code, then the body; exits 0 for 2xx.
     HttpGet {
@@ -414,8 +418,13 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 identity,
                 hold_ms,
             } => lab::probe::serve(port, &identity, Duration::from_millis(hold_ms))?,
-            ProbeCmd::Connect { to, from_port } => {
-                println!("{}", lab::probe::connect(to, from_port).await?)
+            ProbeCmd::Connect {
+                to,
+                from_port,
+                timeout_ms,
+            } => {
+                let limit = Duration::from_millis(timeout_ms);
+                println!("{}", lab::probe::connect(to, from_port, limit).await?)
             }
             ProbeCmd::HttpGet { address, path } => {
                 let (status, body) = lab::probe::http_get(address, &path)?;
@@ -572,6 +581,8 @@ struct ShownNetwork {
     /// `in sync`, or what differs.
     summary: String,
     in_sync: Option<bool>,
+    /// `spec.suspend`: the node keeps only the ids, shown below.
+    suspended: bool,
     allocation: mirrornet_api::Allocation,
     pending: Vec<String>,
     /// Packets and bytes per direction since the network was programmed.
@@ -606,6 +617,7 @@ fn show(
             .find(|n| n.name() == name)
             .map(|n| n.object.spec.clone())
             .or_else(|| memory.network(&name).and_then(|r| r.spec.clone()));
+        let suspended = spec.as_ref().is_some_and(|s| s.suspend);
         let (backend, summary, in_sync, pending) = match spec {
             None => (
                 "unknown".into(),
@@ -633,10 +645,11 @@ fn show(
                             mirrornet_agent::engine::changes(state, &plans, &[], &memory)?;
                         let pending: Vec<String> =
                             changes.steps.iter().map(ToString::to_string).collect();
-                        let summary = if pending.is_empty() {
-                            "in sync".to_owned()
-                        } else {
-                            format!("{} change(s) pending", pending.len())
+                        let summary = match (suspended, pending.len()) {
+                            (false, 0) => "in sync".to_owned(),
+                            (false, n) => format!("{n} change(s) pending"),
+                            (true, 0) => "suspended: datapath withdrawn, ids kept".to_owned(),
+                            (true, n) => format!("suspended, {n} change(s) pending"),
                         };
                         (
                             plans[0].backend.to_string(),
@@ -661,6 +674,7 @@ fn show(
             backend,
             summary,
             in_sync,
+            suspended,
             allocation,
             pending,
         });

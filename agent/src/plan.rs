@@ -11,7 +11,12 @@
 //!               with the packet mark taken into account (src_valid_mark)
 //!   nft         steer: (iif, dst alias) -> mark of the target side + zone of the ingress side
 //!               dnat:  mark -> alias to subnet;  snat: mark + zone -> subnet to ingress alias
+//!               (first packets an answer-only side sends, or `allow` does not name, dropped
+//!               before the dnat)
 //! ```
+//!
+//! A suspended network plans its sides and ids and nothing else: the `ids.<network>` chain
+//! keeps the ids on the node, and the diff withdraws every other piece as for any spec change.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -144,6 +149,9 @@ pub struct NetworkPlan {
     pub nft: NetworkNft,
     /// Interfaces the spec allows even though the node itself uses them.
     pub take_over: std::collections::BTreeSet<String>,
+    /// `spec.suspend`: the node holds only the ids, so the side interfaces may be absent,
+    /// down or used by the node without that being an error.
+    pub suspended: bool,
 }
 
 /// Why a plan cannot be made.
@@ -205,6 +213,28 @@ pub fn plan(
             alias: side.alias,
             ids: ids.clone(),
             answer_only: network.answer_only.contains(side.name.as_str()),
+        });
+    }
+
+    if network.suspend {
+        return Ok(NetworkPlan {
+            name: name.into(),
+            backend,
+            subnet: network.subnet,
+            gateway: network.gateway,
+            mark_mask: allocation.mark_mask,
+            nft: NetworkNft {
+                chains: vec![crate::nft::ids_chain(name, allocation.mark_mask, &sides)],
+                elements: Vec::new(),
+            },
+            sides,
+            vrfs: Vec::new(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            rules: Vec::new(),
+            sysctls: Vec::new(),
+            take_over: Default::default(),
+            suspended: true,
         });
     }
 
@@ -320,7 +350,13 @@ pub fn plan(
         });
     }
 
-    let nft = crate::nft::network(name, network.subnet, allocation.mark_mask, &sides);
+    let nft = crate::nft::network(
+        name,
+        network.subnet,
+        allocation.mark_mask,
+        &sides,
+        &network.allow,
+    );
     Ok(NetworkPlan {
         name: name.into(),
         backend,
@@ -340,6 +376,7 @@ pub fn plan(
             .filter(|s| s.take_over_node_interface)
             .map(|s| s.interface.to_string())
             .collect(),
+        suspended: false,
     })
 }
 
@@ -401,6 +438,41 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_suspended_network_plans_its_ids_and_nothing_else() {
+        let (mut valid, allocation) = seed();
+        let running = plan(
+            "plant-twin",
+            &valid,
+            &allocation,
+            BackendKind::Vrf,
+            &NodeFacts {
+                vrf_available: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        valid.suspend = true;
+        let p = plan(
+            "plant-twin",
+            &valid,
+            &allocation,
+            BackendKind::Vrf,
+            &NodeFacts {
+                vrf_available: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(p.suspended);
+        assert_eq!(p.sides, running.sides, "the same sides with the same ids");
+        assert!(p.vrfs.is_empty() && p.addresses.is_empty() && p.routes.is_empty());
+        assert!(p.rules.is_empty() && p.sysctls.is_empty() && p.nft.elements.is_empty());
+        let chains: Vec<&str> = p.nft.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(chains, ["ids.plant-twin"]);
+        assert_eq!(p.nft.chains[0], running.nft.chains[0]);
     }
 
     #[test]

@@ -419,11 +419,14 @@ pub async fn pass(
             verified: None,
             verification: String::new(),
         };
+        // A suspended network holds nothing on its interfaces: their absence is not a reason
+        // to leave it as it is, nor something to wait for.
         let missing: Vec<String> = network
             .loaded
             .valid
             .sides
             .iter()
+            .filter(|_| !network.loaded.valid.suspend)
             .filter(|s| !state.links.get(s.interface.as_str()).is_some_and(|l| l.up))
             .map(|s| {
                 let why = if state.links.contains_key(s.interface.as_str()) {
@@ -536,8 +539,13 @@ pub async fn pass(
             for plan in &plans {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
                     entry.programmed = true;
-                    entry.reason = "Programmed".into();
-                    entry.message = format!("programmed with backend {}", plan.backend);
+                    if plan.suspended {
+                        entry.reason = "Suspended".into();
+                        entry.message = "suspended: datapath withdrawn, ids kept".into();
+                    } else {
+                        entry.reason = "Programmed".into();
+                        entry.message = format!("programmed with backend {}", plan.backend);
+                    }
                 }
             }
             report.held.extend(plans.iter().map(|p| p.name.clone()));

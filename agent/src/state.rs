@@ -205,10 +205,22 @@ impl StateFile {
             sides: plan.sides.iter().map(|s| s.ids.clone()).collect(),
         });
         record.tables = plan.sides.iter().map(|s| s.ids.table).collect();
-        record.interfaces = plan.sides.iter().map(|s| s.interface.clone()).collect();
+        // A suspended network keeps the interfaces it held until its teardown is done
+        // ([`StateFile::release_interfaces`]); a crash part-way must still find them.
+        if !plan.suspended {
+            record.interfaces = plan.sides.iter().map(|s| s.interface.clone()).collect();
+        }
         record.sysctls = plan.sysctls.iter().map(|s| s.path.clone()).collect();
         let needed = record.sysctls.clone();
         record.originals.retain(|path, _| needed.contains(path));
+    }
+
+    /// Forgets the interfaces of a network that no longer holds anything on them (suspended),
+    /// so another network may take them without this one's diff removing its addresses.
+    pub fn release_interfaces(&mut self, network: &str) {
+        if let Some(r) = self.networks.get_mut(network) {
+            r.interfaces.clear();
+        }
     }
 
     /// Drops `network`; originals of sysctls another network still needs pass to that network,

@@ -233,9 +233,29 @@ pub struct Answer {
 
 /// Connects from `ns` to `to` (optionally from a fixed port) and returns the answer.
 pub fn connect(lab: &Lab, ns: &str, to: &str, from_port: Option<u16>) -> Result<Answer, String> {
+    connect_within(lab, ns, to, from_port, std::time::Duration::from_secs(5))
+}
+
+/// [`connect`], giving up when the connection has not opened within `limit`: a connection the
+/// middleman drops never opens, and a test expecting that need not wait long.
+pub fn connect_within(
+    lab: &Lab,
+    ns: &str,
+    to: &str,
+    from_port: Option<u16>,
+    limit: std::time::Duration,
+) -> Result<Answer, String> {
     let bin = agent_bin();
     let port;
-    let mut args = vec![bin.to_str().expect("utf-8 path"), "probe", "connect", to];
+    let timeout = limit.as_millis().to_string();
+    let mut args = vec![
+        bin.to_str().expect("utf-8 path"),
+        "probe",
+        "connect",
+        to,
+        "--timeout-ms",
+        &timeout,
+    ];
     if let Some(p) = from_port {
         port = p.to_string();
         args.extend(["--from-port", &port]);

@@ -5,8 +5,8 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_api::file::load_str;
 use mirrornet_e2e::node::{
-    SEED, SpecFile, agent, apply, assert_same, connect, delete, host_of, ping, planned_steps,
-    require_root, seed_scenario, serve, snapshot,
+    SEED, SpecFile, agent, apply, assert_same, connect, connect_within, delete, host_of, ping,
+    planned_steps, require_root, seed_scenario, serve, snapshot,
 };
 
 fn nft(s: &Scenario, script: &str) {
@@ -547,5 +547,239 @@ fn one_way_refuses_initiation_and_allows_replies() {
             .unwrap()
             .server,
         "inner-11"
+    );
+}
+
+/// Long enough for a connection across the middleman in a namespace lab to open; a dropped
+/// first packet never opens one.
+const REFUSED_WITHIN: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// `spec.allow`: a side opens only the connections the list names (TCP 7030, a UDP range,
+/// ping), every reply passes, and the network without the list opens everything again.
+#[test]
+fn an_allow_list_opens_only_what_it_names_and_replies_pass() {
+    let (mut s, _) = seed_scenario("allow", false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let allow = "  allow:\n    - {protocol: TCP, port: 7030}\n    - {protocol: UDP, port: 5000, endPort: 5100}\n    - {protocol: ICMP}\n";
+    let allowed = SpecFile::new("allow", &format!("{SEED}{allow}"));
+    apply(&s.lab, &allowed, &[]);
+    for host in ["outer-11", "inner-11"] {
+        serve(&mut s, host, 7030, 0);
+        serve(&mut s, host, 7031, 0);
+    }
+    // Named: opens both ways, and the server's answer (a reply to an unnamed client port)
+    // comes back.
+    let a = connect(&s.lab, "inner-10", "192.168.3.11:7030", None).unwrap();
+    assert_eq!(
+        (a.server.as_str(), host_of(&a.seen_as)),
+        ("outer-11", "192.168.3.10")
+    );
+    let b = connect(&s.lab, "outer-10", "192.168.3.11:7030", None).unwrap();
+    assert_eq!(b.server, "inner-11");
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    // Not named: the first packet is dropped, the connection never opens.
+    for from in ["inner-10", "outer-10"] {
+        let refused = connect_within(&s.lab, from, "192.168.3.11:7031", None, REFUSED_WITHIN);
+        assert!(refused.is_err(), "{from} opened TCP 7031: {refused:?}");
+    }
+    let chain = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "mirrornet",
+                "xlate-dst.plant-twin",
+            ],
+        )
+        .unwrap();
+    assert!(
+        chain.contains("tcp . 7030") && chain.contains("udp . 5000-5100"),
+        "{chain}"
+    );
+    assert_eq!(apply(&s.lab, &allowed, &[])["writes"], 0);
+
+    // With OneWay, the answer-only drop comes first: what the list names stays refused to
+    // the side that may only answer.
+    let one_way = SpecFile::new(
+        "allow-oneway",
+        &format!("{SEED}  direction: OneWay\n  answerOnly: [outer]\n{allow}"),
+    );
+    apply(&s.lab, &one_way, &[]);
+    assert_eq!(
+        connect(&s.lab, "inner-10", "192.168.3.11:7030", None)
+            .unwrap()
+            .server,
+        "outer-11"
+    );
+    let refused = connect_within(
+        &s.lab,
+        "outer-10",
+        "192.168.3.11:7030",
+        None,
+        REFUSED_WITHIN,
+    );
+    assert!(refused.is_err(), "outer opened TCP 7030: {refused:?}");
+
+    // Without the list, every port opens again.
+    let open = SpecFile::new("allow-open", SEED);
+    assert!(apply(&s.lab, &open, &[])["writes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        connect(&s.lab, "inner-10", "192.168.3.11:7031", None)
+            .unwrap()
+            .server,
+        "outer-11"
+    );
+    assert_eq!(apply(&s.lab, &open, &[])["writes"], 0);
+    delete(&s.lab, &open);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
+    );
+}
+
+/// A snapshot without its nft section, which a suspended network changes on purpose (its ids
+/// stay in mirrornet's table).
+fn without_nft(snapshot: &str) -> String {
+    let (head, rest) = snapshot
+        .split_once("### nft -j list ruleset")
+        .expect("snapshot has an nft section");
+    let (_, tail) = rest
+        .split_once("### sysctls")
+        .expect("snapshot has a sysctl section");
+    format!("{head}### sysctls{tail}")
+}
+
+/// mirrornet's table as (chain names, map names -> element count).
+fn our_table(s: &Scenario) -> (Vec<String>, Vec<(String, usize)>) {
+    let out = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &["nft", "-j", "list", "table", "inet", "mirrornet"],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let items = v["nftables"].as_array().unwrap();
+    let mut chains: Vec<String> = items
+        .iter()
+        .filter_map(|i| i["chain"]["name"].as_str().map(str::to_owned))
+        .collect();
+    chains.sort();
+    let maps = items
+        .iter()
+        .filter_map(|i| {
+            let map = i.get("map")?;
+            let elements = map["elem"].as_array().map_or(0, Vec::len);
+            Some((map["name"].as_str()?.to_owned(), elements))
+        })
+        .collect();
+    (chains, maps)
+}
+
+fn shown(s: &Scenario) -> serde_json::Value {
+    let out = agent(&s.lab, &["show", "-o", "json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "plant-twin")
+        .cloned()
+        .unwrap_or_else(|| panic!("show lists plant-twin: {v}"))
+}
+
+/// `spec.suspend`: the node gives back everything the network took (addresses, routes,
+/// rules, sysctls, steering and NAT) and keeps only its ids, so that resuming brings back the
+/// very same datapath.
+#[test]
+fn a_suspended_network_withdraws_its_datapath_and_keeps_its_ids() {
+    let (s, spec) = seed_scenario("suspend", false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let running = apply(&s.lab, &spec, &[]);
+    let ids = running["networks"][0]["allocation"].clone();
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+
+    let suspended = SpecFile::new("suspended", &format!("{SEED}  suspend: true\n"));
+    let report = apply(&s.lab, &suspended, &[]);
+    assert_eq!(report["networks"][0]["allocation"], ids);
+    assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(!ping(&s.lab, "outer-10", "192.168.3.11"));
+    let at_rest = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    assert_same(&without_nft(&before), &without_nft(&at_rest), "suspended");
+    let (chains, maps) = our_table(&s);
+    assert_eq!(
+        chains,
+        [
+            "ids.plant-twin",
+            "nat-postrouting",
+            "nat-prerouting",
+            "prerouting"
+        ],
+        "only the skeleton and the ids stay"
+    );
+    assert!(maps.iter().all(|(_, n)| *n == 0), "maps left: {maps:?}");
+    let network = shown(&s);
+    assert_eq!(network["suspended"], true);
+    assert_eq!(network["in_sync"], true);
+    assert!(
+        network["summary"].as_str().unwrap().contains("suspended"),
+        "{network}"
+    );
+    assert_eq!(network["allocation"], ids);
+    assert_eq!(apply(&s.lab, &suspended, &[])["writes"], 0);
+
+    // Resumed: the same ids, traffic crosses again.
+    let resumed = apply(&s.lab, &spec, &[]);
+    assert_eq!(resumed["networks"][0]["allocation"], ids);
+    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
+    assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
+    assert_eq!(shown(&s)["suspended"], false);
+    delete(&s.lab, &spec);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after delete",
+    );
+
+    // Suspended from the start, then deleted: the ids alone come and go without residue.
+    apply(&s.lab, &suspended, &[]);
+    assert_same(
+        &without_nft(&before),
+        &without_nft(&snapshot(&s.lab, MIDDLEMAN).unwrap()),
+        "suspended from the start",
+    );
+    delete(&s.lab, &suspended);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after deleting a suspended network",
+    );
+
+    // A suspended network needs none of its interfaces: one that does not exist is no error.
+    let elsewhere = SpecFile::new(
+        "suspended-elsewhere",
+        &format!(
+            "{SEED}  suspend: true
+"
+        )
+        .replace("interface: eth2", "interface: eth7"),
+    );
+    apply(&s.lab, &elsewhere, &[]);
+    assert_eq!(shown(&s)["suspended"], true);
+    delete(&s.lab, &elsewhere);
+    assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after deleting a suspended network on a missing interface",
     );
 }
