@@ -90,6 +90,18 @@ pub enum EngineError {
         interface: String,
         why: String,
     },
+    #[error(
+        "network {network}: {field}: interface {interface:?} carries the node's default route; \
+         enslaving it to a VRF device would take that route out of the main table and cut the \
+         node off, and releasing it does not bring the route back. takeOverNodeInterface cannot \
+         allow this: use backend PolicyRouting for this network, or move the node's default \
+         route to another interface"
+    )]
+    VrfTakesNodeRoute {
+        network: String,
+        field: String,
+        interface: String,
+    },
     #[error("network {network}: interface {interface} is already used by network {other}")]
     InterfaceShared {
         network: String,
@@ -245,6 +257,16 @@ pub enum Step {
         interface: String,
         vrf: String,
     },
+    /// Puts back the kernel's l3mdev rule where VRF devices need it and it is missing. The
+    /// kernel adds it only with the first VRF device a namespace ever has: once it is gone
+    /// (mirrornet removed it with its last VRF, or someone deleted it), a new VRF device comes
+    /// without it, and no packet received on a VRF's interface finds the VRF's table.
+    EnsureL3mdevRule {
+        /// The families whose rule was missing when the change was planned: what undoing
+        /// this step removes again.
+        ipv4: bool,
+        ipv6: bool,
+    },
     /// Removes the kernel's l3mdev rule that came with mirrornet's first VRF device.
     DeleteL3mdevRule {
         ipv6: bool,
@@ -305,6 +327,15 @@ impl fmt::Display for Step {
             Step::Release { interface, vrf, .. } => {
                 write!(f, "~ link {interface} nomaster (was {vrf})")
             }
+            Step::EnsureL3mdevRule { ipv4, ipv6 } => write!(
+                f,
+                "+ rule {L3MDEV_PRIORITY} l3mdev ({}; the kernel adds it only with a namespace's first VRF)",
+                match (ipv4, ipv6) {
+                    (true, true) => "IPv4 and IPv6",
+                    (true, false) => "IPv4",
+                    _ => "IPv6",
+                }
+            ),
             Step::DeleteL3mdevRule { ipv6, priority } => write!(
                 f,
                 "- rule {}{priority} l3mdev (the kernel's, added with the first VRF)",
@@ -345,6 +376,7 @@ pub fn node_facts() -> NodeFacts {
             .collect(),
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
         vrf_available: vrf_available(),
+        ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
     }
 }
 
@@ -396,6 +428,9 @@ impl Failpoints {
         Self::default()
     }
 }
+
+/// Priority of the kernel's l3mdev rule (`FIB_RULE_PREF`), where it puts it itself.
+pub const L3MDEV_PRIORITY: u32 = 1000;
 
 /// The result of an apply or delete.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -608,13 +643,12 @@ impl Engine {
                 intent.remember_sysctl(network, path, previous);
             }
         }
-        let had_vrfs = state.links.values().any(|l| l.vrf_table.is_some());
-        if !had_vrfs
-            && state.l3mdev.ipv4.is_none()
-            && changes
-                .steps
-                .iter()
-                .any(|s| matches!(s, Step::AddVrf { .. }))
+        // Rules that were missing and that this change brings (itself, or the kernel with a
+        // first VRF device) are ours to remove with our last VRF.
+        if changes
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::EnsureL3mdevRule { ipv4: true, .. }))
         {
             intent.l3mdev_rule_ours = true;
         }
@@ -780,6 +814,15 @@ impl Engine {
             Step::DeleteL3mdevRule { ipv6, priority } => {
                 self.netlink.del_l3mdev_rule(*ipv6, *priority).await?
             }
+            Step::EnsureL3mdevRule { .. } => {
+                let (_, _, present) = self.netlink.rules().await?;
+                if present.ipv4.is_none() {
+                    self.netlink.add_l3mdev_rule(false, L3MDEV_PRIORITY).await?;
+                }
+                if present.ipv6.is_none() && node_facts().ipv6 {
+                    self.netlink.add_l3mdev_rule(true, L3MDEV_PRIORITY).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -853,9 +896,20 @@ impl Engine {
                 interface,
                 vrf,
             },
-            // Undoing the VRF deletions before it brings the rule back: the kernel adds it with
-            // the first VRF device.
-            Step::DeleteL3mdevRule { .. } => return Ok(()),
+            Step::DeleteL3mdevRule { ipv6, .. } => Step::EnsureL3mdevRule { ipv4: !ipv6, ipv6 },
+            // Whatever brought the rules (this step or the kernel with a first VRF device),
+            // the node had none of these before the change.
+            Step::EnsureL3mdevRule { ipv4, ipv6 } => {
+                let (_, _, present) = self.netlink.rules().await?;
+                for (family_ipv6, missing, priority) in
+                    [(false, ipv4, present.ipv4), (true, ipv6, present.ipv6)]
+                {
+                    if let (true, Some(priority)) = (missing, priority) {
+                        self.netlink.del_l3mdev_rule(family_ipv6, priority).await?;
+                    }
+                }
+                return Ok(());
+            }
         };
         self.run(&inverse).await
     }
@@ -944,6 +998,16 @@ pub fn check_preconditions(
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
                     why,
+                });
+            }
+            if p.backend == BackendKind::Vrf
+                && state.default_route_links.contains(&side.interface)
+                && our_vrf_of(state, &side.interface).is_none()
+            {
+                return Err(EngineError::VrfTakesNodeRoute {
+                    network: p.name.clone(),
+                    field: format!("spec.sides[{index}].interface"),
+                    interface: side.interface.clone(),
                 });
             }
             if let Some(controller) = state.links[&side.interface].controller
@@ -1062,8 +1126,13 @@ pub fn changes(
         let (tables, interfaces) = owned(&p.name, Some(p));
         let network = p.name.clone();
 
-        // Interfaces in one of our VRFs that the plan does not want there come out first
-        // (a backend switch, a side moved to another interface).
+        // Interfaces in one of our VRFs that the plan does not want there. Releasing one makes
+        // the kernel cycle it, which flushes every route through it: where the plan still
+        // routes through the interface (a backend switch) it comes out first and its routes
+        // count as gone, so they are added back; where nothing is routed through it any more
+        // (suspend, a side moved away) it comes out after its routes and addresses are
+        // deleted, as in a delete, so every step can be undone in reverse.
+        let mut released_first = BTreeSet::new();
         for interface in &interfaces {
             if let Some(current) = our_vrf_of(state, interface)
                 && !p
@@ -1071,11 +1140,20 @@ pub fn changes(
                     .iter()
                     .any(|v| v.name == current.name && v.interface == *interface)
             {
-                vrf_steps.push(Step::Release {
+                let release = Step::Release {
                     network: network.clone(),
                     interface: interface.clone(),
                     vrf: current.name.clone(),
-                });
+                };
+                if p.routes.iter().any(|r| r.interface == *interface) {
+                    released_first.insert(interface.clone());
+                    vrf_steps.push(release);
+                } else if p.vrfs.iter().any(|v| v.name == current.name) {
+                    // The VRF stays (another interface of the plan takes it): only this
+                    // interface leaves it.
+                    deletes.push(release);
+                }
+                // Otherwise the VRF goes as a whole below, its interfaces released with it.
             }
         }
         for v in &p.vrfs {
@@ -1134,7 +1212,10 @@ pub fn changes(
             }
         }
 
-        let have_routes: Vec<&RoutePlan> = our_routes(&tables);
+        let have_routes: Vec<&RoutePlan> = our_routes(&tables)
+            .into_iter()
+            .filter(|r| !released_first.contains(&r.interface))
+            .collect();
         for r in &p.routes {
             if !have_routes.contains(&r) {
                 adds.push(Step::AddRoute {
@@ -1269,7 +1350,20 @@ pub fn changes(
     let removing: Vec<&str> = remove.iter().map(String::as_str).collect();
     let commands = nft::transaction(&state.nft, &desired, &removing, mask);
 
-    let mut steps = vrf_steps;
+    // The l3mdev rules go in before the first VRF device: a kernel that would add them with
+    // it finds them there (measured on Debian's kernel: no duplicate), and undoing this step
+    // after the VRF steps are undone takes back whichever of the two put them there.
+    let mut steps = Vec::new();
+    let vrfs_wanted = plans.iter().any(|p| !p.vrfs.is_empty());
+    let missing_ipv4 = state.l3mdev.ipv4.is_none();
+    let missing_ipv6 = state.l3mdev.ipv6.is_none() && state.facts.ipv6;
+    if vrfs_wanted && (missing_ipv4 || missing_ipv6) {
+        steps.push(Step::EnsureL3mdevRule {
+            ipv4: missing_ipv4,
+            ipv6: missing_ipv6,
+        });
+    }
+    steps.extend(vrf_steps);
     steps.extend(adds);
     steps.extend(sysctls);
     if !commands.is_empty() {

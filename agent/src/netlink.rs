@@ -622,6 +622,29 @@ impl Netlink {
             )))
     }
 
+    /// Adds the l3mdev rule of one family at `priority`, as the kernel itself does with a
+    /// namespace's first VRF device (`ip rule add l3mdev`).
+    pub async fn add_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
+        let mut request = self.handle.rule().add();
+        let m = request.message_mut();
+        m.header.family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.action = RuleAction::ToTable;
+        // "l3mdev and table are mutually exclusive": the request builder's default of the
+        // main table must go.
+        m.header.table = 0;
+        m.attributes.push(RuleAttribute::Priority(priority));
+        m.attributes.push(RuleAttribute::L3MDev(true));
+        m.attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::Kernel));
+        request.execute().await.map_err(ctx(format!(
+            "adding the l3mdev rule at priority {priority}"
+        )))
+    }
+
     /// Deletes the kernel's l3mdev rule of one family at `priority`.
     pub async fn del_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {
         let mut m = RuleMessage::default();

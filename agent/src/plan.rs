@@ -51,6 +51,8 @@ pub struct NodeFacts {
     pub ipv6_force_forwarding: bool,
     /// Whether this kernel can make VRF devices (`vrf` module loaded, loadable or built in).
     pub vrf_available: bool,
+    /// Whether this namespace has IPv6 (the kernel then keeps an IPv6 l3mdev rule as well).
+    pub ipv6: bool,
 }
 
 /// One side of a planned network, with its ids.

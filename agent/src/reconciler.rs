@@ -699,7 +699,9 @@ pub fn reason_of(e: &EngineError) -> &'static str {
         EngineError::AddressTaken { .. }
         | EngineError::InterfaceShared { .. }
         | EngineError::InterfaceEnslaved { .. } => "Conflict",
-        EngineError::NodeInterface { .. } => "NodeInterface",
+        EngineError::NodeInterface { .. } | EngineError::VrfTakesNodeRoute { .. } => {
+            "NodeInterface"
+        }
         EngineError::Allocation { .. } => "AllocationFailed",
         EngineError::Plan(_) => "BackendUnavailable",
         _ => "ApplyFailed",

@@ -1,7 +1,8 @@
 //! The VRF backend on Debian's stock kernel (this machine's has no VRF), in VMs:
 //!
-//! * the same namespace scenario suite as `tests/scenarios.rs` — the very test binary cargo
-//!   built — inside one VM with `MIRRORNET_E2E_BACKEND=vrf`;
+//! * the same namespace suites as `tests/scenarios.rs`, `tests/run_mode.rs` and
+//!   `tests/verified_apply.rs` — the very test binaries cargo built — each inside one VM with
+//!   `MIRRORNET_E2E_BACKEND=vrf`;
 //! * the seed topology across three VMs: a middleman with two NICs and no network namespaces,
 //!   and one VM per side holding the identical 192.168.2.10, joined by qemu wires.
 //!
@@ -70,6 +71,31 @@ fn the_scenario_suite_passes_with_vrf_inside_one_vm() {
 #[test]
 fn the_run_mode_suite_passes_with_vrf_inside_one_vm() {
     run_suite_in_vm("run_mode", 5, &["every_tampered_object_is_repaired"]);
+}
+
+/// Probes bound to the sides' VRF devices, rollbacks (also by the guard of a killed agent)
+/// and the run loop's rejected specs, under VRF.
+#[test]
+fn the_verified_apply_suite_passes_with_vrf_inside_one_vm() {
+    run_suite_in_vm(
+        "verified_apply",
+        5,
+        &[
+            "a_probe_that_answers_keeps_the_change_and_says_so",
+            "the_rollback_fires_when_the_agent_dies_part_way",
+        ],
+    );
+}
+
+/// Rollback at every step, foreign state kept, conflicts refused, allow-lists and suspend,
+/// under VRF: the rollback of a first VRF also takes back the kernel's l3mdev rule.
+#[test]
+fn the_safety_suite_passes_with_vrf_inside_one_vm() {
+    run_suite_in_vm(
+        "safety",
+        12,
+        &["a_failure_at_any_step_of_an_apply_rolls_back_to_the_state_before"],
+    );
 }
 
 /// Runs the namespace test binary `name` inside a VM with backend VRF; at least `expected`

@@ -37,6 +37,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "nft_masq",
     "nft_fib_inet",
     "nft_reject_inet",
+    // named objects (`counter name x`), which tests use to watch foreign rules keep working
+    "nft_objref",
     "nf_conntrack_netlink",
 ];
 
