@@ -62,6 +62,20 @@ pub struct NetworkReport {
     pub verification: String,
 }
 
+impl NetworkReport {
+    /// The node holds `plan`: the datapath, or, suspended, only the ids.
+    fn programmed_with(&mut self, plan: &NetworkPlan) {
+        self.programmed = true;
+        if plan.suspended {
+            self.reason = mirrornet_api::conditions::reason::SUSPENDED.into();
+            self.message = "suspended: datapath withdrawn, ids kept".into();
+        } else {
+            self.reason = "Programmed".into();
+            self.message = format!("programmed with backend {}", plan.backend);
+        }
+    }
+}
+
 /// What the loop remembers about checks from one pass to the next.
 #[derive(Debug, Default)]
 pub struct Verdicts {
@@ -538,14 +552,7 @@ pub async fn pass(
             }
             for plan in &plans {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
-                    entry.programmed = true;
-                    if plan.suspended {
-                        entry.reason = "Suspended".into();
-                        entry.message = "suspended: datapath withdrawn, ids kept".into();
-                    } else {
-                        entry.reason = "Programmed".into();
-                        entry.message = format!("programmed with backend {}", plan.backend);
-                    }
+                    entry.programmed_with(plan);
                 }
             }
             report.held.extend(plans.iter().map(|p| p.name.clone()));
@@ -560,9 +567,7 @@ pub async fn pass(
                 let spec = &network.loaded.object.spec;
                 if !changed.contains(&plan.name) {
                     if let Some(entry) = report.networks.get_mut(&plan.name) {
-                        entry.programmed = true;
-                        entry.reason = "Programmed".into();
-                        entry.message = format!("programmed with backend {}", plan.backend);
+                        entry.programmed_with(plan);
                     }
                     continue;
                 }

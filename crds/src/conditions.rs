@@ -60,6 +60,8 @@ pub mod reason {
     /// Node: a change failed its checks and was rolled back (Programmed=False); summary:
     /// some node rolled the current spec back.
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// `spec.suspend` is true: the datapath is withdrawn (node: withdrawn on this node).
+    pub const SUSPENDED: &str = "Suspended";
     /// Node: a side's interface is missing.
     pub const INTERFACE_MISSING: &str = "InterfaceMissing";
     /// Node: waiting for the operator to allocate ids.

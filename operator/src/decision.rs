@@ -172,14 +172,20 @@ pub fn decide_live(observed: Observed<'_>, allocator: &mut Allocator) -> Decisio
                 Ok(ids) => {
                     allocation = Some(ids);
                     let generation = generation.unwrap_or_default();
-                    Health::Nodes(NodeCounts::from_states(selected_nodes.iter().map(|n| {
+                    let counts = NodeCounts::from_states(selected_nodes.iter().map(|n| {
                         let entry = net
                             .status
                             .iter()
                             .flat_map(|s| &s.nodes)
                             .find(|e| e.node_name == n.name);
                         (n.name.as_str(), node_state(n, entry, generation))
-                    })))
+                    }));
+                    // Suspended, the ids stay allocated so that resuming brings the same ones.
+                    if valid.suspend {
+                        Health::Suspended(counts)
+                    } else {
+                        Health::Nodes(counts)
+                    }
                 }
             },
         },

@@ -116,6 +116,8 @@ pub enum Health {
     Deleting { waiting: Vec<String> },
     /// The network is served; how far the nodes got.
     Nodes(NodeCounts),
+    /// `spec.suspend`: how far the nodes got withdrawing the datapath.
+    Suspended(NodeCounts),
 }
 
 /// A list of node names for a message, cut short on large clusters.
@@ -166,6 +168,36 @@ fn render(health: &Health) -> [Rendered; 3] {
                 (c::READY, false, reason::DELETING, m.clone()),
                 (c::PROGRESSING, true, reason::DELETING, m),
                 (c::DEGRADED, false, reason::DELETING, String::new()),
+            ]
+        }
+        Health::Suspended(n) => {
+            let desired = n.desired();
+            let done = n.programmed.len();
+            let m = format!(
+                "spec.suspend is true: the datapath is withdrawn on {done}/{desired} nodes; the \
+                 object and its kernel ids are kept"
+            );
+            let degraded = if n.failed.is_empty() {
+                (c::DEGRADED, false, reason::SUSPENDED, String::new())
+            } else {
+                let detail = n
+                    .failed
+                    .iter()
+                    .take(5)
+                    .map(|(node, why)| format!("{node}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (
+                    c::DEGRADED,
+                    true,
+                    reason::NODE_FAILED,
+                    format!("failed on {detail}"),
+                )
+            };
+            [
+                (c::READY, false, reason::SUSPENDED, m.clone()),
+                (c::PROGRESSING, done < desired, reason::SUSPENDED, m),
+                degraded,
             ]
         }
         Health::Nodes(n) => {
@@ -517,6 +549,31 @@ mod tests {
         for (health, expected) in table {
             assert_eq!(summary(&health), expected, "{health:?}");
         }
+    }
+
+    #[test]
+    fn a_suspended_network_is_not_ready_and_not_degraded() {
+        let withdrawn = Health::Suspended(NodeCounts {
+            programmed: vec!["a".into(), "b".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            summary(&withdrawn),
+            vec![
+                t(c::READY, "False", reason::SUSPENDED),
+                t(c::PROGRESSING, "False", reason::SUSPENDED),
+                t(c::DEGRADED, "False", reason::SUSPENDED),
+            ]
+        );
+        let withdrawing = Health::Suspended(NodeCounts {
+            programmed: vec!["a".into()],
+            pending: vec!["b".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            summary(&withdrawing)[1],
+            t(c::PROGRESSING, "True", reason::SUSPENDED)
+        );
     }
 
     #[test]

@@ -123,12 +123,13 @@ pub fn entry(
 /// network that comes back to the node loses its old `Removed=True`.
 fn held(network: &NetworkReport) -> Vec<Rendered> {
     let programmed = if network.programmed {
-        (
-            c::PROGRAMMED,
-            true,
-            reason::APPLIED.to_owned(),
-            network.message.clone(),
-        )
+        // Suspended, "programmed" means withdrawn as the spec asks; the reason says so.
+        let why = if network.reason == reason::SUSPENDED {
+            reason::SUSPENDED
+        } else {
+            reason::APPLIED
+        };
+        (c::PROGRAMMED, true, why.to_owned(), network.message.clone())
     } else {
         (
             c::PROGRAMMED,
@@ -365,6 +366,22 @@ mod tests {
                     ("Programmed", "True", "Applied"),
                     ("InterfacesPresent", "True", "AllPresent"),
                     ("DataPathVerified", "True", "ChecksPassed"),
+                ]),
+            ),
+            (
+                "suspended: withdrawn as asked",
+                placement(Role::Program, true),
+                report(
+                    vec![NetworkReport {
+                        reason: "Suspended".into(),
+                        message: "suspended: datapath withdrawn, ids kept".into(),
+                        ..programmed("a", 3)
+                    }],
+                    &["a"],
+                ),
+                conds(&[
+                    ("Programmed", "True", "Suspended"),
+                    ("InterfacesPresent", "True", "AllPresent"),
                 ]),
             ),
             (
