@@ -401,6 +401,17 @@ pub struct Engine {
     netlink: Netlink,
     ranges: IdRanges,
     failpoints: Failpoints,
+    /// Settings of VRF devices deleted during the current apply, by device name, for undoing
+    /// the deletion.
+    deleted_vrf_settings: std::sync::Mutex<BTreeMap<String, Vec<(String, String)>>>,
+}
+
+/// The per-device settings mirrornet changes on its VRF devices (forwarding).
+fn vrf_device_settings(device: &str) -> Vec<String> {
+    vec![
+        format!("net/ipv4/conf/{device}/forwarding"),
+        format!("net/ipv6/conf/{device}/forwarding"),
+    ]
 }
 
 /// Test-only failure injection, compiled in with the `failpoints` feature only (the test
@@ -455,6 +466,7 @@ impl Engine {
             netlink,
             ranges,
             failpoints: Failpoints::from_env(),
+            deleted_vrf_settings: Default::default(),
         }
     }
 
@@ -715,6 +727,9 @@ impl Engine {
 
     /// Runs the steps in order; on the first failure undoes the executed ones in reverse.
     async fn execute(&self, state: &NodeState, changes: &Changes) -> Result<usize> {
+        if let Ok(mut lost) = self.deleted_vrf_settings.lock() {
+            lost.clear();
+        }
         let mut done: Vec<&Step> = Vec::new();
         for (index, step) in changes.steps.iter().enumerate() {
             let _span = info_span!("step", %step).entered();
@@ -799,7 +814,16 @@ impl Engine {
             Step::AddVrf { vrf, .. } => self.netlink.add_vrf(vrf).await?,
             Step::DeleteVrf { vrf, .. } => {
                 let index = self.index(&vrf.name).await?;
+                // The device's own settings go with it; a rollback that makes it again must
+                // put them back.
+                let settings: Vec<(String, String)> = vrf_device_settings(&vrf.name)
+                    .into_iter()
+                    .filter_map(|path| sysctl::read(&path).map(|value| (path, value)))
+                    .collect();
                 self.netlink.del_link(index, &vrf.name).await?;
+                if let Ok(mut lost) = self.deleted_vrf_settings.lock() {
+                    lost.insert(vrf.name.clone(), settings);
+                }
             }
             Step::Enslave { interface, vrf, .. } => {
                 let (index, controller) = (self.index(interface).await?, self.index(vrf).await?);
@@ -867,7 +891,9 @@ impl Engine {
                 path,
                 value,
                 previous,
-            } => Step::SetSysctl {
+            } => Step::RestoreSysctl {
+                // Restore, not set: a VRF device deleted by this change is gone until its own
+                // undo makes it again with the settings it had.
                 network,
                 path,
                 value: previous,
@@ -877,7 +903,20 @@ impl Engine {
                 return nft_restore(state.nft_listing.as_ref());
             }
             Step::AddVrf { network, vrf } => Step::DeleteVrf { network, vrf },
-            Step::DeleteVrf { network, vrf } => Step::AddVrf { network, vrf },
+            Step::DeleteVrf { network, vrf } => {
+                let name = vrf.name.clone();
+                self.run(&Step::AddVrf { network, vrf }).await?;
+                let settings = self
+                    .deleted_vrf_settings
+                    .lock()
+                    .ok()
+                    .and_then(|mut lost| lost.remove(&name))
+                    .unwrap_or_default();
+                for (path, value) in settings {
+                    self.write_sysctl(&path, &value).await?;
+                }
+                return Ok(());
+            }
             Step::Enslave {
                 network,
                 interface,

@@ -116,6 +116,9 @@ enum Cmd {
     Trace {
         src: std::net::IpAddr,
         dst: std::net::IpAddr,
+        /// A new connection's protocol and port (`tcp/22`, `udp/53`, `icmp`), checked against
+        /// the network's allow-list.
+        flow: Option<mirrornet_agent::trace::Flow>,
         #[arg(long)]
         from: String,
         /// The networks to look in (default: the ones this node holds).
@@ -374,6 +377,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Trace {
             src,
             dst,
+            flow,
             from,
             file,
             output,
@@ -393,6 +397,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 &from,
                 src,
                 dst,
+                flow,
             );
             print(output, &serde_json::to_value(&hops)?, || {
                 for (i, h) in hops.iter().enumerate() {

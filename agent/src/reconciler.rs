@@ -542,7 +542,8 @@ pub async fn pass(
             metrics.kernel_writes.inc_by(outcome.writes as u64);
             if outcome.writes > 0 {
                 if cause == Cause::Spec {
-                    info!(writes = outcome.writes, "programmed");
+                    // The same diff `plan` prints, so a log tells exactly what changed.
+                    info!(writes = outcome.writes, steps = ?outcome.steps, "programmed");
                 } else {
                     metrics.repairs.inc();
                     info!(writes = outcome.writes, ?cause, steps = ?outcome.steps, "repaired drift");

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use mirrornet_api::file::LoadedNetwork;
-use mirrornet_api::{Allocation, ValidNetwork};
+use mirrornet_api::{Allocation, Protocol, ValidNetwork};
 use serde::Serialize;
 
 use crate::nft::ObservedNft;
@@ -22,7 +22,113 @@ pub struct Hop {
     pub ok: bool,
 }
 
-/// The path of `src -> dst` entering from side `from`.
+/// What a traced packet carries beyond its addresses, for the allow-list: `tcp/22`, `udp/53`,
+/// `sctp/9`, `icmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: Protocol,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Flow {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (protocol, port) = match text.split_once('/') {
+            Some((p, port)) => (
+                p,
+                Some(
+                    port.parse::<u16>()
+                        .map_err(|_| format!("{port:?} is not a port number"))?,
+                ),
+            ),
+            None => (text, None),
+        };
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            "icmp" | "icmpv6" => Protocol::Icmp,
+            other => return Err(format!("{other:?} is not tcp, udp, sctp or icmp")),
+        };
+        if protocol == Protocol::Icmp && port.is_some() {
+            return Err("icmp has no ports".into());
+        }
+        Ok(Self { protocol, port })
+    }
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}/{p}", self.protocol.as_str()),
+            None => f.write_str(self.protocol.as_str()),
+        }
+    }
+}
+
+/// The guardrails a new connection from side `from` meets in the nat prerouting chain (its
+/// first packet only; replies always pass): the answer-only drop, then the allow-list.
+fn guardrails(valid: &ValidNetwork, name: &str, from: &str, flow: Option<Flow>) -> Vec<Hop> {
+    let stage = "nat prerouting (-100)";
+    let mut hops = Vec::new();
+    if valid.answer_only.contains(from) {
+        hops.push(hop(
+            stage,
+            format!(
+                "side {from} may only answer (direction: OneWay): the first packet of a connection                  it opens is dropped in xlate-dst.{name}; replies to connections the other sides                  opened pass"
+            ),
+            false,
+        ));
+        return hops;
+    }
+    if valid.allow.is_empty() {
+        return hops;
+    }
+    let listed = valid
+        .allow
+        .iter()
+        .map(|a| match a.ports {
+            Some((first, last)) if first == last => format!("{}/{first}", a.protocol.as_str()),
+            Some((first, last)) => format!("{}/{first}-{last}", a.protocol.as_str()),
+            None => a.protocol.as_str().to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(flow) = flow else {
+        hops.push(hop(
+            stage,
+            format!(
+                "allow-list: only new connections to {listed} pass (give PROTO/PORT, e.g. tcp/22,                  to check one)"
+            ),
+            true,
+        ));
+        return hops;
+    };
+    let allowed = valid.allow.iter().any(|a| {
+        a.protocol == flow.protocol
+            && match (a.ports, flow.port) {
+                (None, _) => true,
+                (Some((first, last)), Some(p)) => (first..=last).contains(&p),
+                (Some(_), None) => false,
+            }
+    });
+    hops.push(hop(
+        stage,
+        if allowed {
+            format!("allow-list: {flow} is allowed ({listed})")
+        } else {
+            format!(
+                "allow-list: {flow} is not in {listed}: the connection's first packet is dropped in                  xlate-dst.{name}"
+            )
+        },
+        allowed,
+    ));
+    hops
+}
+
+/// The path of `src -> dst` (a new connection of `flow`, where given) entering from side
+/// `from`.
 pub fn trace(
     network: &LoadedNetwork,
     allocation: Option<&Allocation>,
@@ -30,6 +136,7 @@ pub fn trace(
     from: &str,
     src: IpAddr,
     dst: IpAddr,
+    flow: Option<Flow>,
 ) -> Vec<Hop> {
     let valid: &ValidNetwork = &network.valid;
     let name = network.name();
@@ -47,6 +154,17 @@ pub fn trace(
         format!("{src} -> {dst} enters {interface} (side {from} of {name})"),
         true,
     ));
+    if valid.suspend {
+        hops.push(hop(
+            "prerouting (raw)",
+            format!(
+                "{name} is suspended (spec.suspend): nothing steers the packet; the node's own                  tables route it"
+            ),
+            false,
+        ));
+        hops.push(route_get(dst, src, interface, None));
+        return hops;
+    }
     let meaning = translate(valid, from, dst).ok();
     let target = meaning
         .as_ref()
@@ -97,6 +215,7 @@ pub fn trace(
         ),
         mark.is_some() && zone.is_some(),
     ));
+    hops.extend(guardrails(valid, name, from, flow));
     hops.push(hop(
         "nat prerouting (-100)",
         format!(
@@ -179,5 +298,65 @@ fn route_get(dst: IpAddr, src: IpAddr, iif: &str, mark: Option<u32>) -> Hop {
             false,
         ),
         Err(e) => hop("routing (kernel)", format!("{shown}: {e}"), false),
+    }
+}
+
+#[cfg(test)]
+mod guardrail_tests {
+    use super::*;
+
+    fn network(extra: &str) -> ValidNetwork {
+        let yaml = format!(
+            "apiVersion: mirrornet.io/v1alpha1\nkind: MirrorNetwork\nmetadata: {{name: demo}}\nspec:\n  \
+             subnet: 192.168.2.0/24\n  gatewayAddress: 192.168.2.1\n  sides:\n    - {{name: inner, \
+             interface: eth1, aliasPrefix: 192.168.3.0/24}}\n    - {{name: outer, interface: eth2, \
+             aliasPrefix: 192.168.3.0/24}}\n{extra}"
+        );
+        mirrornet_api::file::load_str("t", &yaml)
+            .unwrap()
+            .remove(0)
+            .valid
+    }
+
+    #[test]
+    fn flows_parse_as_users_write_them() {
+        assert_eq!(
+            "tcp/22".parse::<Flow>(),
+            Ok(Flow {
+                protocol: Protocol::Tcp,
+                port: Some(22)
+            })
+        );
+        assert_eq!("ICMP".parse::<Flow>().unwrap().to_string(), "ICMP");
+        assert!("icmp/8".parse::<Flow>().is_err());
+        assert!("gre".parse::<Flow>().is_err());
+        assert!("udp/x".parse::<Flow>().is_err());
+    }
+
+    #[test]
+    fn the_allow_list_and_one_way_are_explained_for_a_new_connection() {
+        let allow = network(
+            "  allow:\n    - {protocol: TCP, port: 22}\n    - {protocol: UDP, port: 5000, endPort: 5100}\n",
+        );
+        let ok = guardrails(&allow, "n", "inner", "udp/5050".parse().ok());
+        assert!(
+            ok[0].ok && ok[0].detail.contains("UDP/5050 is allowed"),
+            "{ok:?}"
+        );
+        let dropped = guardrails(&allow, "n", "inner", "tcp/80".parse().ok());
+        assert!(
+            !dropped[0].ok
+                && dropped[0]
+                    .detail
+                    .contains("TCP/80 is not in TCP/22, UDP/5000-5100"),
+            "{dropped:?}"
+        );
+        let unknown = guardrails(&allow, "n", "inner", None);
+        assert!(unknown[0].ok && unknown[0].detail.contains("give PROTO/PORT"));
+
+        let one_way = network("  direction: OneWay\n  answerOnly: [outer]\n");
+        assert!(guardrails(&one_way, "n", "inner", None).is_empty());
+        let refused = guardrails(&one_way, "n", "outer", None);
+        assert!(!refused[0].ok && refused[0].detail.contains("may only answer"));
     }
 }

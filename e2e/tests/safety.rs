@@ -205,28 +205,52 @@ fn a_failure_at_any_step_of_an_apply_rolls_back_to_the_state_before() {
     assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
 }
 
-/// `snapshot` without the identity of mirrornet's VRF devices (ifindex, MAC): a VRF device
-/// that a rollback has to re-create is the same routing domain under a new identity, which
-/// no program can keep.
+/// `snapshot` without the identity of mirrornet's VRF devices (ifindex, MAC, place in the
+/// listing): a VRF device that a rollback has to re-create is the same routing domain under a
+/// new identity, which no program can keep.
 fn vrf_identity_free(snapshot: String) -> String {
     let mut out = String::new();
+    let mut vrf_blocks: Vec<String> = Vec::new();
     let mut in_vrf = false;
+    let flush = |out: &mut String, blocks: &mut Vec<String>| {
+        blocks.sort();
+        for b in blocks.drain(..) {
+            out.push_str(&b);
+        }
+    };
     for line in snapshot.lines() {
         let header = line
             .split_once(": ")
             .filter(|(index, _)| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()));
-        match header {
-            Some((_, rest)) => {
-                in_vrf = rest.starts_with("mnv");
-                out.push_str(if in_vrf { rest } else { line });
-            }
-            None if in_vrf && line.trim_start().starts_with("link/ether") => {
-                out.push_str("    link/ether (re-created VRF device)");
-            }
-            None => out.push_str(line),
+        if line.starts_with("### ") {
+            flush(&mut out, &mut vrf_blocks);
+            in_vrf = false;
         }
-        out.push('\n');
+        match header {
+            Some((_, rest)) if rest.starts_with("mnv") => {
+                in_vrf = true;
+                vrf_blocks.push(format!("{rest}\n"));
+                continue;
+            }
+            Some(_) => in_vrf = false,
+            None => {}
+        }
+        if in_vrf {
+            let text = if line.trim_start().starts_with("link/ether") {
+                "    link/ether (re-created VRF device)"
+            } else {
+                line
+            };
+            if let Some(block) = vrf_blocks.last_mut() {
+                block.push_str(text);
+                block.push('\n');
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
+    flush(&mut out, &mut vrf_blocks);
     out
 }
 
@@ -652,6 +676,29 @@ fn an_allow_list_opens_only_what_it_names_and_replies_pass() {
         "{chain}"
     );
     assert_eq!(apply(&s.lab, &allowed, &[])["writes"], 0);
+    // `trace` tells which of the two a new connection is.
+    for (flow, verdict) in [
+        ("tcp/7030", "TCP/7030 is allowed"),
+        (
+            "tcp/7031",
+            "TCP/7031 is not in TCP/7030, UDP/5000-5100, ICMP",
+        ),
+    ] {
+        let out = agent(
+            &s.lab,
+            &[
+                "trace",
+                "192.168.2.10",
+                "192.168.3.11",
+                flow,
+                "--from",
+                "inner",
+            ],
+            &[],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(verdict), "{text}");
+    }
 
     // With OneWay, the answer-only drop comes first: what the list names stays refused to
     // the side that may only answer.
