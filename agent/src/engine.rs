@@ -129,6 +129,8 @@ pub enum EngineError {
         /// What happened to the change: rolled back, or why it could not be.
         outcome: String,
         rolled_back: bool,
+        /// The networks whose change was rejected (rolled back, or not, per `rolled_back`).
+        networks: Vec<String>,
     },
     #[error("arming the rollback: {0}; nothing was changed")]
     Arming(String),
@@ -1222,7 +1224,12 @@ pub fn changes(
         }
         for link in our_vrfs(state, &tables) {
             if !p.vrfs.iter().any(|v| v.name == link.name) {
-                deletes.extend(delete_vrf(state, &network, link));
+                // An interface released first (above) is out already; releasing it again
+                // would, when undone, enslave it a second time.
+                deletes.extend(delete_vrf(state, &network, link).into_iter().filter(|s| {
+                    !matches!(s, Step::Release { interface, .. }
+                                if released_first.contains(interface))
+                }));
             }
         }
 

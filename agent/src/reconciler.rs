@@ -85,6 +85,8 @@ pub struct Verdicts {
     rejected: BTreeMap<String, (mirrornet_api::MirrorNetworkSpec, String)>,
     /// The last checks per network: passed, and what they said.
     last: BTreeMap<String, (bool, String)>,
+    /// When the periodic probes last ran.
+    last_probes: Option<Instant>,
 }
 
 /// The node's state after the last pass.
@@ -521,9 +523,15 @@ pub async fn pass(
         remove: &remove,
         endpoints: &settings.endpoints,
     };
-    let changed = memory
+    let remembered: std::collections::BTreeSet<String> = memory
         .as_ref()
-        .map(|m| crate::rollback::changed_networks(m, &change))
+        .map(|m| {
+            m.networks
+                .iter()
+                .filter(|(_, r)| r.spec.is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let converged = match memory {
         Ok(memory) => crate::rollback::converge_verified(engine, &state, memory, change).await,
@@ -560,13 +568,18 @@ pub async fn pass(
             report.held.retain(|n| !remove.contains(n));
             report.removed = remove;
         }
-        Err(e @ EngineError::VerificationFailed { .. }) => {
+        Err(
+            ref e @ EngineError::VerificationFailed {
+                networks: ref rejected,
+                ..
+            },
+        ) => {
             metrics.errors.inc();
             error!(error = %e, "a change failed its checks");
             let message = e.to_string();
             for (plan, network) in &accepted {
                 let spec = &network.loaded.object.spec;
-                if !changed.contains(&plan.name) {
+                if !rejected.contains(&plan.name) {
                     if let Some(entry) = report.networks.get_mut(&plan.name) {
                         entry.programmed_with(plan);
                     }
@@ -598,7 +611,7 @@ pub async fn pass(
         let Some((_, why)) = verdicts.rejected.get(name) else {
             continue;
         };
-        let kept = substitutes.iter().any(|s| s.loaded.name() == name);
+        let kept = substitutes.iter().any(|s| s.loaded.name() == name) || remembered.contains(name);
         let entry = report
             .networks
             .entry(name.to_owned())
@@ -627,11 +640,19 @@ pub async fn pass(
     }
     // The periodic probes: a path that stops answering later is reported, not rolled back
     // (there is no earlier state to go back to).
-    if cause == Cause::Resync {
+    // Timed by the clock, not by the pass's cause: a node whose nftables change often (kube-
+    // proxy) merges every resync into a drift pass.
+    let probes_due = verdicts
+        .last_probes
+        .is_none_or(|at| at.elapsed() >= settings.resync);
+    if probes_due && cause != Cause::Spec {
+        verdicts.last_probes = Some(Instant::now());
         for (plan, network) in &accepted {
             let valid = &network.loaded.valid;
             if valid.probes.is_empty()
+                || plan.suspended
                 || checked.contains(&plan.name)
+                || verdicts.rejected.contains_key(&plan.name)
                 || !report
                     .networks
                     .get(&plan.name)

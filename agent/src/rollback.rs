@@ -16,7 +16,6 @@
 //! applied specs and ids, the same memory the engine converges from, so reverting is an
 //! ordinary converge to the previous specs and reaches exactly the previous kernel state.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -225,8 +224,8 @@ pub async fn guard(engine: &Engine, id: &str) -> Result<Option<Outcome>> {
 
 fn spawn_guard(id: &str) -> io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
-    std::process::Command::new(exe)
+    // The running binary itself, even if a package upgrade replaced the file on disk.
+    let child = std::process::Command::new("/proc/self/exe")
         .args(["rollback-guard", "--id", id])
         // Injected faults are for the agent under test, never for its guard.
         .env_remove("MIRRORNET_CRASH_AT_STEP")
@@ -235,8 +234,13 @@ fn spawn_guard(id: &str) -> io::Result<()> {
         .stdout(std::process::Stdio::null())
         // Its own process group: a signal to the agent's group (Ctrl-C) does not reach it.
         .process_group(0)
-        .spawn()
-        .map(|_child| ())
+        .spawn()?;
+    // Reaped when it ends, so a long-running agent collects no zombies.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(())
 }
 
 /// What to apply: `plans` with their `specs` and validated `networks` (same order), and the
@@ -263,28 +267,35 @@ pub struct VerifiedOutcome {
     pub changed: Vec<String>,
 }
 
-/// The networks whose spec differs from what `memory` says was last applied, or that go.
-pub fn changed_networks(memory: &StateFile, change: &Change<'_>) -> Vec<String> {
-    let mut changed: Vec<String> = change
+/// The networks this change makes something else: new, or with a spec, ids or backend other
+/// than what `memory` says was last applied. Removals are not among them: taking a network
+/// away only removes what mirrornet added. A network remembered without its spec (an older
+/// agent's record) is not either: there is nothing exact to go back to.
+pub fn changed_networks(state: &NodeState, memory: &StateFile, change: &Change<'_>) -> Vec<String> {
+    change
         .plans
         .iter()
         .zip(change.specs)
-        .filter(|(plan, spec)| {
-            memory
-                .network(&plan.name)
-                .and_then(|r| r.spec.as_ref())
-                .is_none_or(|previous| previous != **spec)
+        .filter(|(plan, spec)| match memory.network(&plan.name) {
+            None => true,
+            Some(record) => match (&record.spec, &record.allocation) {
+                (Some(previous), Some(allocation)) => {
+                    previous != **spec
+                        || *allocation != plan_allocation(plan)
+                        || programmed_backend(state, allocation) != plan.backend
+                }
+                _ => false,
+            },
         })
         .map(|(plan, _)| plan.name.clone())
-        .collect();
-    changed.extend(
-        change
-            .remove
-            .iter()
-            .filter(|n| memory.network(n).is_some())
-            .cloned(),
-    );
-    changed
+        .collect()
+}
+
+fn plan_allocation(plan: &NetworkPlan) -> Allocation {
+    Allocation {
+        mark_mask: plan.mark_mask,
+        sides: plan.sides.iter().map(|s| s.ids.clone()).collect(),
+    }
 }
 
 /// Converges like [`Engine::converge_with`]; a change to what a network is gets armed,
@@ -295,8 +306,23 @@ pub async fn converge_verified(
     memory: StateFile,
     change: Change<'_>,
 ) -> Result<VerifiedOutcome> {
+    // An arm left by a change whose rollback failed: its record of "before" must not be
+    // overwritten by a new one, so it is rolled back first or nothing changes.
+    if let Some(leftover) = Armed::load()? {
+        revert(engine, &leftover).await.map_err(|e| {
+            EngineError::Arming(format!(
+                "an earlier change ({}) could not be rolled back yet: {e}",
+                leftover.id
+            ))
+        })?;
+        Armed::disarm()?;
+        return Err(EngineError::Arming(format!(
+            "rolled back the unconfirmed earlier change {} first; apply again",
+            leftover.id
+        )));
+    }
     let steps = crate::engine::changes(state, change.plans, change.remove, &memory)?;
-    let changed = changed_networks(&memory, &change);
+    let changed = changed_networks(state, &memory, &change);
     if steps.is_empty() || changed.is_empty() {
         let outcome = engine
             .converge_with(state, memory, change.plans, change.specs, change.remove)
@@ -322,29 +348,20 @@ pub async fn converge_verified(
         &change.endpoints.iter().map(|e| e.ip()).collect::<Vec<_>>(),
     )
     .await;
-    let previous: BTreeMap<&str, Option<Previous>> = changed
-        .iter()
-        .map(|name| {
-            let previous = memory.network(name).and_then(|r| {
-                let spec = r.spec.clone()?;
-                let allocation = r.allocation.clone()?;
-                let backend = programmed_backend(state, &allocation);
-                Some(Previous {
-                    spec,
-                    allocation,
-                    backend,
-                })
-            });
-            (name.as_str(), previous)
-        })
-        .collect();
     let armed = Armed {
         id: format!("{}-{}", std::process::id(), unix_ms()),
-        networks: previous
-            .into_iter()
-            .map(|(name, previous)| PreviousNetwork {
-                name: name.into(),
-                previous,
+        networks: changed
+            .iter()
+            .map(|name| PreviousNetwork {
+                name: name.clone(),
+                previous: memory.network(name).and_then(|r| {
+                    let allocation = r.allocation.clone()?;
+                    Some(Previous {
+                        spec: r.spec.clone()?,
+                        backend: programmed_backend(state, &allocation),
+                        allocation,
+                    })
+                }),
             })
             .collect(),
     };
@@ -358,18 +375,27 @@ pub async fn converge_verified(
         )));
     }
     info!(change = %armed.id, networks = ?changed, "rollback armed");
-    let deadline = Instant::now() + timeout;
     let outcome = match engine
         .converge_with(state, memory, change.plans, change.specs, change.remove)
         .await
     {
         Ok(outcome) => outcome,
+        // The engine's own rollback failed: the node is part-way, so the armed record is what
+        // brings it back; if that fails too the arm stays for the next start.
+        Err(e @ EngineError::RollbackFailed { .. }) => {
+            if revert(engine, &armed).await.is_ok() {
+                Armed::disarm()?;
+            }
+            return Err(e);
+        }
+        // Rolled back step by step, or refused before the first write: nothing to guard.
         Err(e) => {
-            // The engine rolled its own steps back (or says why not): nothing left to guard.
             Armed::disarm()?;
             return Err(e);
         }
     };
+    // The checks get their whole budget, however long programming took.
+    let deadline = Instant::now() + timeout;
     let mut verification = Verification {
         checks: before.compare(engine.netlink()).await,
     };
@@ -399,25 +425,55 @@ pub async fn converge_verified(
             changed,
         });
     };
-    warn!(networks = ?changed, check = %failed.name, detail = %failed.detail, "a check failed; rolling the change back");
+    // A node check concerns every change; a probe only its own network's.
+    let node_failed = verification
+        .checks
+        .iter()
+        .any(|c| !c.passed && c.network.is_none());
+    let rejected: Vec<String> = if node_failed {
+        changed.clone()
+    } else {
+        changed
+            .iter()
+            .filter(|n| {
+                verification
+                    .checks
+                    .iter()
+                    .any(|c| !c.passed && c.network.as_deref() == Some(n.as_str()))
+            })
+            .cloned()
+            .collect()
+    };
+    warn!(networks = ?rejected, check = %failed.name, detail = %failed.detail, "a check failed; rolling the change back");
     let failed = format!("{}: {}", failed.name, failed.detail);
-    match revert(engine, &armed).await {
+    let partial = Armed {
+        id: armed.id.clone(),
+        networks: armed
+            .networks
+            .iter()
+            .filter(|n| rejected.contains(&n.name))
+            .cloned()
+            .collect(),
+    };
+    match revert(engine, &partial).await {
         Ok(_) => {
             Armed::disarm()?;
             Err(EngineError::VerificationFailed {
                 failed,
                 outcome: format!(
                     "rolled {} back to the state before the change",
-                    changed.join(", ")
+                    rejected.join(", ")
                 ),
                 rolled_back: true,
+                networks: rejected,
             })
         }
-        // The arm stays: the next agent start tries the rollback again.
+        // The arm stays: the next change, or the next agent start, tries the rollback again.
         Err(e) => Err(EngineError::VerificationFailed {
             failed,
             outcome: format!("rolling back failed: {e}"),
             rolled_back: false,
+            networks: rejected,
         }),
     }
 }

@@ -30,6 +30,10 @@ pub struct Check {
     pub name: String,
     pub passed: bool,
     pub detail: String,
+    /// The network a probe belongs to; `None` for the node's own checks, which concern
+    /// every change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// The outcome of every check after one change.
@@ -97,16 +101,19 @@ impl NodeReach {
                     name,
                     passed: true,
                     detail: before,
+                    network: None,
                 },
                 Some((i, v)) => Check {
                     name,
                     passed: false,
                     detail: format!("was {before}, now {}", describe(&i, v)),
+                    network: None,
                 },
                 None => Check {
                     name,
                     passed: false,
                     detail: format!("was {before}, now no route"),
+                    network: None,
                 },
             };
             checks.push(check);
@@ -136,20 +143,26 @@ async fn route(
     Some((name, via))
 }
 
-/// A TCP connection to `target` within `deadline`; a refusal counts as an answer.
+/// A TCP connection to `target` (the API server) within `deadline`. A refusal does not
+/// count: a kube-proxy REJECT for a Service without endpoints refuses too.
 pub async fn reach_endpoint(name: &str, target: SocketAddr, deadline: Instant) -> Check {
-    connect_until(name.to_owned(), target, deadline, |_| Ok(())).await
+    connect_until(name.to_owned(), None, target, deadline, false, |_| Ok(())).await
 }
 
-/// Every probe of `network` (planned as `plan`), each a TCP connection from the node's
-/// gateway address made inside the probed side's routing domain: the side's mark selects its
-/// table (policy routing), binding to the side's VRF device does the same under VRF.
+/// Every probe of `network` (planned as `plan`): a TCP connection from the node's gateway
+/// address made inside the probed side's routing domain. The socket is bound to the side's
+/// interface (or, under VRF, to its VRF device) and carries the side's mark, so the SYN can
+/// only leave, and the answer only arrive, on that side: a twin host with the same address
+/// on another side cannot answer in its place. A suspended network has no path to probe.
 pub async fn probe_network(
     plan: &NetworkPlan,
     network: &ValidNetwork,
     deadline: Instant,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
+    if plan.suspended {
+        return checks;
+    }
     for probe in &network.probes {
         let Some(side) = plan.sides.iter().find(|s| s.name == probe.side.as_str()) else {
             continue;
@@ -159,57 +172,78 @@ pub async fn probe_network(
             plan.name, side.name, probe.address, probe.port
         );
         let mark = side.ids.mark;
-        let device = (plan.backend == BackendKind::Vrf).then(|| vrf_name(side.ids.table));
+        let device = if plan.backend == BackendKind::Vrf {
+            vrf_name(side.ids.table)
+        } else {
+            side.interface.clone()
+        };
         let target = SocketAddr::new(probe.address, probe.port);
         checks.push(
-            connect_until(name, target, deadline, move |socket| {
-                socket.set_mark(mark)?;
-                if let Some(device) = &device {
-                    socket.bind_device(Some(device.as_bytes()))?;
-                }
-                Ok(())
-            })
+            connect_until(
+                name,
+                Some(plan.name.clone()),
+                target,
+                deadline,
+                true,
+                move |socket| {
+                    socket.set_mark(mark)?;
+                    socket.bind_device(Some(device.as_bytes()))
+                },
+            )
             .await,
         );
     }
     checks
 }
 
-/// Tries to connect until one attempt gets an answer or `deadline` passes: a host that is
-/// still resolving its neighbour, or a route that is still settling, gets every chance the
-/// deadline allows.
+/// Why one connection attempt did not count.
+enum Attempt {
+    /// The socket could not be made as asked: retrying will not help.
+    Setup(String),
+    /// No answer (yet): a host still resolving its neighbour, a route still settling.
+    NoAnswer(String),
+}
+
+/// Tries to connect until one attempt gets an answer or `deadline` passes. `refusal_counts`:
+/// a refusal (RST) proves the host answered.
 async fn connect_until(
     name: String,
+    network: Option<String>,
     target: SocketAddr,
     deadline: Instant,
+    refusal_counts: bool,
     prepare: impl Fn(&socket2::Socket) -> std::io::Result<()>,
 ) -> Check {
     let started = Instant::now();
     let mut last = String::from("no attempt made before the deadline");
+    let failed = |detail: String| Check {
+        name: name.clone(),
+        passed: false,
+        detail,
+        network: network.clone(),
+    };
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return Check {
-                name,
-                passed: false,
-                // Whole seconds and no per-attempt timings: the text goes into a status
-                // condition, which should not change while the failure stays the same.
-                detail: format!(
-                    "no answer within {} s: {last}",
-                    started.elapsed().as_secs_f64().round()
-                ),
-            };
+            // Whole seconds and no per-attempt timings: the text goes into a status
+            // condition, which should not change while the failure stays the same.
+            return failed(format!(
+                "no answer within {} s: {last}",
+                started.elapsed().as_secs_f64().round()
+            ));
         }
         let attempt = (deadline - now).min(Duration::from_secs(1));
-        match connect_once(target, attempt, &prepare).await {
+        match connect_once(target, attempt, refusal_counts, &prepare).await {
             Ok(answer) => {
                 return Check {
                     name,
                     passed: true,
                     detail: format!("{answer} after {} ms", started.elapsed().as_millis()),
+                    network,
                 };
             }
-            Err(e) => last = e,
+            Err(Attempt::Setup(e)) => return failed(e),
+            Err(Attempt::NoAnswer(e)) => last = e,
         }
         tokio::time::sleep(
             Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
@@ -221,27 +255,28 @@ async fn connect_until(
 async fn connect_once(
     target: SocketAddr,
     timeout: Duration,
+    refusal_counts: bool,
     prepare: &impl Fn(&socket2::Socket) -> std::io::Result<()>,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, Attempt> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(target),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )
-    .map_err(|e| format!("socket: {e}"))?;
-    prepare(&socket).map_err(|e| format!("preparing the socket: {e}"))?;
+    .map_err(|e| Attempt::Setup(format!("socket: {e}")))?;
+    prepare(&socket).map_err(|e| Attempt::Setup(format!("preparing the socket: {e}")))?;
     socket
         .set_nonblocking(true)
-        .map_err(|e| format!("socket: {e}"))?;
+        .map_err(|e| Attempt::Setup(format!("socket: {e}")))?;
     let stream: std::net::TcpStream = socket.into();
     let socket = tokio::net::TcpSocket::from_std_stream(stream);
     match tokio::time::timeout(timeout, socket.connect(target)).await {
         Ok(Ok(_)) => Ok("connected"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused && refusal_counts => {
             Ok("refused (the host answered)")
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(Attempt::NoAnswer(e.to_string())),
+        Err(_) => Err(Attempt::NoAnswer("timed out".into())),
     }
 }
 
@@ -263,16 +298,32 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_endpoint_that_listens_or_refuses_is_reached_and_silence_is_not() {
+    async fn an_endpoint_is_reached_only_when_something_listens() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(1);
         assert!(reach_endpoint("open", open, deadline).await.passed);
         drop(listener);
-        // Nothing listens any more: the kernel refuses, which still proves the path.
+        // Nothing listens any more: a refusal is not an API server.
         let refused = reach_endpoint("closed", open, deadline).await;
-        assert!(refused.passed, "{refused:?}");
-        assert!(refused.detail.starts_with("refused"), "{refused:?}");
+        assert!(!refused.passed, "{refused:?}");
+        assert!(refused.detail.contains("refused"), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_cannot_be_made_fails_at_once() {
+        let started = Instant::now();
+        let check = connect_until(
+            "bad device".into(),
+            None,
+            "127.0.0.1:9".parse().unwrap(),
+            started + Duration::from_secs(5),
+            true,
+            |s| s.bind_device(Some(b"no-such-dev0")),
+        )
+        .await;
+        assert!(!check.passed && check.detail.starts_with("preparing the socket"));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
@@ -283,11 +334,13 @@ mod tests {
                     name: "node route to 10.0.0.1".into(),
                     passed: true,
                     detail: "via 10.0.0.1 dev eth0".into(),
+                    network: None,
                 },
                 Check {
                     name: "probe seed/outer 192.168.2.10:22".into(),
                     passed: false,
                     detail: "no answer within 3 s: timed out".into(),
+                    network: Some("seed".into()),
                 },
             ],
         };

@@ -232,3 +232,54 @@ fn the_run_loop_rolls_back_once_and_keeps_the_previous_spec() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The probe is made inside its side: with outer's host .11 gone, inner's host .11 (the same
+/// address, one side over) must not answer for it.
+#[test]
+fn a_twin_host_on_another_side_cannot_answer_a_probe() {
+    let (s, spec) = scenario("verify-twin", &seed_probing("192.168.2.10", 5));
+    apply(&s.lab, &spec, &[]);
+    s.lab
+        .exec("outer-11", &["ip", "addr", "flush", "dev", "eth0"])
+        .unwrap();
+    let previous = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let probing_11 = SpecFile::new(
+        "verify-twin-11",
+        &moved_outer(&seed_probing("192.168.2.11", 2)),
+    );
+    let stderr = apply_refused(&s, &probing_11, &[]);
+    assert!(
+        stderr.contains("probe plant-twin/outer 192.168.2.11:9: no answer"),
+        "{stderr}"
+    );
+    assert_same(
+        &previous,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "after the rollback",
+    );
+}
+
+/// A suspended network has no path to probe: suspending one with probes is not refused.
+#[test]
+fn a_network_with_probes_can_be_suspended_and_resumed() {
+    let (s, spec) = scenario("verify-suspend", &seed_probing("192.168.2.10", 5));
+    apply(&s.lab, &spec, &[]);
+    let suspended = SpecFile::new(
+        "verify-suspended",
+        &format!("{}  suspend: true\n", seed_probing("192.168.2.10", 5)),
+    );
+    apply(&s.lab, &suspended, &[]);
+    assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
+    // Resuming is a change like any other: checked, probe included.
+    let resumed = apply(&s.lab, &spec, &[]);
+    assert!(
+        resumed["verification"]["checks"]
+            .as_array()
+            .is_some_and(|c| c
+                .iter()
+                .any(|c| c["name"].as_str().unwrap().starts_with("probe"))),
+        "{resumed}"
+    );
+    // The hosts' failed ARP for the withdrawn gateway drops a first packet or so.
+    assert!((0..5).any(|_| ping(&s.lab, "inner-10", "192.168.3.11")));
+}

@@ -79,7 +79,7 @@ fn the_run_mode_suite_passes_with_vrf_inside_one_vm() {
 fn the_verified_apply_suite_passes_with_vrf_inside_one_vm() {
     run_suite_in_vm(
         "verified_apply",
-        5,
+        7,
         &[
             "a_probe_that_answers_keeps_the_change_and_says_so",
             "the_rollback_fires_when_the_agent_dies_part_way",
