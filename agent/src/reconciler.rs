@@ -63,6 +63,21 @@ pub struct NetworkReport {
 }
 
 impl NetworkReport {
+    /// A network not (yet) programmed, with nothing to say about it.
+    fn new(name: &str, generation: Option<i64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            generation,
+            backend: None,
+            programmed: false,
+            interfaces_present: true,
+            reason: String::new(),
+            message: String::new(),
+            verified: None,
+            verification: String::new(),
+        }
+    }
+
     /// The node holds `plan`: the datapath, or, suspended, only the ids.
     fn programmed_with(&mut self, plan: &NetworkPlan) {
         self.programmed = true;
@@ -424,17 +439,7 @@ pub async fn pass(
     for network in effective {
         let name = network.loaded.name().to_owned();
         let _span = info_span!("network", network = %name).entered();
-        let mut entry = NetworkReport {
-            name: name.clone(),
-            generation: network.loaded.object.metadata.generation,
-            backend: None,
-            programmed: false,
-            interfaces_present: true,
-            reason: String::new(),
-            message: String::new(),
-            verified: None,
-            verification: String::new(),
-        };
+        let mut entry = NetworkReport::new(&name, network.loaded.object.metadata.generation);
         // A suspended network holds nothing on its interfaces: their absence is not a reason
         // to leave it as it is, nor something to wait for.
         let missing: Vec<String> = network
@@ -615,17 +620,7 @@ pub async fn pass(
         let entry = report
             .networks
             .entry(name.to_owned())
-            .or_insert_with(|| NetworkReport {
-                name: name.to_owned(),
-                generation: None,
-                backend: None,
-                programmed: false,
-                interfaces_present: true,
-                reason: String::new(),
-                message: String::new(),
-                verified: None,
-                verification: String::new(),
-            });
+            .or_insert_with(|| NetworkReport::new(name, None));
         entry.generation = network.loaded.object.metadata.generation;
         entry.programmed = false;
         entry.reason = mirrornet_api::conditions::reason::VERIFICATION_FAILED.into();
