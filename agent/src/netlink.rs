@@ -180,25 +180,26 @@ impl Netlink {
             .map_err(ctx("listing routes"))
     }
 
-    /// The gateways of the main table's default routes: what the node itself reaches the
-    /// world through, and so what a change must never take away.
-    pub async fn default_gateways(&self) -> Result<Vec<IpAddr>> {
-        let mut gateways = Vec::new();
+    /// The main table's default routes, as (output interface index, gateway): what the node
+    /// itself reaches the world through, and so what a change must never take away.
+    pub async fn default_routes(&self) -> Result<Vec<(Option<u32>, Option<IpAddr>)>> {
+        let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump_routes(family).await? {
                 if route_table(&m) != 254 || m.header.destination_prefix_length != 0 {
                     continue;
                 }
-                gateways.extend(m.attributes.iter().find_map(|a| match a {
+                let gateway = m.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                     _ => None,
-                }));
+                });
+                routes.push((attr!(m, RouteAttribute::Oif(i) => *i), gateway));
             }
         }
-        gateways.sort_unstable();
-        gateways.dedup();
-        Ok(gateways)
+        routes.sort_unstable();
+        routes.dedup();
+        Ok(routes)
     }
 
     /// The kernel's answer to "how does this node send to `destination`" (`ip route get`):

@@ -13,7 +13,7 @@
 //! Everything here asks the kernel or sends real packets; nothing re-implements routing. A
 //! failed check names itself, so a rollback's reason reads like the check a user would run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -69,16 +69,26 @@ impl Verification {
 /// How the node sent to the destinations it must keep reaching, taken before a change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeReach {
-    /// Destination -> (output interface, next hop); destinations the node had no route to
-    /// before are not held against the change.
+    /// The main table's default routes, as (interface, gateway).
+    defaults: BTreeSet<(String, Option<IpAddr>)>,
+    /// Destination -> (output interface, next hop): the default gateways that are not
+    /// link-local (a link-local address means nothing without its interface) and the extra
+    /// destinations. Destinations the node had no route to before are not held against the
+    /// change.
     paths: BTreeMap<IpAddr, (String, Option<IpAddr>)>,
 }
 
 impl NodeReach {
-    /// The kernel's routes to the default gateways and to `extra` (the API server).
+    /// The node's default routes and the kernel's routes to their gateways and to `extra`
+    /// (the API server).
     pub async fn observe(netlink: &Netlink, extra: &[IpAddr]) -> Self {
         let links = netlink.links().await.unwrap_or_default();
-        let mut destinations = netlink.default_gateways().await.unwrap_or_default();
+        let defaults = default_routes(netlink, &links).await;
+        let mut destinations: Vec<IpAddr> = defaults
+            .iter()
+            .filter_map(|(_, gateway)| *gateway)
+            .filter(|g| !is_link_local(g))
+            .collect();
         destinations.extend_from_slice(extra);
         let mut paths = BTreeMap::new();
         for destination in destinations {
@@ -86,40 +96,82 @@ impl NodeReach {
                 paths.insert(destination, path);
             }
         }
-        Self { paths }
+        Self { defaults, paths }
     }
 
-    /// One check per destination: the same interface and next hop as before.
+    /// One check per default route (still there) and per destination (the same interface
+    /// and next hop as before).
     pub async fn compare(&self, netlink: &Netlink) -> Vec<Check> {
         let links = netlink.links().await.unwrap_or_default();
-        let mut checks = Vec::new();
+        let defaults_now = default_routes(netlink, &links).await;
+        let mut checks: Vec<Check> = self
+            .defaults
+            .iter()
+            .map(|(interface, via)| {
+                let route = format!("default {}", describe(interface, *via));
+                let passed = defaults_now.contains(&(interface.clone(), *via));
+                Check {
+                    name: format!("node route {route}"),
+                    passed,
+                    detail: if passed {
+                        "still in the main table".into()
+                    } else {
+                        "gone from the main table".into()
+                    },
+                    network: None,
+                }
+            })
+            .collect();
         for (destination, (interface, via)) in &self.paths {
             let name = format!("node route to {destination}");
             let before = describe(interface, *via);
-            let check = match route(netlink, &links, *destination).await {
-                Some((i, v)) if i == *interface && v == *via => Check {
-                    name,
-                    passed: true,
-                    detail: before,
-                    network: None,
-                },
-                Some((i, v)) => Check {
-                    name,
-                    passed: false,
-                    detail: format!("was {before}, now {}", describe(&i, v)),
-                    network: None,
-                },
-                None => Check {
-                    name,
-                    passed: false,
-                    detail: format!("was {before}, now no route"),
-                    network: None,
-                },
+            let (passed, detail) = match route(netlink, &links, *destination).await {
+                Some((i, v)) if i == *interface && v == *via => (true, before),
+                Some((i, v)) => (false, format!("was {before}, now {}", describe(&i, v))),
+                None => (false, format!("was {before}, now no route")),
             };
-            checks.push(check);
+            checks.push(Check {
+                name,
+                passed,
+                detail,
+                network: None,
+            });
         }
         checks
     }
+}
+
+fn is_link_local(address: &IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
+async fn default_routes(
+    netlink: &Netlink,
+    links: &BTreeMap<String, Link>,
+) -> BTreeSet<(String, Option<IpAddr>)> {
+    netlink
+        .default_routes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(oif, gateway)| {
+            (
+                oif.map(|i| link_name(links, i)).unwrap_or_default(),
+                gateway,
+            )
+        })
+        .collect()
+}
+
+fn link_name(links: &BTreeMap<String, Link>, index: u32) -> String {
+    links
+        .values()
+        .find(|l| l.index == index)
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("#{index}"))
 }
 
 fn describe(interface: &str, via: Option<IpAddr>) -> String {
@@ -135,12 +187,7 @@ async fn route(
     destination: IpAddr,
 ) -> Option<(String, Option<IpAddr>)> {
     let (oif, via) = netlink.route_to(destination).await?;
-    let name = links
-        .values()
-        .find(|l| l.index == oif)
-        .map(|l| l.name.clone())
-        .unwrap_or_else(|| format!("#{oif}"));
-    Some((name, via))
+    Some((link_name(links, oif), via))
 }
 
 /// A TCP connection to `target` (the API server) within `deadline`. A refusal does not
