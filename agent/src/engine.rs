@@ -162,8 +162,10 @@ pub struct NodeState {
     /// Every routing table some route or foreign rule uses.
     pub tables_in_use: BTreeSet<u32>,
     pub nft: ObservedNft,
-    /// The table exactly as listed, to restore it if a later step fails.
-    pub nft_listing: Option<Value>,
+    /// The table exactly as listed (`nft -j` output), to restore it if a later step fails.
+    /// Kept as text: the parsed form of a few hundred networks' table weighs megabytes, and
+    /// only a rollback needs it.
+    pub nft_listing: Option<std::sync::Arc<[u8]>>,
     pub facts: NodeFacts,
     pub l3mdev: L3mdevRules,
     /// Links the node's own default routes leave by.
@@ -406,6 +408,17 @@ pub struct Engine {
     /// Settings of VRF devices deleted during the current apply, by device name, for undoing
     /// the deletion.
     deleted_vrf_settings: std::sync::Mutex<BTreeMap<String, Vec<(String, String)>>>,
+    /// The last listing of our nft table with the ruleset generation it was taken at, when
+    /// the engine lives long enough (`run`) for a cache to pay.
+    nft_cache: Option<std::sync::Mutex<Option<NftSnapshot>>>,
+}
+
+/// One listing of our nft table and what it was parsed into.
+#[derive(Debug, Clone)]
+struct NftSnapshot {
+    generation: u32,
+    listing: Option<std::sync::Arc<[u8]>>,
+    parsed: nft::ObservedNft,
 }
 
 /// The per-device settings mirrornet changes on its VRF devices (forwarding).
@@ -469,7 +482,50 @@ impl Engine {
             ranges,
             failpoints: Failpoints::from_env(),
             deleted_vrf_settings: Default::default(),
+            nft_cache: None,
         }
+    }
+
+    /// The same engine, re-reading our nft table only when the ruleset has changed since the
+    /// last listing. Listing it is most of a pass's cost on a busy node (tens of ms for a few
+    /// hundred networks), and the kernel counts every committed transaction in the ruleset's
+    /// generation. Only for one long-lived process in one namespace: counters in a cached
+    /// listing are stale, so `show` never uses it.
+    pub fn with_nft_cache(mut self) -> Self {
+        self.nft_cache = Some(Default::default());
+        self
+    }
+
+    /// Our table's listing and its parse, from the cache while the generation holds.
+    fn nft_observed(&self) -> Result<(Option<std::sync::Arc<[u8]>>, nft::ObservedNft)> {
+        let parse = |listing: Option<Vec<u8>>| -> Result<_> {
+            let Some(text) = listing else {
+                return Ok((None, nft::ObservedNft::default()));
+            };
+            let parsed = nft::parse_listing(&parse_nft_json(&text)?);
+            Ok((Some(std::sync::Arc::from(text)), parsed))
+        };
+        let Some(cache) = &self.nft_cache else {
+            return parse(nft_list_text()?);
+        };
+        // Read before listing: a transaction in between makes the next pass list again.
+        let Some(generation) = nft_generation() else {
+            return parse(nft_list_text()?);
+        };
+        if let Ok(cached) = cache.lock()
+            && let Some(snapshot) = cached.as_ref().filter(|s| s.generation == generation)
+        {
+            return Ok((snapshot.listing.clone(), snapshot.parsed.clone()));
+        }
+        let (listing, parsed) = parse(nft_list_text()?)?;
+        if let Ok(mut cached) = cache.lock() {
+            *cached = Some(NftSnapshot {
+                generation,
+                listing: listing.clone(),
+                parsed: parsed.clone(),
+            });
+        }
+        Ok((listing, parsed))
     }
 
     /// The engine's netlink connection, for the checks made after a change.
@@ -483,11 +539,7 @@ impl Engine {
         let addresses = self.netlink.addresses(&links).await?;
         let (routes, route_tables, default_route_links) = self.netlink.routes(&links).await?;
         let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
-        let nft_listing = nft_list()?;
-        let nft = nft_listing
-            .as_ref()
-            .map(nft::parse_listing)
-            .unwrap_or_default();
+        let (nft_listing, nft) = self.nft_observed()?;
         let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
         tables_in_use.extend(rule_tables);
         Ok(NodeState {
@@ -902,7 +954,12 @@ impl Engine {
                 previous: value,
             },
             Step::Nft { .. } => {
-                return nft_restore(state.nft_listing.as_ref());
+                let listing = state
+                    .nft_listing
+                    .as_deref()
+                    .map(parse_nft_json)
+                    .transpose()?;
+                return nft_restore(listing.as_ref());
             }
             Step::AddVrf { network, vrf } => Step::DeleteVrf { network, vrf },
             Step::DeleteVrf { network, vrf } => {
@@ -1552,6 +1609,20 @@ fn nft_summary(commands: &[Value]) -> Vec<String> {
 
 /// Lists mirrornet's table; `None` when it does not exist.
 pub fn nft_list() -> Result<Option<Value>> {
+    nft_list_text()?
+        .map(|text| parse_nft_json(&text))
+        .transpose()
+}
+
+fn parse_nft_json(text: &[u8]) -> Result<Value> {
+    serde_json::from_slice(text).map_err(|e| EngineError::Nft {
+        what: "parsing nft -j output".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// `nft -j list table inet mirrornet` as printed; `None` when the table does not exist.
+fn nft_list_text() -> Result<Option<Vec<u8>>> {
     let output = Command::new("nft")
         .args(["-j", "list", "table", "inet", nft::TABLE])
         .output()
@@ -1569,12 +1640,50 @@ pub fn nft_list() -> Result<Option<Value>> {
             detail: stderr.trim().to_owned(),
         });
     }
-    serde_json::from_slice(&output.stdout)
-        .map(Some)
-        .map_err(|e| EngineError::Nft {
-            what: "parsing nft -j output".into(),
-            detail: e.to_string(),
-        })
+    Ok(Some(output.stdout))
+}
+
+/// The nftables ruleset generation of this namespace (`NFT_MSG_GETGEN`), which the kernel
+/// bumps with every committed transaction; `None` if it cannot be read.
+pub fn nft_generation() -> Option<u32> {
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+    /// NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, and the NFT_MSG_NEWGEN answer.
+    const GETGEN: u16 = (10 << 8) | 16;
+    const NEWGEN: u16 = (10 << 8) | 15;
+    /// NFTA_GEN_ID.
+    const GEN_ID: u16 = 1;
+    let mut socket = Socket::new(NETLINK_NETFILTER).ok()?;
+    socket.bind_auto().ok()?;
+    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+    let mut request = Vec::with_capacity(20);
+    request.extend_from_slice(&20u32.to_ne_bytes());
+    request.extend_from_slice(&GETGEN.to_ne_bytes());
+    request.extend_from_slice(&1u16.to_ne_bytes()); // NLM_F_REQUEST
+    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    request.extend_from_slice(&0u32.to_ne_bytes()); // to the kernel
+    request.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0
+    socket.send(&request, 0).ok()?;
+    let mut answer: Vec<u8> = Vec::with_capacity(4096);
+    let length = socket.recv(&mut answer, 0).ok()?;
+    let answer = answer.get(..length)?;
+    let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
+    if kind != NEWGEN {
+        return None;
+    }
+    // Attributes follow the 16-byte header and the 4-byte nfgenmsg, each 4-byte aligned.
+    let mut at = 20;
+    while at + 4 <= answer.len() {
+        let len = usize::from(u16::from_ne_bytes(answer[at..at + 2].try_into().ok()?));
+        let kind = u16::from_ne_bytes(answer[at + 2..at + 4].try_into().ok()?) & 0x3fff;
+        if len < 4 {
+            return None;
+        }
+        if kind == GEN_ID && len >= 8 {
+            return Some(u32::from_be_bytes(answer[at + 4..at + 8].try_into().ok()?));
+        }
+        at += (len + 3) & !3;
+    }
+    None
 }
 
 /// Runs one nft JSON batch as a single transaction.

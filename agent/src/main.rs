@@ -495,7 +495,15 @@ async fn run(
         }
         let _ = stop_tx.send(true);
     });
-    reconciler::run(engine, settings, desired, report_tx, metrics, stop_rx).await;
+    reconciler::run(
+        engine.with_nft_cache(),
+        settings,
+        desired,
+        report_tx,
+        metrics,
+        stop_rx,
+    )
+    .await;
     Ok(())
 }
 

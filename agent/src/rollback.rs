@@ -321,9 +321,12 @@ pub async fn converge_verified(
             leftover.id
         )));
     }
-    let steps = crate::engine::changes(state, change.plans, change.remove, &memory)?;
+    // The diff is worked out again by the converge: only a change to what a network is pays
+    // for it twice (a converged node must stay cheap to re-apply).
     let changed = changed_networks(state, &memory, &change);
-    if steps.is_empty() || changed.is_empty() {
+    if changed.is_empty()
+        || crate::engine::changes(state, change.plans, change.remove, &memory)?.is_empty()
+    {
         let outcome = engine
             .converge_with(state, memory, change.plans, change.specs, change.remove)
             .await?;
