@@ -465,11 +465,16 @@ async fn run(
         ..Settings::default()
     };
     let engine = engine()?;
-    if let Some(outcome) = rollback::recover(&engine).await? {
-        tracing::warn!(
+    // A rollback that fails here is retried before every change (and reported as its
+    // error): the loop starts anyway, so the node's status says what is wrong instead of
+    // the pod restarting forever.
+    match rollback::recover(&engine).await {
+        Ok(Some(outcome)) => tracing::warn!(
             writes = outcome.writes,
             "rolled back a change the previous agent never confirmed"
-        );
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "rolling back an unconfirmed change failed"),
     }
     let metrics = Arc::new(Metrics::default());
     let (report_tx, report_rx) = tokio::sync::watch::channel(NodeReport::default());

@@ -377,7 +377,7 @@ pub async fn pass(
     };
     // Held for the whole pass: a guard reverting a dead agent's change, or a file-mode
     // `apply`, never interleaves its writes with ours.
-    let _lock = match crate::rollback::NodeLock::acquire().await {
+    let lock = match crate::rollback::NodeLock::acquire().await {
         Ok(lock) => lock,
         Err(e) => {
             error!(error = %e, "taking the node lock failed");
@@ -633,6 +633,9 @@ pub async fn pass(
             }
         );
     }
+    // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
+    // hold up a CLI `apply` or a guard.
+    drop(lock);
     // The periodic probes: a path that stops answering later is reported, not rolled back
     // (there is no earlier state to go back to).
     // Timed by the clock, not by the pass's cause: a node whose nftables change often (kube-
