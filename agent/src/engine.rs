@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
-use crate::netlink::{L3mdevRules, Link, Netlink, NetlinkError, ObservedAddress};
+use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, NetlinkError, ObservedAddress};
 use crate::nft::{self, ObservedNft};
 use crate::plan::{
     self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan, VrfPlan,
@@ -169,10 +169,16 @@ pub struct NodeState {
     pub facts: NodeFacts,
     pub l3mdev: L3mdevRules,
     /// Links the node's own default routes leave by.
-    pub default_route_links: BTreeSet<String>,
+    /// The main table's default routes.
+    pub default_routes: BTreeSet<DefaultRoute>,
 }
 
 impl NodeState {
+    /// Whether one of the node's default routes leaves by `interface`.
+    pub fn carries_default_route(&self, interface: &str) -> bool {
+        self.default_routes.iter().any(|r| r.interface == interface)
+    }
+
     /// The ids recorded in the kernel for `network`, if its table holds them.
     pub fn recorded_allocation(&self, network: &str) -> Option<Allocation> {
         let recorded = self.nft.recorded_ids(network);
@@ -537,7 +543,7 @@ impl Engine {
     pub async fn observe(&self) -> Result<NodeState> {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses(&links).await?;
-        let (routes, route_tables, default_route_links) = self.netlink.routes(&links).await?;
+        let (routes, route_tables, default_routes) = self.netlink.routes(&links).await?;
         let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
         let (nft_listing, nft) = self.nft_observed()?;
         let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
@@ -552,7 +558,7 @@ impl Engine {
             nft_listing,
             facts: node_facts(),
             l3mdev,
-            default_route_links: default_route_links.into_iter().collect(),
+            default_routes,
         })
     }
 
@@ -1099,7 +1105,7 @@ pub fn check_preconditions(
                 });
             }
             if p.backend == BackendKind::Vrf
-                && state.default_route_links.contains(&side.interface)
+                && state.carries_default_route(&side.interface)
                 && our_vrf_of(state, &side.interface).is_none()
             {
                 return Err(EngineError::VrfTakesNodeRoute {
@@ -1511,7 +1517,7 @@ fn node_use(state: &NodeState, plan: &NetworkPlan, interface: &str) -> Option<St
     if plan.take_over.contains(interface) {
         return None;
     }
-    if state.default_route_links.contains(interface) {
+    if state.carries_default_route(interface) {
         return Some("carries the node's default route".into());
     }
     if let Some(prefix) = CNI_PREFIXES.iter().find(|p| interface.starts_with(*p)) {

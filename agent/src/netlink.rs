@@ -2,7 +2,7 @@
 //! and rules; add and delete exactly those objects. Spoken in-process, because one `ip`
 //! command costs about 3 ms, mostly process start (DESIGN.md section 5).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
@@ -180,25 +180,17 @@ impl Netlink {
             .map_err(ctx("listing routes"))
     }
 
-    /// The main table's default routes, as (output interface index, gateway): what the node
-    /// itself reaches the world through, and so what a change must never take away.
-    pub async fn default_routes(&self) -> Result<Vec<(Option<u32>, Option<IpAddr>)>> {
-        let mut routes = Vec::new();
+    /// The main table's default routes as they are now (see [`DefaultRoute`]).
+    pub async fn default_routes(
+        &self,
+        links: &BTreeMap<String, Link>,
+    ) -> Result<BTreeSet<DefaultRoute>> {
+        let mut routes = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump_routes(family).await? {
-                if route_table(&m) != 254 || m.header.destination_prefix_length != 0 {
-                    continue;
-                }
-                let gateway = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-                    _ => None,
-                });
-                routes.push((attr!(m, RouteAttribute::Oif(i) => *i), gateway));
+                routes.extend(default_route(&m, links));
             }
         }
-        routes.sort_unstable();
-        routes.dedup();
         Ok(routes)
     }
 
@@ -225,49 +217,33 @@ impl Netlink {
             .ok()?;
         let m = answer.first()?;
         let oif = attr!(m, RouteAttribute::Oif(i) => *i)?;
-        let gateway = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-            _ => None,
-        });
-        Some((oif, gateway))
+        Some((
+            oif,
+            attr!(m, RouteAttribute::Gateway(a) => a).and_then(ip_of),
+        ))
     }
 
     /// mirrornet's routes (protocol [`PROTOCOL`]) in every table, every table id in use by
-    /// anyone (so that allocation avoids foreign tables), and the links the node's default
-    /// routes (main table) leave by.
+    /// anyone (so that allocation avoids foreign tables), and the node's default routes.
     pub async fn routes(
         &self,
         links: &BTreeMap<String, Link>,
-    ) -> Result<(Vec<RoutePlan>, Vec<u32>, Vec<String>)> {
+    ) -> Result<(Vec<RoutePlan>, Vec<u32>, BTreeSet<DefaultRoute>)> {
         let by_index: BTreeMap<u32, &str> =
             links.values().map(|l| (l.index, l.name.as_str())).collect();
         let mut ours = Vec::new();
         let mut tables = Vec::new();
-        let mut default_links = Vec::new();
+        let mut defaults = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump_routes(family).await? {
                 let table = route_table(&m);
                 tables.push(table);
-                if table == 254 && m.header.destination_prefix_length == 0 {
-                    let oif = attr!(m, RouteAttribute::Oif(i) => *i);
-                    if let Some(name) = oif.and_then(|i| by_index.get(&i)) {
-                        default_links.push(name.to_string());
-                    }
-                }
+                defaults.extend(default_route(&m, links));
                 if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
                     continue;
                 }
-                let destination = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-                    _ => None,
-                });
-                let source = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-                    _ => None,
-                });
+                let destination = attr!(m, RouteAttribute::Destination(a) => a).and_then(ip_of);
+                let source = attr!(m, RouteAttribute::PrefSource(a) => a).and_then(ip_of);
                 let oif = attr!(m, RouteAttribute::Oif(i) => *i);
                 let (Some(destination), Some(oif)) = (destination, oif) else {
                     continue;
@@ -289,7 +265,7 @@ impl Netlink {
         }
         tables.sort_unstable();
         tables.dedup();
-        Ok((ours, tables, default_links))
+        Ok((ours, tables, defaults))
     }
 
     /// mirrornet's rules (protocol [`PROTOCOL`]), the tables every other rule looks up, and
@@ -665,6 +641,38 @@ impl Netlink {
             .map_err(ctx(format!(
                 "removing the l3mdev rule at priority {priority}"
             )))
+    }
+}
+
+/// A default route of the main table: what the node itself reaches the world through, and
+/// so what a change must never take away.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DefaultRoute {
+    /// The interface it leaves by (empty for a multipath route, which names none).
+    pub interface: String,
+    pub gateway: Option<IpAddr>,
+}
+
+/// `m` as a [`DefaultRoute`], if it is one.
+fn default_route(m: &RouteMessage, links: &BTreeMap<String, Link>) -> Option<DefaultRoute> {
+    if route_table(m) != 254 || m.header.destination_prefix_length != 0 {
+        return None;
+    }
+    let interface = attr!(m, RouteAttribute::Oif(i) => *i)
+        .and_then(|i| links.values().find(|l| l.index == i))
+        .map(|l| l.name.clone())
+        .unwrap_or_default();
+    Some(DefaultRoute {
+        interface,
+        gateway: attr!(m, RouteAttribute::Gateway(a) => a).and_then(ip_of),
+    })
+}
+
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
     }
 }
 

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::engine::{BackendChoice, Engine, EngineError, NodeState, Outcome};
 use crate::plan::{NetworkPlan, vrf_name};
-use crate::state::{StateError, StateFile, sibling};
+use crate::state::{StateError, StateFile, read_file, remove_file, sibling, write_file};
 use crate::verify::{self, NodeReach, Verification};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -99,46 +99,27 @@ pub struct Armed {
 }
 
 impl Armed {
-    /// The arm left on this node, if any.
+    /// The arm left on this node, if any. One that cannot be parsed (it is written
+    /// atomically, so only by hand) is reported and left alone rather than blocking every
+    /// change on the node.
     pub fn load() -> Result<Option<Self>, StateError> {
         let path = sibling("armed")?;
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(serde_json::from_str(&text).ok()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError {
-                what: "reading",
-                path: path.display().to_string(),
-                source,
-            }),
-        }
+        Ok(read_file(&path)?.and_then(|text| {
+            serde_json::from_str(&text)
+                .inspect_err(|e| warn!(path = %path.display(), error = %e, "ignoring an unreadable rollback record"))
+                .ok()
+        }))
     }
 
     fn save(&self) -> Result<(), StateError> {
-        let path = sibling("armed")?;
-        let err = |what, source| StateError {
-            what,
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
-        }
-        let tmp = path.with_extension("armed-tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())
-            .map_err(|e| err("writing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err("renaming", e))
+        write_file(
+            &sibling("armed")?,
+            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+        )
     }
 
     fn disarm() -> Result<(), StateError> {
-        let path = sibling("armed")?;
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError {
-                what: "removing",
-                path: path.display().to_string(),
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        remove_file(&sibling("armed")?)
     }
 }
 
@@ -271,7 +252,7 @@ pub struct VerifiedOutcome {
 /// than what `memory` says was last applied. Removals are not among them: taking a network
 /// away only removes what mirrornet added. A network remembered without its spec (an older
 /// agent's record) is not either: there is nothing exact to go back to.
-pub fn changed_networks(state: &NodeState, memory: &StateFile, change: &Change<'_>) -> Vec<String> {
+fn changed_networks(state: &NodeState, memory: &StateFile, change: &Change<'_>) -> Vec<String> {
     change
         .plans
         .iter()
@@ -348,6 +329,7 @@ pub async fn converge_verified(
         ));
     let before = NodeReach::observe(
         engine.netlink(),
+        state,
         &change.endpoints.iter().map(|e| e.ip()).collect::<Vec<_>>(),
     )
     .await;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,48 @@ pub struct StateFile {
 /// siblings (the node lock, an armed rollback) for this network namespace.
 pub fn sibling(extension: &str) -> Result<PathBuf, StateError> {
     Ok(location()?.with_extension(extension))
+}
+
+/// The content of `path`; `None` if there is no such file.
+pub fn read_file(path: &Path) -> Result<Option<String>, StateError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError {
+            what: "reading",
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Replaces `path` with `content` atomically (a temporary file renamed over it), so a crash
+/// leaves the old content or the new, never half of one.
+pub fn write_file(path: &Path, content: &[u8]) -> Result<(), StateError> {
+    let err = |what, source| StateError {
+        what,
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, content).map_err(|e| err("writing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| err("renaming", e))
+}
+
+/// Removes `path` if it exists.
+pub fn remove_file(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError {
+            what: "removing",
+            path: path.display().to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn location() -> Result<PathBuf, StateError> {
@@ -119,39 +161,18 @@ impl StateFile {
     }
 
     fn load_all() -> Result<Self, StateError> {
-        let file = location()?;
-        match std::fs::read_to_string(&file) {
-            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_default()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(StateError {
-                what: "reading",
-                path: file.display().to_string(),
-                source,
-            }),
-        }
+        Ok(read_file(&location()?)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default())
     }
 
     /// Writes the file atomically; removes it when nothing is left to remember.
     pub fn save(&self) -> Result<(), StateError> {
         let file = location()?;
-        let err = |what, source| StateError {
-            what,
-            path: file.display().to_string(),
-            source,
-        };
         if self.networks.is_empty() && !self.l3mdev_rule_ours {
-            return match std::fs::remove_file(&file) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err("removing", e)),
-                _ => Ok(()),
-            };
+            return remove_file(&file);
         }
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
-        }
-        let tmp = file.with_extension("tmp");
-        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
-        std::fs::write(&tmp, text).map_err(|e| err("writing", e))?;
-        std::fs::rename(&tmp, &file).map_err(|e| err("renaming", e))
+        write_file(&file, &serde_json::to_vec_pretty(self).unwrap_or_default())
     }
 
     pub fn network(&self, name: &str) -> Option<&NetworkRecord> {

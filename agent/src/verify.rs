@@ -2,12 +2,15 @@
 //! it reached before, and does the path it just built answer?
 //!
 //! ```text
-//! before the change   NodeReach::observe: the kernel's route to every default gateway
-//!                     (and, in a cluster, the API server)
-//! after the change    the same lookups must give the same interface and next hop;
-//!                     the API server must accept a TCP connection;
+//! before the change   NodeReach::observe: the main table's default routes, and the
+//!                     kernel's route to each non-link-local gateway (and, in a cluster,
+//!                     to the API server)
+//! after the change    the default routes must still be there and the same lookups must
+//!                     give the same interface and next hop;
+//!                     the API server must accept a TCP connection (a refusal does not
+//!                     count: kube-proxy refuses for a Service without endpoints);
 //!                     every `spec.verify.probes` host must answer a TCP connection made
-//!                     inside its side's routing domain (a refusal is an answer too)
+//!                     inside its side's routing domain (a refusal is an answer there)
 //! ```
 //!
 //! Everything here asks the kernel or sends real packets; nothing re-implements routing. A
@@ -20,7 +23,8 @@ use std::time::{Duration, Instant};
 use mirrornet_api::{BackendKind, ValidNetwork};
 use serde::Serialize;
 
-use crate::netlink::{Link, Netlink};
+use crate::engine::NodeState;
+use crate::netlink::{DefaultRoute, Link, Netlink};
 use crate::plan::{NetworkPlan, vrf_name};
 
 /// The outcome of one check.
@@ -69,8 +73,8 @@ impl Verification {
 /// How the node sent to the destinations it must keep reaching, taken before a change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeReach {
-    /// The main table's default routes, as (interface, gateway).
-    defaults: BTreeSet<(String, Option<IpAddr>)>,
+    /// The main table's default routes.
+    defaults: BTreeSet<DefaultRoute>,
     /// Destination -> (output interface, next hop): the default gateways that are not
     /// link-local (a link-local address means nothing without its interface) and the extra
     /// destinations. Destinations the node had no route to before are not held against the
@@ -79,20 +83,19 @@ pub struct NodeReach {
 }
 
 impl NodeReach {
-    /// The node's default routes and the kernel's routes to their gateways and to `extra`
-    /// (the API server).
-    pub async fn observe(netlink: &Netlink, extra: &[IpAddr]) -> Self {
-        let links = netlink.links().await.unwrap_or_default();
-        let defaults = default_routes(netlink, &links).await;
+    /// The node's default routes as `state` observed them, and the kernel's routes to their
+    /// gateways and to `extra` (the API server).
+    pub async fn observe(netlink: &Netlink, state: &NodeState, extra: &[IpAddr]) -> Self {
+        let defaults = state.default_routes.clone();
         let mut destinations: Vec<IpAddr> = defaults
             .iter()
-            .filter_map(|(_, gateway)| *gateway)
+            .filter_map(|r| r.gateway)
             .filter(|g| !is_link_local(g))
             .collect();
         destinations.extend_from_slice(extra);
         let mut paths = BTreeMap::new();
         for destination in destinations {
-            if let Some(path) = route(netlink, &links, destination).await {
+            if let Some(path) = route(netlink, &state.links, destination).await {
                 paths.insert(destination, path);
             }
         }
@@ -103,15 +106,14 @@ impl NodeReach {
     /// and next hop as before).
     pub async fn compare(&self, netlink: &Netlink) -> Vec<Check> {
         let links = netlink.links().await.unwrap_or_default();
-        let defaults_now = default_routes(netlink, &links).await;
+        let defaults_now = netlink.default_routes(&links).await.unwrap_or_default();
         let mut checks: Vec<Check> = self
             .defaults
             .iter()
-            .map(|(interface, via)| {
-                let route = format!("default {}", describe(interface, *via));
-                let passed = defaults_now.contains(&(interface.clone(), *via));
+            .map(|r| {
+                let passed = defaults_now.contains(r);
                 Check {
-                    name: format!("node route {route}"),
+                    name: format!("node route default {}", describe(&r.interface, r.gateway)),
                     passed,
                     detail: if passed {
                         "still in the main table".into()
@@ -148,32 +150,6 @@ fn is_link_local(address: &IpAddr) -> bool {
     }
 }
 
-async fn default_routes(
-    netlink: &Netlink,
-    links: &BTreeMap<String, Link>,
-) -> BTreeSet<(String, Option<IpAddr>)> {
-    netlink
-        .default_routes()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(oif, gateway)| {
-            (
-                oif.map(|i| link_name(links, i)).unwrap_or_default(),
-                gateway,
-            )
-        })
-        .collect()
-}
-
-fn link_name(links: &BTreeMap<String, Link>, index: u32) -> String {
-    links
-        .values()
-        .find(|l| l.index == index)
-        .map(|l| l.name.clone())
-        .unwrap_or_else(|| format!("#{index}"))
-}
-
 fn describe(interface: &str, via: Option<IpAddr>) -> String {
     match via {
         Some(v) => format!("via {v} dev {interface}"),
@@ -187,7 +163,12 @@ async fn route(
     destination: IpAddr,
 ) -> Option<(String, Option<IpAddr>)> {
     let (oif, via) = netlink.route_to(destination).await?;
-    Some((link_name(links, oif), via))
+    let name = links
+        .values()
+        .find(|l| l.index == oif)
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("#{oif}"));
+    Some((name, via))
 }
 
 /// A TCP connection to `target` (the API server) within `deadline`. A refusal does not

@@ -126,10 +126,15 @@ pub const SEED: &str = include_str!("../../examples/seed.yaml");
 /// The seed topology (hosts .10 and .11 on each side, optionally the unrelated `eth9` LAN) and
 /// its spec file. Fails unless root.
 pub fn seed_scenario(tag: &str, extra_interface: bool) -> (Scenario, SpecFile) {
+    scenario_of(tag, SEED, extra_interface)
+}
+
+/// The topology of the first network in `yaml` (hosts .10 and .11 on every side) and the file.
+pub fn scenario_of(tag: &str, yaml: &str, extra_interface: bool) -> (Scenario, SpecFile) {
     require_root();
-    let spec = SpecFile::new(tag, SEED);
+    let spec = SpecFile::new(tag, yaml);
     let scenario = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], extra_interface)
-        .expect("building the seed topology");
+        .expect("building the scenario's topology");
     (scenario, spec)
 }
 

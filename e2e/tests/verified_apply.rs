@@ -6,7 +6,7 @@
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     RunningAgent, SEED, SpecFile, agent, apply, assert_same, backend, connect, host_of, ping,
-    planned_steps, require_root, serve, snapshot,
+    planned_steps, scenario_of, serve, snapshot,
 };
 
 /// The seed with `verify` probing host .10 on side outer at `address`, port 9: nothing listens
@@ -18,11 +18,7 @@ fn seed_probing(address: &str, timeout: u32) -> String {
 }
 
 fn scenario(tag: &str, yaml: &str) -> (Scenario, SpecFile) {
-    require_root();
-    let spec = SpecFile::new(tag, yaml);
-    let s = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], false)
-        .expect("building the seed topology");
-    (s, spec)
+    scenario_of(tag, yaml, false)
 }
 
 /// `yaml` with side outer's alias moved from 192.168.3.0/24 to 192.168.4.0/24.
