@@ -26,6 +26,7 @@ use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
 use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, NetlinkError, ObservedAddress};
+use crate::nfnetlink::Nfnetlink;
 use crate::nft::{self, ObservedNft};
 use crate::plan::{
     self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan, VrfPlan,
@@ -162,10 +163,11 @@ pub struct NodeState {
     /// Every routing table some route or foreign rule uses.
     pub tables_in_use: BTreeSet<u32>,
     pub nft: ObservedNft,
-    /// The table exactly as listed (`nft -j` output), to restore it if a later step fails.
-    /// Kept as text: the parsed form of a few hundred networks' table weighs megabytes, and
-    /// only a rollback needs it.
-    pub nft_listing: Option<std::sync::Arc<[u8]>>,
+    /// The table exactly as `nft -j` lists it (`None` inside: no table), to restore it if a
+    /// later step fails. Taken only when a change is about to write the table
+    /// ([`Engine::execute`]): only a rollback needs it, and listing costs tens of ms. Kept as
+    /// text: the parsed form of a few hundred networks' table weighs megabytes.
+    pub nft_listing: std::sync::OnceLock<Option<std::sync::Arc<[u8]>>>,
     pub facts: NodeFacts,
     pub l3mdev: L3mdevRules,
     /// Links the node's own default routes leave by.
@@ -419,12 +421,11 @@ pub struct Engine {
     nft_cache: Option<std::sync::Mutex<Option<NftSnapshot>>>,
 }
 
-/// One listing of our nft table and what it was parsed into.
+/// Our nft table as read at one ruleset generation.
 #[derive(Debug, Clone)]
 struct NftSnapshot {
     generation: u32,
-    listing: Option<std::sync::Arc<[u8]>>,
-    parsed: nft::ObservedNft,
+    observed: nft::ObservedNft,
 }
 
 /// The per-device settings mirrornet changes on its VRF devices (forwarding).
@@ -502,36 +503,31 @@ impl Engine {
         self
     }
 
-    /// Our table's listing and its parse, from the cache while the generation holds.
-    fn nft_observed(&self) -> Result<(Option<std::sync::Arc<[u8]>>, nft::ObservedNft)> {
-        let parse = |listing: Option<Vec<u8>>| -> Result<_> {
-            let Some(text) = listing else {
-                return Ok((None, nft::ObservedNft::default()));
-            };
-            let parsed = nft::parse_listing(&parse_nft_json(&text)?);
-            Ok((Some(std::sync::Arc::from(text)), parsed))
+    /// Our table as the engine compares it, from the cache while the generation holds.
+    fn nft_observed(&self) -> Result<nft::ObservedNft> {
+        let read_error = |e: std::io::Error| EngineError::Nft {
+            what: format!("reading table inet {} over nfnetlink", nft::TABLE),
+            detail: e.to_string(),
         };
-        let Some(cache) = &self.nft_cache else {
-            return parse(nft_list_text()?);
-        };
-        // Read before listing: a transaction in between makes the next pass list again.
-        let Some(generation) = nft_generation() else {
-            return parse(nft_list_text()?);
-        };
-        if let Ok(cached) = cache.lock()
-            && let Some(snapshot) = cached.as_ref().filter(|s| s.generation == generation)
-        {
-            return Ok((snapshot.listing.clone(), snapshot.parsed.clone()));
+        let mut reader = Nfnetlink::open().map_err(read_error)?;
+        if let Some(cache) = &self.nft_cache {
+            let generation = reader.generation().map_err(read_error)?;
+            if let Ok(cached) = cache.lock()
+                && let Some(snapshot) = cached.as_ref().filter(|s| s.generation == generation)
+            {
+                return Ok(snapshot.observed.clone());
+            }
         }
-        let (listing, parsed) = parse(nft_list_text()?)?;
-        if let Ok(mut cached) = cache.lock() {
+        let (generation, observed) = reader.observe().map_err(read_error)?;
+        if let Some(cache) = &self.nft_cache
+            && let Ok(mut cached) = cache.lock()
+        {
             *cached = Some(NftSnapshot {
                 generation,
-                listing: listing.clone(),
-                parsed: parsed.clone(),
+                observed: observed.clone(),
             });
         }
-        Ok((listing, parsed))
+        Ok(observed)
     }
 
     /// The engine's netlink connection, for the checks made after a change.
@@ -545,7 +541,7 @@ impl Engine {
         let addresses = self.netlink.addresses(&links).await?;
         let (routes, route_tables, default_routes) = self.netlink.routes(&links).await?;
         let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
-        let (nft_listing, nft) = self.nft_observed()?;
+        let nft = self.nft_observed()?;
         let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
         tables_in_use.extend(rule_tables);
         Ok(NodeState {
@@ -555,7 +551,7 @@ impl Engine {
             rules,
             tables_in_use,
             nft,
-            nft_listing,
+            nft_listing: Default::default(),
             facts: node_facts(),
             l3mdev,
             default_routes,
@@ -790,6 +786,12 @@ impl Engine {
         if let Ok(mut lost) = self.deleted_vrf_settings.lock() {
             lost.clear();
         }
+        if state.nft_listing.get().is_none()
+            && changes.steps.iter().any(|s| matches!(s, Step::Nft { .. }))
+        {
+            let listing = nft_list_text()?.map(std::sync::Arc::from);
+            let _ = state.nft_listing.set(listing);
+        }
         let mut done: Vec<&Step> = Vec::new();
         for (index, step) in changes.steps.iter().enumerate() {
             let _span = info_span!("step", %step).entered();
@@ -960,11 +962,13 @@ impl Engine {
                 previous: value,
             },
             Step::Nft { .. } => {
-                let listing = state
-                    .nft_listing
-                    .as_deref()
-                    .map(parse_nft_json)
-                    .transpose()?;
+                let Some(listing) = state.nft_listing.get() else {
+                    return Err(EngineError::Nft {
+                        what: "restoring the table".into(),
+                        detail: "no listing was taken before the change".into(),
+                    });
+                };
+                let listing = listing.as_deref().map(parse_nft_json).transpose()?;
                 return nft_restore(listing.as_ref());
             }
             Step::AddVrf { network, vrf } => Step::DeleteVrf { network, vrf },
@@ -1647,49 +1651,6 @@ fn nft_list_text() -> Result<Option<Vec<u8>>> {
         });
     }
     Ok(Some(output.stdout))
-}
-
-/// The nftables ruleset generation of this namespace (`NFT_MSG_GETGEN`), which the kernel
-/// bumps with every committed transaction; `None` if it cannot be read.
-pub fn nft_generation() -> Option<u32> {
-    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-    /// NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, and the NFT_MSG_NEWGEN answer.
-    const GETGEN: u16 = (10 << 8) | 16;
-    const NEWGEN: u16 = (10 << 8) | 15;
-    /// NFTA_GEN_ID.
-    const GEN_ID: u16 = 1;
-    let mut socket = Socket::new(NETLINK_NETFILTER).ok()?;
-    socket.bind_auto().ok()?;
-    socket.connect(&SocketAddr::new(0, 0)).ok()?;
-    let mut request = Vec::with_capacity(20);
-    request.extend_from_slice(&20u32.to_ne_bytes());
-    request.extend_from_slice(&GETGEN.to_ne_bytes());
-    request.extend_from_slice(&1u16.to_ne_bytes()); // NLM_F_REQUEST
-    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    request.extend_from_slice(&0u32.to_ne_bytes()); // to the kernel
-    request.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0
-    socket.send(&request, 0).ok()?;
-    let mut answer: Vec<u8> = Vec::with_capacity(4096);
-    let length = socket.recv(&mut answer, 0).ok()?;
-    let answer = answer.get(..length)?;
-    let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
-    if kind != NEWGEN {
-        return None;
-    }
-    // Attributes follow the 16-byte header and the 4-byte nfgenmsg, each 4-byte aligned.
-    let mut at = 20;
-    while at + 4 <= answer.len() {
-        let len = usize::from(u16::from_ne_bytes(answer[at..at + 2].try_into().ok()?));
-        let kind = u16::from_ne_bytes(answer[at + 2..at + 4].try_into().ok()?) & 0x3fff;
-        if len < 4 {
-            return None;
-        }
-        if kind == GEN_ID && len >= 8 {
-            return Some(u32::from_be_bytes(answer[at + 4..at + 8].try_into().ok()?));
-        }
-        at += (len + 3) & !3;
-    }
-    None
 }
 
 /// Runs one nft JSON batch as a single transaction.

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod file_source;
 pub mod lab;
 pub mod netlink;
+pub mod nfnetlink;
 pub mod nft;
 pub mod plan;
 pub mod reconciler;

@@ -438,6 +438,21 @@ fn key_interface(key: &str) -> Option<String> {
 }
 
 impl ObservedNft {
+    /// A table that exists, from what a reader found in it.
+    pub fn from_parts(
+        chains: BTreeMap<String, Vec<String>>,
+        maps: BTreeMap<String, BTreeSet<(String, String)>>,
+        counters: BTreeMap<String, (u64, u64)>,
+    ) -> Self {
+        Self {
+            table_exists: true,
+            chains,
+            maps,
+            counters,
+            index: OnceLock::new(),
+        }
+    }
+
     fn index(&self) -> &NftIndex {
         self.index.get_or_init(|| NftIndex::build(self))
     }

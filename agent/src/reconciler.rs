@@ -128,10 +128,9 @@ pub struct TrafficLabels {
 impl Metrics {
     /// Refreshes the traffic gauges from the kernel's counters.
     pub fn read_traffic(&self) {
-        let Ok(Some(listing)) = crate::engine::nft_list() else {
+        let Ok((_, nft)) = crate::nfnetlink::Nfnetlink::open().and_then(|mut r| r.observe()) else {
             return;
         };
-        let nft = crate::nft::parse_listing(&listing);
         self.side_packets.clear();
         self.side_bytes.clear();
         for network in nft.networks() {

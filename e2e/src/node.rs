@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
+use mirrornet_agent::nfnetlink::Nfnetlink;
+use mirrornet_agent::nft::ObservedNft;
 use mirrornet_api::file::{LoadedNetwork, load_str};
 use serde_json::Value;
 
@@ -136,6 +138,29 @@ pub fn scenario_of(tag: &str, yaml: &str, extra_interface: bool) -> (Scenario, S
     let scenario = Scenario::build(tag, &spec.networks[0].valid, &[10, 11], extra_interface)
         .expect("building the scenario's topology");
     (scenario, spec)
+}
+
+/// The middleman's nft table as the agent reads it (over nfnetlink) and as the listing
+/// `nft -j list table` gives parses, both read in the middleman: a test thread enters its
+/// namespace (the socket and the nft process both belong to the namespace of the thread that
+/// makes them).
+pub fn nft_table_both_ways(lab: &Lab) -> (ObservedNft, ObservedNft) {
+    let path = format!("/run/netns/{}", lab.ns(MIDDLEMAN));
+    std::thread::spawn(move || {
+        let namespace = std::fs::File::open(&path).expect("opening the middleman's namespace");
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the middleman's namespace");
+        let (_, read) = Nfnetlink::open()
+            .and_then(|mut reader| reader.observe())
+            .expect("reading the table over nfnetlink");
+        let listed = mirrornet_agent::engine::nft_list()
+            .expect("nft -j list table")
+            .map(|listing| mirrornet_agent::nft::parse_listing(&listing))
+            .unwrap_or_default();
+        (read, listed)
+    })
+    .join()
+    .expect("the reading thread")
 }
 
 /// How many steps `apply` would take now (`plan -o json`): how tests enumerate failure points.

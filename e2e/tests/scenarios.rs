@@ -4,8 +4,9 @@
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    SpecFile, agent, alias_of, apply, assert_same, connect, delete, host_of, ping, require_root,
-    seed_scenario, serve, snapshot, vrf, zone_of,
+    SEED, SpecFile, agent, alias_of, apply, assert_same, connect, delete, host_of,
+    nft_table_both_ways, ping, require_root, scenario_of, seed_scenario, serve, snapshot, vrf,
+    zone_of,
 };
 
 const THREE: &str = include_str!("../../examples/three-sides.yaml");
@@ -417,4 +418,50 @@ fn trace_and_translate_explain_the_path() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// The agent reads its nft table over nfnetlink, not from `nft -j`: what it reads must be what
+/// nft lists (chains, rule comments, map keys rendered as nft renders them, counters) for every
+/// shape a spec gives the table: IPv4 and IPv6 prefixes, three sides, an allow-list and
+/// OneWay. The zero-write re-applies elsewhere show the same reads equal the plan.
+#[test]
+fn the_table_read_over_nfnetlink_is_the_table_nft_lists() {
+    let guarded = format!(
+        "{SEED}  direction: OneWay\n  answerOnly: [outer]\n  allow:\n    - {{protocol: TCP, port: 22}}\n    - {{protocol: UDP, port: 5000, endPort: 5100}}\n    - {{protocol: ICMP}}\n"
+    );
+    for (tag, yaml) in [
+        ("nl-seed", SEED),
+        ("nl-three", THREE),
+        ("nl-ipv6", IPV6),
+        ("nl-guard", guarded.as_str()),
+    ] {
+        let (s, spec) = scenario_of(tag, yaml, false);
+        let (read, listed) = nft_table_both_ways(&s.lab);
+        assert!(
+            !read.table_exists && !listed.table_exists,
+            "{tag}: a table before apply"
+        );
+        apply(&s.lab, &spec, &[]);
+        let pinged = alias_of(&s.network, &s.sides[1].name, 11).to_string();
+        let from = format!("{}-10", s.sides[0].name);
+        assert!(ping(&s.lab, &from, &pinged), "{tag}: ping {pinged}");
+        let (read, listed) = nft_table_both_ways(&s.lab);
+        assert!(read.table_exists, "{tag}: no table read after apply");
+        assert_eq!(
+            read, listed,
+            "{tag}: chains, comments or map elements differ"
+        );
+        assert_eq!(read.counters, listed.counters, "{tag}: counters differ");
+        assert!(
+            read.traffic(spec.networks[0].name())
+                .iter()
+                .any(|t| t.packets > 0),
+            "{tag}: the ping was not counted: {:?}",
+            read.counters
+        );
+        assert_eq!(apply(&s.lab, &spec, &[])["writes"], 0, "{tag}: re-apply");
+        delete(&s.lab, &spec);
+        let (read, listed) = nft_table_both_ways(&s.lab);
+        assert_eq!(read, listed, "{tag}: after delete");
+    }
 }
