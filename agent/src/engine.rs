@@ -176,6 +176,19 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A sysctl's current value: per-interface settings from the link dump taken with this
+    /// state, anything else (`all`, `default`, links that appeared since) from /proc/sys.
+    pub fn sysctl(&self, path: &str) -> Option<String> {
+        path.strip_prefix("net/")
+            .and_then(|rest| {
+                let (family, rest) = rest.split_once("/conf/")?;
+                let (link, key) = rest.split_once('/')?;
+                self.links.get(link)?.conf.sysctl(family, key)
+            })
+            .map(|value| value.to_string())
+            .or_else(|| sysctl::read(path))
+    }
+
     /// Whether one of the node's default routes leaves by `interface`.
     pub fn carries_default_route(&self, interface: &str) -> bool {
         self.default_routes.iter().any(|r| r.interface == interface)
@@ -373,23 +386,40 @@ impl Changes {
     }
 }
 
-/// Reads the node facts that change plans.
-pub fn node_facts() -> NodeFacts {
+/// Reads the node facts that change plans; the links' own settings come from their dump.
+pub fn node_facts(links: &BTreeMap<String, Link>) -> NodeFacts {
+    let mut ipv4_rp_filter: BTreeMap<String, u8> = ["all", "default"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = sysctl::read(&format!("net/ipv4/conf/{name}/rp_filter"))?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    for (name, link) in links {
+        let value = link
+            .conf
+            .sysctl("ipv4", "rp_filter")
+            .and_then(|v| u8::try_from(v).ok())
+            .or_else(|| {
+                sysctl::read(&format!("net/ipv4/conf/{name}/rp_filter"))?
+                    .parse()
+                    .ok()
+            });
+        if let Some(value) = value {
+            ipv4_rp_filter.insert(name.clone(), value);
+        }
+    }
     NodeFacts {
-        ipv4_rp_filter: std::fs::read_dir("/proc/sys/net/ipv4/conf")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let value = sysctl::read(&format!("net/ipv4/conf/{name}/rp_filter"))?;
-                Some((name, value.parse().ok()?))
-            })
-            .collect(),
+        ipv4_rp_filter,
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
         vrf_available: vrf_available(),
-        ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
+        ipv6: has_ipv6(),
     }
+}
+
+/// Whether this namespace has IPv6.
+fn has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// Whether the kernel can make VRF devices: the module is loaded (or built in with an entry
@@ -542,6 +572,7 @@ impl Engine {
         let (routes, route_tables, default_routes) = self.netlink.routes(&links).await?;
         let (rules, rule_tables, l3mdev) = self.netlink.rules().await?;
         let nft = self.nft_observed()?;
+        let facts = node_facts(&links);
         let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
         tables_in_use.extend(rule_tables);
         Ok(NodeState {
@@ -552,7 +583,7 @@ impl Engine {
             tables_in_use,
             nft,
             nft_listing: Default::default(),
-            facts: node_facts(),
+            facts,
             l3mdev,
             default_routes,
         })
@@ -905,7 +936,7 @@ impl Engine {
                 if present.ipv4.is_none() {
                     self.netlink.add_l3mdev_rule(false, L3MDEV_PRIORITY).await?;
                 }
-                if present.ipv6.is_none() && node_facts().ipv6 {
+                if present.ipv6.is_none() && has_ipv6() {
                     self.netlink.add_l3mdev_rule(true, L3MDEV_PRIORITY).await?;
                 }
             }
@@ -1372,7 +1403,7 @@ pub fn changes(
         }
 
         for SysctlPlan { path, value } in &p.sysctls {
-            let current = sysctl::read(path).unwrap_or_default();
+            let current = state.sysctl(path).unwrap_or_default();
             if current != *value {
                 sysctls.push(Step::SetSysctl {
                     network: network.clone(),

@@ -13,7 +13,8 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
 };
 use rtnetlink::packet_route::link::{
-    InfoData, InfoVrf, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoData, InfoVrf, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -60,6 +61,61 @@ pub struct Link {
     pub vrf_table: Option<u32>,
     /// The link's alias (`ip link set X alias ...`): mirrornet names its VRFs' owners there.
     pub alias: Option<String>,
+    /// The link's IPv4 and IPv6 settings the dump carries.
+    pub conf: LinkConf,
+}
+
+/// The per-interface settings mirrornet plans, as the link dump carries them (IFLA_AF_SPEC):
+/// reading them there costs nothing per interface, where /proc/sys costs a file each (a few
+/// ms for a few hundred interfaces, on every pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkConf {
+    /// `forwarding`, `rp_filter` and `src_valid_mark` under net/ipv4/conf/<link>/.
+    pub ipv4: Option<[i32; 3]>,
+    /// `forwarding` under net/ipv6/conf/<link>/.
+    pub ipv6_forwarding: Option<i32>,
+}
+
+impl LinkConf {
+    /// The value of `key` under net/<family>/conf/<link>/, if the dump carries it.
+    pub fn sysctl(&self, family: &str, key: &str) -> Option<i32> {
+        match (family, key) {
+            ("ipv4", "forwarding") => self.ipv4.map(|c| c[0]),
+            ("ipv4", "rp_filter") => self.ipv4.map(|c| c[1]),
+            ("ipv4", "src_valid_mark") => self.ipv4.map(|c| c[2]),
+            ("ipv6", "forwarding") => self.ipv6_forwarding,
+            _ => None,
+        }
+    }
+
+    fn of(attributes: &[LinkAttribute]) -> Self {
+        let mut conf = Self::default();
+        for spec in attributes.iter().filter_map(|a| match a {
+            LinkAttribute::AfSpecUnspec(spec) => Some(spec),
+            _ => None,
+        }) {
+            for family in spec {
+                match family {
+                    AfSpecUnspec::Inet(entries) => {
+                        for entry in entries {
+                            if let AfSpecInet::DevConf(c) = entry {
+                                conf.ipv4 = Some([c.forwarding, c.rp_filter, c.src_vmark]);
+                            }
+                        }
+                    }
+                    AfSpecUnspec::Inet6(entries) => {
+                        for entry in entries {
+                            if let AfSpecInet6::DevConf(c) = entry {
+                                conf.ipv6_forwarding = Some(c.forwarding);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        conf
+    }
 }
 
 /// An address on a link, with the flags we care about.
@@ -120,6 +176,7 @@ impl Netlink {
                     _ => None,
                 });
                 let alias = attr!(m, LinkAttribute::IfAlias(s) => s.clone());
+                let conf = LinkConf::of(&m.attributes);
                 Some((
                     name.clone(),
                     Link {
@@ -129,6 +186,7 @@ impl Netlink {
                         controller,
                         vrf_table,
                         alias,
+                        conf,
                     },
                 ))
             })
@@ -576,7 +634,6 @@ impl Netlink {
         value: u32,
     ) -> Result<()> {
         use rtnetlink::packet_core::DefaultNla;
-        use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec};
         /// IFLA_INET_CONF inside IFLA_AF_SPEC/AF_INET.
         const IFLA_INET_CONF: u16 = 1;
         let mut entry = Vec::with_capacity(8);
