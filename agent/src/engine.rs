@@ -817,9 +817,15 @@ impl Engine {
         if let Ok(mut lost) = self.deleted_vrf_settings.lock() {
             lost.clear();
         }
-        if state.nft_listing.get().is_none()
-            && changes.steps.iter().any(|s| matches!(s, Step::Nft { .. }))
-        {
+        // The table's listing is needed only to undo an nft transaction that succeeded before a
+        // later step failed; the transaction itself is atomic, so when it is the last step
+        // (a network added, nothing to remove) no listing is taken.
+        let nft_then_more = changes
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Nft { .. }))
+            .is_some_and(|at| at + 1 < changes.steps.len());
+        if state.nft_listing.get().is_none() && nft_then_more {
             let listing = nft_list_text()?.map(std::sync::Arc::from);
             let _ = state.nft_listing.set(listing);
         }
