@@ -29,7 +29,8 @@ use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, NetlinkError, Obs
 use crate::nfnetlink::Nfnetlink;
 use crate::nft::{self, ObservedNft};
 use crate::plan::{
-    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, SysctlPlan, VrfPlan,
+    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, RuleSelector,
+    SysctlPlan, VrfPlan,
 };
 use crate::state::{StateError, StateFile};
 use crate::sysctl;
@@ -1461,15 +1462,6 @@ pub fn changes(
         }
     }
 
-    // Delete order: mark rules (lowest priority first), iif rules, routes, addresses, then
-    // the VRFs (interfaces released first, so a rollback can put them back).
-    deletes.sort_by_key(|s| match s {
-        Step::DeleteRule { rule, .. } => (0, rule.priority),
-        Step::DeleteRoute { .. } => (1, 0),
-        Step::DeleteAddress { .. } => (2, 0),
-        Step::Release { .. } => (3, 0),
-        _ => (4, 0),
-    });
     // The kernel adds an l3mdev rule with the first VRF device and never removes it; when
     // mirrornet brought it and no VRF device will remain, it goes too.
     let vrfs_now = state
@@ -1495,6 +1487,63 @@ pub fn changes(
     }
 
     let mask = plans.first().map(|p| p.mark_mask).unwrap_or(0xff00_0000);
+
+    // The node-wide skip rules follow the span of every mark rule the node will hold: the
+    // planned networks' and those of networks this change leaves alone.
+    let changing: BTreeSet<u32> = plans
+        .iter()
+        .flat_map(|p| owned(&p.name, Some(p)).0)
+        .chain(remove.iter().flat_map(|n| owned(n, None).0))
+        .collect();
+    let mark_rules = plans.iter().flat_map(|p| p.rules.iter()).chain(
+        state
+            .rules
+            .iter()
+            .filter(|r| r.table != 0 && !changing.contains(&r.table)),
+    );
+    let wanted_skips = skip_rules(mark_rules, mask);
+    let have_skips = state.rules.iter().filter(|r| {
+        matches!(
+            r.selector,
+            RuleSelector::Unmarked { .. } | RuleSelector::SkipTarget
+        )
+    });
+    // A skip rule that moves goes before its successor is added: the kernel holds one rule
+    // per priority and selector, whatever its goto target. Taking it away costs only speed.
+    let mut skip_adds = Vec::new();
+    for rule in have_skips.filter(|r| !wanted_skips.contains(r)) {
+        let step = Step::DeleteRule {
+            network: NODE.into(),
+            rule: rule.clone(),
+        };
+        match rule.selector {
+            RuleSelector::Unmarked { .. } => skip_adds.push(step),
+            _ => deletes.push(step),
+        }
+    }
+    // The target first: a goto to a priority nobody holds is left unresolved by the kernel.
+    let mut missing: Vec<&RulePlan> = wanted_skips
+        .iter()
+        .filter(|r| !state.rules.contains(r))
+        .collect();
+    missing.sort_by_key(|r| matches!(r.selector, RuleSelector::Unmarked { .. }));
+    for rule in missing {
+        skip_adds.push(Step::AddRule {
+            network: NODE.into(),
+            rule: rule.clone(),
+        });
+    }
+    // Delete order: rules (lowest priority first: the skip rule before the mark rules it
+    // skips), routes, addresses, then the VRFs (interfaces released first, so a rollback can
+    // put them back).
+    deletes.sort_by_key(|s| match s {
+        Step::DeleteRule { rule, .. } => (0, rule.priority),
+        Step::DeleteRoute { .. } => (1, 0),
+        Step::DeleteAddress { .. } => (2, 0),
+        Step::Release { .. } => (3, 0),
+        _ => (4, 0),
+    });
+
     let desired: Vec<(&str, &nft::NetworkNft)> =
         plans.iter().map(|p| (p.name.as_str(), &p.nft)).collect();
     let removing: Vec<&str> = remove.iter().map(String::as_str).collect();
@@ -1522,10 +1571,53 @@ pub fn changes(
             commands,
         });
     }
+    // After the nft transaction: the skip rule may only send unmarked traffic past the mark
+    // rules once every side's own traffic is marked (`home`).
+    steps.extend(skip_adds);
     steps.extend(deletes);
     steps.extend(restores);
     steps.extend(l3mdev);
     Ok(Changes { steps })
+}
+
+/// What the [`Step`]s of node-wide objects (the skip rules) name as their network.
+pub const NODE: &str = "(node)";
+
+/// The node-wide rules that take traffic without a mirrornet mark past every mark rule, per
+/// family: `fwmark 0/mask goto <after the last mark rule>` just before the first, and the
+/// no-op rule it jumps to. None where no mark rule is left, or the first sits at priority 1
+/// (nothing fits before it but the local table's rule).
+fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>, mask: u32) -> Vec<RulePlan> {
+    let mut span: BTreeMap<bool, (u32, u32)> = BTreeMap::new();
+    for rule in rules.filter(|r| matches!(r.selector, RuleSelector::Mark { .. })) {
+        let (low, high) = span
+            .entry(rule.ipv6)
+            .or_insert((rule.priority, rule.priority));
+        *low = (*low).min(rule.priority);
+        *high = (*high).max(rule.priority);
+    }
+    span.into_iter()
+        .filter(|(_, (low, high))| *low >= 2 && *high < u32::MAX)
+        .flat_map(|(ipv6, (low, high))| {
+            [
+                RulePlan {
+                    ipv6,
+                    priority: low - 1,
+                    selector: RuleSelector::Unmarked {
+                        mask,
+                        target: high + 1,
+                    },
+                    table: 0,
+                },
+                RulePlan {
+                    ipv6,
+                    priority: high + 1,
+                    selector: RuleSelector::SkipTarget,
+                    table: 0,
+                },
+            ]
+        })
+        .collect()
 }
 
 /// The items at the positions in `groups`, in their original order.
@@ -1776,13 +1868,58 @@ impl fmt::Display for RoutePlan {
 
 impl fmt::Display for RulePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}{} {} lookup {}",
-            if self.ipv6 { "-6 " } else { "" },
-            self.priority,
-            self.selector,
-            self.table
-        )
+        let family = if self.ipv6 { "-6 " } else { "" };
+        match self.selector {
+            // Node-wide rules that jump or do nothing: they look up no table.
+            RuleSelector::Unmarked { .. } | RuleSelector::SkipTarget => {
+                write!(f, "{family}{} {}", self.priority, self.selector)
+            }
+            _ => write!(
+                f,
+                "{family}{} {} lookup {}",
+                self.priority, self.selector, self.table
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark_rule(ipv6: bool, priority: u32) -> RulePlan {
+        RulePlan {
+            ipv6,
+            priority,
+            selector: RuleSelector::Mark {
+                value: priority << 24,
+                mask: 0xff00_0000,
+            },
+            table: 20000 + priority,
+        }
+    }
+
+    #[test]
+    fn the_skip_rule_spans_every_mark_rule_of_its_family() {
+        let rules = [
+            mark_rule(false, 503),
+            mark_rule(false, 500),
+            mark_rule(false, 507),
+            mark_rule(true, 510),
+        ];
+        let skips = skip_rules(rules.iter(), 0xff00_0000);
+        let shown: Vec<String> = skips.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "499 fwmark 0x0/0xff000000 goto 508",
+                "508 nop",
+                "-6 509 fwmark 0x0/0xff000000 goto 511",
+                "-6 511 nop",
+            ]
+        );
+        assert!(skip_rules(std::iter::empty(), 0xff00_0000).is_empty());
+        // Nothing fits between the local table's rule at 0 and a mark rule at 1.
+        assert!(skip_rules([mark_rule(false, 1)].iter(), 0xff00_0000).is_empty());
     }
 }

@@ -386,7 +386,16 @@ impl Netlink {
                 let mask = attr!(m, RuleAttribute::FwMask(v) => *v);
                 let iif = attr!(m, RuleAttribute::Iifname(n) => n.clone());
                 let source = attr!(m, RuleAttribute::Source(ip) => *ip);
+                let goto = attr!(m, RuleAttribute::Goto(t) => *t);
                 let selector = match (mark, iif, source) {
+                    _ if m.header.action == RuleAction::Nop => RuleSelector::SkipTarget,
+                    // The kernel leaves out a zero mark and sends only the mask.
+                    (None | Some(0), None, None) if m.header.action == RuleAction::Goto => {
+                        RuleSelector::Unmarked {
+                            mask: mask.unwrap_or(u32::MAX),
+                            target: goto.unwrap_or(0),
+                        }
+                    }
                     (Some(value), None, None) => RuleSelector::Mark {
                         value,
                         mask: mask.unwrap_or(u32::MAX),
@@ -525,9 +534,15 @@ impl Netlink {
         } else {
             AddressFamily::Inet
         };
-        m.header.action = RuleAction::ToTable;
-        m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
-        m.attributes.push(RuleAttribute::Table(r.table));
+        m.header.action = match r.selector {
+            RuleSelector::Unmarked { .. } => RuleAction::Goto,
+            RuleSelector::SkipTarget => RuleAction::Nop,
+            _ => RuleAction::ToTable,
+        };
+        if m.header.action == RuleAction::ToTable {
+            m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
+            m.attributes.push(RuleAttribute::Table(r.table));
+        }
         m.attributes.push(RuleAttribute::Priority(r.priority));
         m.attributes
             .push(RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
@@ -542,7 +557,12 @@ impl Netlink {
                 m.attributes.push(RuleAttribute::Source(*ip));
                 m.attributes.push(RuleAttribute::Iifname("lo".into()));
             }
-            RuleSelector::Other => {}
+            RuleSelector::Unmarked { mask, target } => {
+                m.attributes.push(RuleAttribute::FwMark(0));
+                m.attributes.push(RuleAttribute::FwMask(*mask));
+                m.attributes.push(RuleAttribute::Goto(*target));
+            }
+            RuleSelector::SkipTarget | RuleSelector::Other => {}
         }
         m
     }

@@ -9,10 +9,12 @@
 //! ```text
 //! prerouting (raw, -300)   iifname . daddr vmap @ingress-v4|v6 -> steer.<net>.<in>.<to>
 //!                            meta mark = (mark & ~mask) | mark(to);  ct original zone = zone(in)
-//! nat-prerouting (-100)    mark & mask vmap @dnat -> xlate-dst.<net>:
+//!                          unmarked: iifname vmap @home -> home.<net>.<side> (policy routing)
+//!                            meta mark = (mark & ~mask) | mark(side)
+//! nat-prerouting (-100)    zone set: mark & mask vmap @dnat -> xlate-dst.<net>:
 //!                            zone of an answer-only side: drop;  not allowed (spec.allow): drop;
 //!                            dnat prefix to subnet
-//! nat-postrouting (100)    mark & mask vmap @snat -> xlate-src.<net>.<to>:
+//! nat-postrouting (100)    zone set: mark & mask vmap @snat -> xlate-src.<net>.<to>:
 //!                            saddr in subnet, ct original zone == zone(in): snat prefix to alias(in)
 //! ids.<net>                never jumped to: one `return` per side whose comment records the
 //!                            side's ids, so a restarted agent recovers them from the kernel
@@ -41,6 +43,7 @@ const MAP_INGRESS_V4: &str = "ingress-v4";
 const MAP_INGRESS_V6: &str = "ingress-v6";
 const MAP_DNAT: &str = "dnat";
 const MAP_SNAT: &str = "snat";
+const MAP_HOME: &str = "home";
 const CHAIN_PREROUTING: &str = "prerouting";
 const CHAIN_NAT_PREROUTING: &str = "nat-prerouting";
 const CHAIN_NAT_POSTROUTING: &str = "nat-postrouting";
@@ -103,7 +106,7 @@ fn family_of(net: IpNet) -> (&'static str, &'static str) {
 pub fn chain_network(chain: &str) -> Option<&str> {
     let mut parts = chain.split('.');
     match parts.next()? {
-        "steer" | "xlate-dst" | "xlate-src" | "ids" => parts.next(),
+        "steer" | "home" | "xlate-dst" | "xlate-src" | "ids" => parts.next(),
         _ => None,
     }
 }
@@ -129,10 +132,30 @@ pub fn network(
     mask: u32,
     sides: &[SidePlan],
     allow: &[ValidAllow],
+    home: bool,
 ) -> NetworkNft {
     let (proto, ingress_map) = family_of(subnet);
     let mut chains = vec![ids_chain(name, mask, sides)];
     let mut elements = Vec::new();
+
+    // Policy routing: every other packet from a side interface carries its own side's mark,
+    // which routes it in the side's table (what an `iif` rule per side did, at one rule per
+    // side on every packet's path). Not NATed: only steered connections have a zone.
+    for side in sides.iter().filter(|_| home) {
+        let chain = format!("home.{name}.{}", side.name);
+        chains.push(NftChain {
+            name: chain.clone(),
+            rules: vec![NftRule::new(json!([{"mangle": {
+                "key": {"meta": {"key": "mark"}},
+                "value": {"|": [{"&": [{"meta": {"key": "mark"}}, !mask]}, side.ids.mark]}
+            }}]))],
+        });
+        elements.push(NftElement {
+            map: MAP_HOME.into(),
+            key: json!(side.interface).to_string(),
+            target: chain,
+        });
+    }
 
     for ingress in sides {
         for target in sides.iter().filter(|t| t.name != ingress.name) {
@@ -596,6 +619,10 @@ pub fn parse_listing(listing: &Value) -> ObservedNft {
 
 fn skeleton_chains(mask: u32) -> Vec<(&'static str, Value, Vec<NftRule>)> {
     let mark = json!({"&": [{"meta": {"key": "mark"}}, mask]});
+    // Only steered connections have a zone (ours are never 0); a side's own traffic carries
+    // the side's mark too, and must not be translated.
+    let steered = json!({"match": {"op": "!=",
+        "left": {"ct": {"key": "zone", "dir": "original"}}, "right": 0}});
     vec![
         (
             CHAIN_PREROUTING,
@@ -613,21 +640,28 @@ fn skeleton_chains(mask: u32) -> Vec<(&'static str, Value, Vec<NftRule>)> {
                         {"payload": {"protocol": "ip6", "field": "daddr"}}]},
                         "data": format!("@{MAP_INGRESS_V6}")}}
                 ])),
+                NftRule::new(json!([
+                    {"match": {"op": "==", "left": mark, "right": 0}},
+                    {"vmap": {"key": {"meta": {"key": "iifname"}},
+                        "data": format!("@{MAP_HOME}")}}
+                ])),
             ],
         ),
         (
             CHAIN_NAT_PREROUTING,
             json!({"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}),
-            vec![NftRule::new(
-                json!([{"vmap": {"key": mark, "data": format!("@{MAP_DNAT}")}}]),
-            )],
+            vec![NftRule::new(json!([
+                steered,
+                {"vmap": {"key": mark, "data": format!("@{MAP_DNAT}")}}
+            ]))],
         ),
         (
             CHAIN_NAT_POSTROUTING,
             json!({"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}),
-            vec![NftRule::new(
-                json!([{"vmap": {"key": mark, "data": format!("@{MAP_SNAT}")}}]),
-            )],
+            vec![NftRule::new(json!([
+                steered,
+                {"vmap": {"key": mark, "data": format!("@{MAP_SNAT}")}}
+            ]))],
         ),
     ]
 }
@@ -644,6 +678,7 @@ fn skeleton_maps() -> Vec<(&'static str, Value)> {
         ),
         (MAP_DNAT, json!({"type": "mark", "map": "verdict"})),
         (MAP_SNAT, json!({"type": "mark", "map": "verdict"})),
+        (MAP_HOME, json!({"type": "ifname", "map": "verdict"})),
     ]
 }
 
@@ -883,7 +918,7 @@ mod tests {
             allow(Protocol::Icmp, None),
         ];
         let subnet: IpNet = "192.168.2.0/24".parse().unwrap();
-        let nft = network("n", subnet, 0xff00_0000, &sides, &list);
+        let nft = network("n", subnet, 0xff00_0000, &sides, &list, true);
         let dst = nft.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         let text: Vec<String> = dst.rules.iter().map(|r| r.expr.to_string()).collect();
         assert_eq!(text.len(), 3, "{text:#?}");
@@ -910,6 +945,7 @@ mod tests {
             0xff00_0000,
             &sides,
             &list[2..],
+            true,
         );
         let dst = v6.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         assert_eq!(
@@ -928,9 +964,41 @@ mod tests {
             0xff00_0000,
             &sides,
             &[],
+            true,
         );
         let dst = nft.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         assert_eq!(dst.rules.len(), 1);
+    }
+
+    #[test]
+    fn policy_routing_marks_each_sides_own_traffic_and_vrf_does_not() {
+        let sides = [side("inner", 1, false), side("outer", 2, false)];
+        let subnet: IpNet = "10.0.0.0/24".parse().unwrap();
+        let policy = network("n", subnet, 0xff00_0000, &sides, &[], true);
+        let home: Vec<&NftElement> = policy
+            .elements
+            .iter()
+            .filter(|e| e.map == MAP_HOME)
+            .collect();
+        assert_eq!(home.len(), 2);
+        for (element, side) in home.iter().zip(&sides) {
+            assert_eq!(element.key, json!(side.interface).to_string());
+            let chain = policy
+                .chains
+                .iter()
+                .find(|c| c.name == element.target)
+                .unwrap();
+            assert_eq!(chain_network(&chain.name), Some("n"));
+            assert!(
+                chain.rules[0]
+                    .expr
+                    .to_string()
+                    .contains(&side.ids.mark.to_string())
+            );
+        }
+        let vrf = network("n", subnet, 0xff00_0000, &sides, &[], false);
+        assert!(vrf.elements.iter().all(|e| e.map != MAP_HOME));
+        assert!(vrf.chains.iter().all(|c| !c.name.starts_with("home.")));
     }
 
     #[test]

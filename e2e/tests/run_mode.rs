@@ -40,10 +40,16 @@ fn every_tampered_object_is_repaired() {
             "500:\tfrom all fwmark 0x1000000/0xff000000 lookup 20000 proto 77",
         ),
         (
-            "iif rule",
-            "ip rule del priority 1501",
+            "skip rule",
+            "ip rule del priority 499",
             "ip rule show",
-            "1501:\tfrom all iif eth2 lookup 20001 proto 77",
+            "499:\tfrom all fwmark 0/0xff000000 goto 502 proto 77",
+        ),
+        (
+            "side's own mark",
+            "nft delete element inet mirrornet home '{ \"eth2\" }'",
+            "nft list map inet mirrornet home",
+            "\"eth2\" : jump home.plant-twin.outer",
         ),
         (
             "side route",
@@ -83,8 +89,8 @@ fn every_tampered_object_is_repaired() {
         ),
     ];
     if vrf() {
-        // No iif rules with VRF: the VRF device is the side's routing domain instead.
-        cases.retain(|(what, ..)| *what != "iif rule");
+        // No home marks with VRF: the VRF device is the side's routing domain instead.
+        cases.retain(|(what, ..)| *what != "side's own mark");
         cases.push((
             "VRF device",
             "ip link del mnv20001",
