@@ -1565,14 +1565,23 @@ pub fn changes(
     steps.extend(vrf_steps);
     steps.extend(adds);
     steps.extend(sysctls);
+    // The skip rule may send unmarked traffic past the mark rules only where no side relies
+    // on an `iif` rule (an older agent's layout): then it goes after the nft transaction that
+    // marks every side's own traffic (`home`); otherwise before it, so that adding a network
+    // ends with its nft transaction, which is atomic and needs no listing to undo.
+    let legacy = state
+        .rules
+        .iter()
+        .any(|r| matches!(r.selector, RuleSelector::Iif(_)));
+    if !legacy {
+        steps.append(&mut skip_adds);
+    }
     if !commands.is_empty() {
         steps.push(Step::Nft {
             summary: nft_summary(&commands),
             commands,
         });
     }
-    // After the nft transaction: the skip rule may only send unmarked traffic past the mark
-    // rules once every side's own traffic is marked (`home`).
     steps.extend(skip_adds);
     steps.extend(deletes);
     steps.extend(restores);
@@ -1586,7 +1595,9 @@ pub const NODE: &str = "(node)";
 /// The node-wide rules that take traffic without a mirrornet mark past every mark rule, per
 /// family: `fwmark 0/mask goto <after the last mark rule>` just before the first, and the
 /// no-op rule it jumps to. None where no mark rule is left, or the first sits at priority 1
-/// (nothing fits before it but the local table's rule).
+/// (nothing fits before it but the local table's rule). The target is the l3mdev rule's
+/// priority (1000) while every mark rule precedes it, as allocated ones do: it stays put as
+/// networks come and go, so adding one does not move the skip rule.
 fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>, mask: u32) -> Vec<RulePlan> {
     let mut span: BTreeMap<bool, (u32, u32)> = BTreeMap::new();
     for rule in rules.filter(|r| matches!(r.selector, RuleSelector::Mark { .. })) {
@@ -1599,6 +1610,7 @@ fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>, mask: u32) -> Vec<R
     span.into_iter()
         .filter(|(_, (low, high))| *low >= 2 && *high < u32::MAX)
         .flat_map(|(ipv6, (low, high))| {
+            let high = high.max(L3MDEV_PRIORITY - 1);
             [
                 RulePlan {
                     ipv6,
@@ -1912,12 +1924,15 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "499 fwmark 0x0/0xff000000 goto 508",
-                "508 nop",
-                "-6 509 fwmark 0x0/0xff000000 goto 511",
-                "-6 511 nop",
+                "499 fwmark 0x0/0xff000000 goto 1000",
+                "1000 nop",
+                "-6 509 fwmark 0x0/0xff000000 goto 1000",
+                "-6 1000 nop",
             ]
         );
+        // An explicit priority past the l3mdev rule takes the target with it.
+        let far = skip_rules([mark_rule(false, 500), mark_rule(false, 4000)].iter(), 1);
+        assert_eq!(far[0].to_string(), "499 fwmark 0x0/0x1 goto 4001");
         assert!(skip_rules(std::iter::empty(), 0xff00_0000).is_empty());
         // Nothing fits between the local table's rule at 0 and a mark rule at 1.
         assert!(skip_rules([mark_rule(false, 1)].iter(), 0xff00_0000).is_empty());

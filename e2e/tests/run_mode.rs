@@ -43,7 +43,7 @@ fn every_tampered_object_is_repaired() {
             "skip rule",
             "ip rule del priority 499",
             "ip rule show",
-            "499:\tfrom all fwmark 0/0xff000000 goto 502 proto 77",
+            "499:\tfrom all fwmark 0/0xff000000 goto 1000 proto 77",
         ),
         (
             "side's own mark",
