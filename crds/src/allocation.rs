@@ -1,5 +1,6 @@
 //! Kernel id allocation: the routing table, mark, conntrack zone and rule priority of every
-//! side, unique among all networks, drawn from configured ranges.
+//! side, drawn from configured ranges. Tables, marks and zones are unique among all networks;
+//! rule priorities are shared (see [`Allocator`]).
 //!
 //! Pure and shared: the operator allocates cluster-wide and records the result in status;
 //! the agent's file mode allocates from the same default ranges for the networks of one box.
@@ -80,7 +81,9 @@ impl IdRanges {
 /// Held against available ids of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KindUsage {
-    /// Ids held by networks (and, for tables, by other software).
+    /// Ids held by networks (and, for tables, by other software). For rule priorities, which
+    /// sides share, the priorities at least one side uses: at `capacity` further sides share
+    /// them, which is not exhaustion.
     pub held: u64,
     /// Ids the configured range offers.
     pub capacity: u64,
@@ -131,10 +134,20 @@ struct Held {
     tables: BTreeMap<u32, String>,
     marks: BTreeMap<u32, String>,
     zones: BTreeMap<u16, String>,
-    rule_priorities: BTreeMap<u32, String>,
+    /// How many sides use each priority.
+    rule_priorities: BTreeMap<u32, usize>,
 }
 
-/// Hands out ids that nobody holds, and remembers who holds which.
+/// Hands out tables, marks and zones that nobody holds, and rule priorities that the fewest
+/// sides use, and remembers who holds which.
+///
+/// Rule priorities need not be unique, and making them so would cap a node at 250 two-sided
+/// networks (500-999): the kernel keeps any number of rules at one priority; a side's mark
+/// rule matches only its own mark and its iif rule only its own interface, so those never
+/// compete for a packet (the reverse-path rules `from <gateway> iif lo` of networks with one
+/// gateway address can, at distinct priorities as much as at one, and there any of them
+/// answers); and the agent tells rules apart by their routing table, which is unique.
+/// Spreading them evenly keeps the rules at one priority few.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     ranges: IdRanges,
@@ -216,9 +229,11 @@ impl Allocator {
             self.held.tables.insert(s.table, network.into());
             self.held.marks.insert(s.mark, network.into());
             self.held.zones.insert(s.zone, network.into());
-            self.held
+            *self
+                .held
                 .rule_priorities
-                .insert(s.rule_priority, network.into());
+                .entry(s.rule_priority)
+                .or_default() += 1;
         }
         self.by_network.insert(network.into(), allocation);
     }
@@ -230,14 +245,20 @@ impl Allocator {
             self.held.tables.remove(&s.table);
             self.held.marks.remove(&s.mark);
             self.held.zones.remove(&s.zone);
-            self.held.rule_priorities.remove(&s.rule_priority);
+            if let Some(count) = self.held.rule_priorities.get_mut(&s.rule_priority) {
+                *count -= 1;
+                if *count == 0 {
+                    self.held.rule_priorities.remove(&s.rule_priority);
+                }
+            }
         }
         Some(allocation)
     }
 
     /// Returns the network's allocation: the recorded one when it still covers the network's
     /// sides (ids are stable for a network's life), otherwise a new one. Explicit ids in the
-    /// spec win and are refused when another network holds them. Nothing is recorded on error.
+    /// spec win; an explicit table, mark or zone is refused when another network holds it, an
+    /// explicit rule priority never is. Nothing is recorded on error.
     pub fn allocate(
         &mut self,
         network: &str,
@@ -267,7 +288,9 @@ impl Allocator {
         let mut taken_tables = BTreeSet::new();
         let mut taken_marks = BTreeSet::new();
         let mut taken_zones = BTreeSet::new();
-        let mut taken_prios = BTreeSet::new();
+        // This network's own sides count towards how used a priority is, so that its sides
+        // spread too.
+        let mut taken_prios: BTreeMap<u32, usize> = BTreeMap::new();
         let mut sides = Vec::new();
         let _ = network;
         // Explicit ids first, so an allocated id never lands on one a later side asks for.
@@ -282,13 +305,9 @@ impl Allocator {
             )?;
             explicit(index, "mark", ids.mark, &self.held.marks, &mut taken_marks)?;
             explicit(index, "zone", ids.zone, &self.held.zones, &mut taken_zones)?;
-            explicit(
-                index,
-                "rulePriority",
-                ids.rule_priority,
-                &self.held.rule_priorities,
-                &mut taken_prios,
-            )?;
+            if let Some(p) = ids.rule_priority {
+                *taken_prios.entry(p).or_default() += 1;
+            }
         }
         for (index, side) in valid.sides.iter().enumerate() {
             let before = previous
@@ -328,14 +347,27 @@ impl Allocator {
                 &mut taken_zones,
                 self.ranges.zones.clone(),
             )?;
-            let rule_priority = pick(
-                "rulePriority",
-                ids.rule_priority,
-                before.map(|b| b.rule_priority),
-                &self.held.rule_priorities,
-                &mut taken_prios,
-                self.ranges.rule_priorities.clone(),
-            )?;
+            let rule_priority = match ids.rule_priority {
+                // Counted above.
+                Some(explicit) => explicit,
+                None => {
+                    let p = before
+                        .map(|b| b.rule_priority)
+                        .or_else(|| {
+                            least_used(
+                                &self.held.rule_priorities,
+                                &taken_prios,
+                                self.ranges.rule_priorities.clone(),
+                            )
+                        })
+                        .ok_or_else(|| AllocationError::Exhausted {
+                            what: "rulePriority",
+                            range: "(empty)".into(),
+                        })?;
+                    *taken_prios.entry(p).or_default() += 1;
+                    p
+                }
+            };
             sides.push(SideAllocation {
                 side: side.name.to_string(),
                 table,
@@ -349,6 +381,18 @@ impl Allocator {
             sides,
         })
     }
+}
+
+/// The priority in `range` the fewest sides use (held by other networks plus `taken` by this
+/// one), the lowest among equals; `None` only for an empty range.
+fn least_used(
+    held: &BTreeMap<u32, usize>,
+    taken: &BTreeMap<u32, usize>,
+    range: RangeInclusive<u32>,
+) -> Option<u32> {
+    let used = |p: &u32| held.get(p).unwrap_or(&0) + taken.get(p).unwrap_or(&0);
+    // `min_by_key` keeps the first of equal keys: the lowest priority.
+    range.min_by_key(used)
 }
 
 /// Claims an explicit id, refusing one another network (or another side) holds.
@@ -413,4 +457,182 @@ fn pick<T: Ord + Copy + Into<u64> + std::fmt::Debug>(
         })?;
     taken.insert(value);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{MirrorNetworkSpec, Side, SideKernelIds};
+
+    fn ranges(rule_priorities: RangeInclusive<u32>) -> IdRanges {
+        IdRanges {
+            rule_priorities,
+            ..IdRanges::default()
+        }
+    }
+
+    /// A two-sided network on interfaces `<tag>a`, `<tag>b`, with optional explicit priorities.
+    fn network(tag: &str, priorities: [Option<u32>; 2]) -> ValidNetwork {
+        let spec = MirrorNetworkSpec {
+            node_selector: None,
+            subnet: "192.168.2.0/24".into(),
+            gateway_address: "192.168.2.1".into(),
+            sides: ["a", "b"]
+                .iter()
+                .zip(priorities)
+                .enumerate()
+                .map(|(i, (side, rule_priority))| Side {
+                    name: (*side).into(),
+                    interface: format!("{tag}{side}"),
+                    alias_prefix: format!("192.168.{}.0/24", 10 + i),
+                    kernel_ids: rule_priority.map(|p| SideKernelIds {
+                        rule_priority: Some(p),
+                        ..Default::default()
+                    }),
+                    take_over_node_interface: false,
+                })
+                .collect(),
+            backend: Default::default(),
+            direction: Default::default(),
+            answer_only: Vec::new(),
+            allow: Vec::new(),
+            suspend: false,
+            verify: None,
+        };
+        crate::validate(&spec).unwrap()
+    }
+
+    fn priorities(a: &Allocation) -> Vec<u32> {
+        a.sides.iter().map(|s| s.rule_priority).collect()
+    }
+
+    #[test]
+    fn priorities_go_to_the_least_used_then_are_shared_evenly() {
+        let mut allocator = Allocator::new(ranges(500..=502));
+        let got: Vec<Vec<u32>> = (0..4)
+            .map(|n| {
+                let a = allocator
+                    .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                    .unwrap();
+                priorities(&a)
+            })
+            .collect();
+        // Three priorities for eight sides: every priority used by two or three sides, the
+        // lowest first on ties.
+        assert_eq!(
+            got,
+            vec![
+                vec![500, 501],
+                vec![502, 500],
+                vec![501, 502],
+                vec![500, 501]
+            ]
+        );
+        let usage = allocator.usage().rule_priorities;
+        assert_eq!((usage.held, usage.capacity), (3, 3));
+        // Tables, marks and zones stayed unique.
+        let tables: BTreeSet<u32> = (0..4)
+            .flat_map(|n| allocator.get(&format!("net-{n}")).unwrap().sides.clone())
+            .map(|s| s.table)
+            .collect();
+        assert_eq!(tables.len(), 8);
+    }
+
+    #[test]
+    fn a_released_priority_is_the_least_used_again() {
+        let mut allocator = Allocator::new(ranges(500..=503));
+        for n in 0..3 {
+            allocator
+                .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                .unwrap();
+        }
+        // net-0 held 500 and 501; net-1 502, 503; net-2 500, 501 again.
+        allocator.release("net-1");
+        assert_eq!(allocator.usage().rule_priorities.held, 2);
+        let a = allocator
+            .allocate("net-3", &network("e", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&a), vec![502, 503]);
+        // Releasing the last user of a priority frees it in the usage count.
+        allocator.release("net-3");
+        allocator.release("net-2");
+        assert_eq!(allocator.usage().rule_priorities.held, 2);
+        allocator.release("net-0");
+        assert_eq!(allocator.usage().rule_priorities.held, 0);
+    }
+
+    #[test]
+    fn an_explicit_priority_may_equal_another_networks() {
+        let mut allocator = Allocator::new(IdRanges::default());
+        let first = allocator
+            .allocate("first", &network("e", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&first), vec![500, 501]);
+        let second = allocator
+            .allocate("second", &network("f", [Some(500), Some(500)]))
+            .unwrap();
+        assert_eq!(priorities(&second), vec![500, 500]);
+        // The next free choice avoids the priority now used three times.
+        let third = allocator
+            .allocate("third", &network("g", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&third), vec![502, 503]);
+    }
+
+    #[test]
+    fn a_priority_is_kept_for_the_networks_life_even_when_less_used_ones_appear() {
+        let mut allocator = Allocator::new(ranges(500..=502));
+        allocator
+            .allocate("a", &network("e", [None, None]))
+            .unwrap();
+        let b = allocator
+            .allocate("b", &network("f", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&b), vec![502, 500]);
+        // Without a, fresh choices would be 500 and 501; b keeps what it has.
+        allocator.release("a");
+        let again = allocator
+            .allocate("b", &network("f", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&again), vec![502, 500]);
+    }
+
+    #[test]
+    fn explicit_tables_marks_and_zones_stay_exclusive() {
+        let mut allocator = Allocator::new(IdRanges::default());
+        let first = allocator
+            .allocate("first", &network("e", [None, None]))
+            .unwrap();
+        let mut second = network("f", [None, None]);
+        second.sides[0].kernel_ids.table = Some(first.sides[0].table);
+        let err = allocator.allocate("second", &second).unwrap_err();
+        assert!(
+            matches!(&err, AllocationError::ExplicitIdTaken { field: "table", holder, .. } if holder == "first"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rebuilding_counts_shared_priorities_again() {
+        let mut allocator = Allocator::new(ranges(500..=500));
+        for n in 0..3 {
+            allocator
+                .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                .unwrap();
+        }
+        let recorded: Vec<(String, Allocation)> = allocator
+            .networks()
+            .map(|n| (n.to_owned(), allocator.get(n).unwrap().clone()))
+            .collect();
+        let mut rebuilt = Allocator::from_existing(
+            ranges(500..=500),
+            recorded.iter().map(|(n, a)| (n.as_str(), a)),
+        );
+        assert_eq!(rebuilt.usage(), allocator.usage());
+        rebuilt.release("net-0");
+        rebuilt.release("net-1");
+        assert_eq!(rebuilt.usage().rule_priorities.held, 1);
+        rebuilt.release("net-2");
+        assert_eq!(rebuilt.usage().rule_priorities.held, 0);
+    }
 }
