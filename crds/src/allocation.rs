@@ -3,7 +3,8 @@
 //! rule priorities are shared (see [`Allocator`]).
 //!
 //! Pure and shared: the operator allocates cluster-wide and records the result in status;
-//! the agent's file mode allocates from the same default ranges for the networks of one box.
+//! the agent's file mode allocates for the networks of one box. Both take the ranges from the
+//! same flags ([`RangeFlags`]).
 //! An [`Allocator`] is rebuilt from the allocations already held (status after an operator
 //! restart, the kernel after an agent restart), so ids are stable for a network's life.
 
@@ -44,38 +45,198 @@ impl IdRanges {
         (1..=top).map(move |v| v << shift)
     }
 
-    /// Checks the ranges themselves (operator configuration, CLI flags).
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the ranges themselves; an error names the flag ([`RangeFlags`]) that sets the
+    /// range at fault.
+    pub fn check(&self) -> Result<(), RangeError> {
+        let err = |flag, reason: String| Err(RangeError { flag, reason });
         if self.mark_mask == 0 {
-            return Err("mark mask must have at least one bit set".into());
+            return err(MARK_MASK, "must have at least one bit set".into());
         }
         let shifted = self.mark_mask >> self.mark_mask.trailing_zeros();
         if shifted & (shifted + 1) != 0 {
-            return Err(format!(
-                "mark mask {:#010x} must be one contiguous run of bits",
-                self.mark_mask
-            ));
+            return err(
+                MARK_MASK,
+                format!(
+                    "{:#010x} must be one contiguous run of bits",
+                    self.mark_mask
+                ),
+            );
         }
         if self.tables.is_empty() || *self.tables.start() == 0 {
-            return Err("table range must be non-empty and start above 0".into());
+            return err(TABLE_RANGE, "must be non-empty and start above 0".into());
         }
         if [253, 254, 255].iter().any(|t| self.tables.contains(t)) {
-            return Err("table range must not include the kernel's tables 253-255".into());
+            return err(
+                TABLE_RANGE,
+                "must not include the kernel's tables 253-255".into(),
+            );
         }
         if self.zones.is_empty() || *self.zones.start() == 0 {
-            return Err("zone range must be non-empty and start above 0".into());
+            return err(ZONE_RANGE, "must be non-empty and start above 0".into());
         }
         if self.rule_priorities.is_empty()
             || *self.rule_priorities.start() == 0
             || *self.rule_priorities.end() >= 1000
         {
-            return Err(
-                "rule priority range must lie within 1-999, ahead of the l3mdev rule at 1000"
-                    .into(),
+            return err(
+                RULE_PRIORITY_RANGE,
+                "must lie within 1-999, ahead of the l3mdev rule at 1000".into(),
             );
         }
         Ok(())
     }
+}
+
+const TABLE_RANGE: &str = "--table-range";
+const ZONE_RANGE: &str = "--zone-range";
+const RULE_PRIORITY_RANGE: &str = "--rule-priority-range";
+const MARK_MASK: &str = "--mark-mask";
+
+/// A range setting that cannot be used, and the flag that set it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct RangeError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+/// The id ranges as text, the way the operator and the agent both take them: flags, each also
+/// read from the environment (`MIRRORNET_MARK_MASK` for `--mark-mask`, ...), ranges as
+/// `FIRST-LAST` and the mask as a number, decimal or `0x` hex. Declared once, so that the two
+/// programs take the same syntax and name the same flags; with the `cli` feature it is a
+/// `clap::Args` to flatten into a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct RangeFlags {
+    /// Routing tables handed to networks, `FIRST-LAST`; one per side.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_TABLE_RANGE",
+            default_value = "20000-29999"
+        )
+    )]
+    pub table_range: String,
+    /// Conntrack zones handed to networks, `FIRST-LAST`; one per side.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_ZONE_RANGE",
+            default_value = "40000-49999"
+        )
+    )]
+    pub zone_range: String,
+    /// Priorities of the ip rules, `FIRST-LAST`, below the l3mdev rule at 1000; sides share
+    /// them, so the range bounds no number of networks.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_RULE_PRIORITY_RANGE",
+            default_value = "500-999"
+        )
+    )]
+    pub rule_priority_range: String,
+    /// Bits of the packet mark mirrornet may use (one contiguous run); every side holds one
+    /// value under it: `0xff000000` fits 127 two-sided networks, `0xfff00000` 2047.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_MARK_MASK",
+            default_value = "0xff000000"
+        )
+    )]
+    pub mark_mask: String,
+}
+
+impl Default for RangeFlags {
+    fn default() -> Self {
+        Self::from(&IdRanges::default())
+    }
+}
+
+impl From<&IdRanges> for RangeFlags {
+    /// The settings that give `ranges` back.
+    fn from(ranges: &IdRanges) -> Self {
+        let range = |r: &RangeInclusive<u32>| format!("{}-{}", r.start(), r.end());
+        Self {
+            table_range: range(&ranges.tables),
+            zone_range: range(&(u32::from(*ranges.zones.start())..=u32::from(*ranges.zones.end()))),
+            rule_priority_range: range(&ranges.rule_priorities),
+            mark_mask: format!("{:#010x}", ranges.mark_mask),
+        }
+    }
+}
+
+impl RangeFlags {
+    /// Parses and checks the ranges; an error names the flag.
+    pub fn ranges(&self) -> Result<IdRanges, RangeError> {
+        let zones = parse_range(ZONE_RANGE, &self.zone_range)?;
+        let narrow = |v: u32| {
+            u16::try_from(v).map_err(|_| RangeError {
+                flag: ZONE_RANGE,
+                reason: format!("{v} is above the largest zone 65535"),
+            })
+        };
+        let ranges = IdRanges {
+            tables: parse_range(TABLE_RANGE, &self.table_range)?,
+            zones: narrow(*zones.start())?..=narrow(*zones.end())?,
+            rule_priorities: parse_range(RULE_PRIORITY_RANGE, &self.rule_priority_range)?,
+            mark_mask: parse_number(MARK_MASK, &self.mark_mask)?,
+        };
+        ranges.check()?;
+        Ok(ranges)
+    }
+
+    /// The command-line arguments that set these ranges, for a process started with the same
+    /// ones (the agent's rollback guard).
+    pub fn args(&self) -> Vec<String> {
+        [
+            (TABLE_RANGE, &self.table_range),
+            (ZONE_RANGE, &self.zone_range),
+            (RULE_PRIORITY_RANGE, &self.rule_priority_range),
+            (MARK_MASK, &self.mark_mask),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
+        .collect()
+    }
+}
+
+/// A number in decimal or `0x` hex.
+fn parse_number(flag: &'static str, text: &str) -> Result<u32, RangeError> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| RangeError {
+        flag,
+        reason: format!("{text:?} is not a number"),
+    })
+}
+
+/// `FIRST-LAST`, both included.
+fn parse_range(flag: &'static str, text: &str) -> Result<RangeInclusive<u32>, RangeError> {
+    let (a, b) = text.split_once('-').ok_or_else(|| RangeError {
+        flag,
+        reason: format!("{text:?} is not FIRST-LAST"),
+    })?;
+    let (a, b) = (parse_number(flag, a)?, parse_number(flag, b)?);
+    if a > b {
+        return Err(RangeError {
+            flag,
+            reason: format!("{a} is above {b}"),
+        });
+    }
+    Ok(a..=b)
 }
 
 /// Held against available ids of one kind.
@@ -504,6 +665,67 @@ mod tests {
 
     fn priorities(a: &Allocation) -> Vec<u32> {
         a.sides.iter().map(|s| s.rule_priority).collect()
+    }
+
+    #[test]
+    fn flags_give_the_ranges_back_and_errors_name_the_flag() {
+        assert_eq!(RangeFlags::default().ranges(), Ok(IdRanges::default()));
+        let wide = IdRanges {
+            mark_mask: 0xfff0_0000,
+            zones: 1..=65535,
+            ..IdRanges::default()
+        };
+        assert_eq!(RangeFlags::from(&wide).ranges(), Ok(wide));
+        let with = |edit: fn(&mut RangeFlags)| {
+            let mut flags = RangeFlags::default();
+            edit(&mut flags);
+            flags.ranges().unwrap_err().to_string()
+        };
+        for (error, expected) in [
+            (
+                with(|f| f.table_range = "5".into()),
+                "--table-range: \"5\" is not FIRST-LAST",
+            ),
+            (
+                with(|f| f.table_range = "200-300".into()),
+                "--table-range: must not include",
+            ),
+            (
+                with(|f| f.zone_range = "1-70000".into()),
+                "--zone-range: 70000 is above",
+            ),
+            (
+                with(|f| f.rule_priority_range = "900-1200".into()),
+                "--rule-priority-range: must lie within 1-999",
+            ),
+            (
+                with(|f| f.rule_priority_range = "600-500".into()),
+                "--rule-priority-range: 600 is above 500",
+            ),
+            (
+                with(|f| f.mark_mask = "0x0f0f0000".into()),
+                "--mark-mask: 0x0f0f0000 must be one contiguous",
+            ),
+            (
+                with(|f| f.mark_mask = "ff".into()),
+                "--mark-mask: \"ff\" is not a number",
+            ),
+        ] {
+            assert!(error.starts_with(expected), "{error}");
+        }
+        assert_eq!(
+            RangeFlags::default().args(),
+            [
+                "--table-range",
+                "20000-29999",
+                "--zone-range",
+                "40000-49999",
+                "--rule-priority-range",
+                "500-999",
+                "--mark-mask",
+                "0xff000000"
+            ]
+        );
     }
 
     #[test]
