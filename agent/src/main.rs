@@ -15,14 +15,20 @@ use mirrornet_agent::engine::{BackendChoice, Engine, NodeState};
 use mirrornet_agent::netlink::Netlink;
 use mirrornet_agent::state::StateFile;
 use mirrornet_agent::{demo, lab, rollback};
-use mirrornet_api::allocation::IdRanges;
+use mirrornet_api::allocation::{IdRanges, RangeFlags};
 use mirrornet_api::file::{self, LoadedNetwork};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "mirrornet-agent",
     version,
-    about = "Joins networks that reuse the same IP range through alias prefixes"
+    about = "Joins networks that reuse the same IP range through alias prefixes",
+    after_help = "Id ranges (--table-range, --zone-range, --rule-priority-range, --mark-mask, or \
+                  their MIRRORNET_* variables; the operator's flags): where the agent draws the \
+                  ids of networks from a file (apply, plan, show, run --file) that do not hold \
+                  ids on the node yet. In a cluster the operator allocates ids. Give every \
+                  command on one node the same ranges: a network re-applied under another mark \
+                  mask gets new ids."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,6 +36,8 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    ranges: RangeFlags,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,7 +203,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, &cli.ranges)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -208,9 +216,9 @@ fn load(path: &std::path::Path) -> Result<Vec<LoadedNetwork>> {
     Ok(file::load_path(path)?)
 }
 
-fn engine() -> Result<Engine> {
+fn engine(ranges: &IdRanges) -> Result<Engine> {
     let netlink = Netlink::connect().context("opening a netlink socket")?;
-    Ok(Engine::new(netlink, IdRanges::default()))
+    Ok(Engine::new(netlink, ranges.clone()))
 }
 
 fn print(output: Output, json: &serde_json::Value, text: impl FnOnce()) {
@@ -220,7 +228,8 @@ fn print(output: Output, json: &serde_json::Value, text: impl FnOnce()) {
     }
 }
 
-async fn dispatch(command: Cmd) -> Result<()> {
+async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
+    let ranges = &flags.ranges()?;
     match command {
         Cmd::Apply {
             file,
@@ -228,7 +237,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             output,
         } => {
             let networks = load(&file)?;
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             rollback::recover(&engine).await?;
             let _lock = rollback::NodeLock::acquire().await?;
             let state = engine.observe().await?;
@@ -242,6 +251,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 networks: &valid,
                 remove: &[],
                 endpoints: &[],
+                ranges,
             };
             let verified = rollback::converge_verified(&engine, &state, memory, change).await?;
             print(output, &serde_json::to_value(&verified)?, || {
@@ -264,7 +274,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
         }
         Cmd::Delete { file, output } => {
             let networks = load(&file)?;
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             rollback::recover(&engine).await?;
             let _lock = rollback::NodeLock::acquire().await?;
             let state = engine.observe().await?;
@@ -276,6 +286,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
                 networks: &[],
                 remove: &names,
                 endpoints: &[],
+                ranges,
             };
             let outcome = rollback::converge_verified(&engine, &state, memory, change)
                 .await?
@@ -295,7 +306,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             output,
         } => {
             let networks = load(&file)?;
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             let state = engine.observe().await?;
             let plans = engine.plans(&state, &networks, backend)?;
             let memory = StateFile::load(&state)?;
@@ -310,7 +321,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             });
         }
         Cmd::Show { file, output } => {
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             let state = engine.observe().await?;
             let report = show(&engine, &state, file.as_deref())?;
             print(output, &serde_json::to_value(&report)?, || {
@@ -349,25 +360,20 @@ async fn dispatch(command: Cmd) -> Result<()> {
         } => match (file, node_name) {
             (Some(file), _) => {
                 let desired = mirrornet_agent::file_source::watch_file(file)?;
-                run(desired, None, backend, metrics_address, resync_seconds).await?;
+                let settings = settings(None, backend, ranges, resync_seconds);
+                run(desired, None, settings, metrics_address).await?;
             }
             (None, Some(node)) => {
                 let cluster = mirrornet_agent::cluster::Cluster::connect(&node).await?;
                 let desired = cluster.desired.clone();
-                run(
-                    desired,
-                    Some(cluster),
-                    backend,
-                    metrics_address,
-                    resync_seconds,
-                )
-                .await?;
+                let settings = settings(Some(&cluster), backend, ranges, resync_seconds);
+                run(desired, Some(cluster), settings, metrics_address).await?;
             }
             (None, None) => anyhow::bail!("pass --file, or --node-name (NODE_NAME) in a cluster"),
         },
         Cmd::Demo { file } => demo::run(file.as_deref()).await?,
         Cmd::RollbackGuard { id } => {
-            if let Some(outcome) = rollback::guard(&engine()?, &id).await? {
+            if let Some(outcome) = rollback::guard(&engine(ranges)?, &id).await? {
                 eprintln!(
                     "rolled back change {id} ({} kernel writes): its agent died before confirming it",
                     outcome.writes
@@ -382,7 +388,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             file,
             output,
         } => {
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             let state = engine.observe().await?;
             let networks = networks_here(&state, file.as_deref())?;
             let network = networks
@@ -416,7 +422,7 @@ async fn dispatch(command: Cmd) -> Result<()> {
             from,
             file,
             output,
-        } => translate(address, &from, file.as_deref(), output).await?,
+        } => translate(address, &from, file.as_deref(), output, ranges).await?,
         Cmd::Probe { probe } => match probe {
             ProbeCmd::Serve {
                 port,
@@ -444,27 +450,34 @@ async fn dispatch(command: Cmd) -> Result<()> {
     Ok(())
 }
 
-async fn run(
-    desired: tokio::sync::watch::Receiver<Vec<mirrornet_agent::reconciler::DesiredNetwork>>,
-    cluster: Option<mirrornet_agent::cluster::Cluster>,
+fn settings(
+    cluster: Option<&mirrornet_agent::cluster::Cluster>,
     backend: BackendChoice,
-    metrics_address: std::net::SocketAddr,
+    ranges: &IdRanges,
     resync_seconds: u64,
-) -> Result<()> {
-    use mirrornet_agent::reconciler::{self, Metrics, NodeReport, Settings};
-    use std::sync::Arc;
-    let settings = Settings {
+) -> mirrornet_agent::reconciler::Settings {
+    mirrornet_agent::reconciler::Settings {
         backend,
         resync: Duration::from_secs(resync_seconds.max(1)),
         // In a cluster a change must leave the node able to reach the API server.
         endpoints: cluster
-            .as_ref()
             .and_then(|_| mirrornet_agent::verify::api_server())
             .into_iter()
             .collect(),
-        ..Settings::default()
-    };
-    let engine = engine()?;
+        ranges: ranges.clone(),
+        ..Default::default()
+    }
+}
+
+async fn run(
+    desired: tokio::sync::watch::Receiver<Vec<mirrornet_agent::reconciler::DesiredNetwork>>,
+    cluster: Option<mirrornet_agent::cluster::Cluster>,
+    settings: mirrornet_agent::reconciler::Settings,
+    metrics_address: std::net::SocketAddr,
+) -> Result<()> {
+    use mirrornet_agent::reconciler::{self, Metrics, NodeReport};
+    use std::sync::Arc;
+    let engine = engine(&settings.ranges)?;
     // A rollback that fails here is retried before every change (and reported as its
     // error): the loop starts anyway, so the node's status says what is wrong instead of
     // the pod restarting forever.
@@ -533,11 +546,12 @@ async fn translate(
     from: &str,
     file: Option<&std::path::Path>,
     output: Output,
+    ranges: &IdRanges,
 ) -> Result<()> {
     let networks: Vec<LoadedNetwork> = match file {
         Some(f) => load(f)?,
         None => {
-            let engine = engine()?;
+            let engine = engine(ranges)?;
             let state = engine.observe().await?;
             networks_here(&state, None)?
         }

@@ -270,6 +270,8 @@ pub struct Settings {
     pub debounce: Duration,
     /// Endpoints the node must still reach after a change (the API server in a cluster).
     pub endpoints: Vec<std::net::SocketAddr>,
+    /// The id ranges the engine was made with, for the rollback guard.
+    pub ranges: mirrornet_api::allocation::IdRanges,
 }
 
 impl Default for Settings {
@@ -279,6 +281,7 @@ impl Default for Settings {
             resync: Duration::from_secs(30),
             debounce: Duration::from_millis(10),
             endpoints: Vec::new(),
+            ranges: Default::default(),
         }
     }
 }
@@ -526,6 +529,7 @@ pub async fn pass(
         networks: &valid,
         remove: &remove,
         endpoints: &settings.endpoints,
+        ranges: &settings.ranges,
     };
     let remembered: std::collections::BTreeSet<String> = memory
         .as_ref()

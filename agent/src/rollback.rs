@@ -20,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mirrornet_api::allocation::{IdRanges, RangeFlags};
 use mirrornet_api::file::LoadedNetwork;
 use mirrornet_api::{Allocation, BackendKind, MirrorNetwork, MirrorNetworkSpec, ValidNetwork};
 use serde::{Deserialize, Serialize};
@@ -203,19 +204,28 @@ pub async fn guard(engine: &Engine, id: &str) -> Result<Option<Outcome>> {
     }
 }
 
-fn spawn_guard(id: &str) -> io::Result<()> {
+/// The command of the guard of change `id`. It gets the agent's id ranges: a revert plans
+/// with the recorded ids and allocates nothing, but an engine on other ranges than the agent's
+/// would be wrong the day it does.
+fn guard_command(id: &str, ranges: &IdRanges) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     // The running binary itself, even if a package upgrade replaced the file on disk.
-    let child = std::process::Command::new("/proc/self/exe")
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command
         .args(["rollback-guard", "--id", id])
+        .args(RangeFlags::from(ranges).args())
         // Injected faults are for the agent under test, never for its guard.
         .env_remove("MIRRORNET_CRASH_AT_STEP")
         .env_remove("MIRRORNET_FAULT_AT_STEP")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         // Its own process group: a signal to the agent's group (Ctrl-C) does not reach it.
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    command
+}
+
+fn spawn_guard(id: &str, ranges: &IdRanges) -> io::Result<()> {
+    let child = guard_command(id, ranges).spawn()?;
     // Reaped when it ends, so a long-running agent collects no zombies.
     std::thread::spawn(move || {
         let mut child = child;
@@ -234,6 +244,8 @@ pub struct Change<'a> {
     pub remove: &'a [String],
     /// Endpoints the node must still reach afterwards (the API server in a cluster).
     pub endpoints: &'a [SocketAddr],
+    /// The id ranges the engine allocates from; the guard process gets the same.
+    pub ranges: &'a IdRanges,
 }
 
 /// A converge and, when it changed what a network is, the checks that kept it.
@@ -353,7 +365,7 @@ pub async fn converge_verified(
     armed
         .save()
         .map_err(|e| EngineError::Arming(e.to_string()))?;
-    if let Err(e) = spawn_guard(&armed.id) {
+    if let Err(e) = spawn_guard(&armed.id, change.ranges) {
         Armed::disarm()?;
         return Err(EngineError::Arming(format!(
             "starting the guard process: {e}"
@@ -468,4 +480,36 @@ fn unix_ms() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_starts_with_the_agents_id_ranges() {
+        let ranges = IdRanges {
+            rule_priorities: 500..=500,
+            mark_mask: 0xfff0_0000,
+            ..IdRanges::default()
+        };
+        let command = guard_command("42-1", &ranges);
+        let args: Vec<&str> = command.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "rollback-guard",
+                "--id",
+                "42-1",
+                "--table-range",
+                "20000-29999",
+                "--zone-range",
+                "40000-49999",
+                "--rule-priority-range",
+                "500-500",
+                "--mark-mask",
+                "0xfff00000"
+            ]
+        );
+    }
 }

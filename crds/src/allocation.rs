@@ -1,8 +1,10 @@
 //! Kernel id allocation: the routing table, mark, conntrack zone and rule priority of every
-//! side, unique among all networks, drawn from configured ranges.
+//! side, drawn from configured ranges. Tables, marks and zones are unique among all networks;
+//! rule priorities are shared (see [`Allocator`]).
 //!
 //! Pure and shared: the operator allocates cluster-wide and records the result in status;
-//! the agent's file mode allocates from the same default ranges for the networks of one box.
+//! the agent's file mode allocates for the networks of one box. Both take the ranges from the
+//! same flags ([`RangeFlags`]).
 //! An [`Allocator`] is rebuilt from the allocations already held (status after an operator
 //! restart, the kernel after an agent restart), so ids are stable for a network's life.
 
@@ -43,44 +45,206 @@ impl IdRanges {
         (1..=top).map(move |v| v << shift)
     }
 
-    /// Checks the ranges themselves (operator configuration, CLI flags).
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the ranges themselves; an error names the flag ([`RangeFlags`]) that sets the
+    /// range at fault.
+    pub fn check(&self) -> Result<(), RangeError> {
+        let err = |flag, reason: String| Err(RangeError { flag, reason });
         if self.mark_mask == 0 {
-            return Err("mark mask must have at least one bit set".into());
+            return err(MARK_MASK, "must have at least one bit set".into());
         }
         let shifted = self.mark_mask >> self.mark_mask.trailing_zeros();
         if shifted & (shifted + 1) != 0 {
-            return Err(format!(
-                "mark mask {:#010x} must be one contiguous run of bits",
-                self.mark_mask
-            ));
+            return err(
+                MARK_MASK,
+                format!(
+                    "{:#010x} must be one contiguous run of bits",
+                    self.mark_mask
+                ),
+            );
         }
         if self.tables.is_empty() || *self.tables.start() == 0 {
-            return Err("table range must be non-empty and start above 0".into());
+            return err(TABLE_RANGE, "must be non-empty and start above 0".into());
         }
         if [253, 254, 255].iter().any(|t| self.tables.contains(t)) {
-            return Err("table range must not include the kernel's tables 253-255".into());
+            return err(
+                TABLE_RANGE,
+                "must not include the kernel's tables 253-255".into(),
+            );
         }
         if self.zones.is_empty() || *self.zones.start() == 0 {
-            return Err("zone range must be non-empty and start above 0".into());
+            return err(ZONE_RANGE, "must be non-empty and start above 0".into());
         }
         if self.rule_priorities.is_empty()
             || *self.rule_priorities.start() == 0
             || *self.rule_priorities.end() >= 1000
         {
-            return Err(
-                "rule priority range must lie within 1-999, ahead of the l3mdev rule at 1000"
-                    .into(),
+            return err(
+                RULE_PRIORITY_RANGE,
+                "must lie within 1-999, ahead of the l3mdev rule at 1000".into(),
             );
         }
         Ok(())
     }
 }
 
+const TABLE_RANGE: &str = "--table-range";
+const ZONE_RANGE: &str = "--zone-range";
+const RULE_PRIORITY_RANGE: &str = "--rule-priority-range";
+const MARK_MASK: &str = "--mark-mask";
+
+/// A range setting that cannot be used, and the flag that set it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct RangeError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+/// The id ranges as text, the way the operator and the agent both take them: flags, each also
+/// read from the environment (`MIRRORNET_MARK_MASK` for `--mark-mask`, ...), ranges as
+/// `FIRST-LAST` and the mask as a number, decimal or `0x` hex. Declared once, so that the two
+/// programs take the same syntax and name the same flags; with the `cli` feature it is a
+/// `clap::Args` to flatten into a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct RangeFlags {
+    /// Routing tables handed to networks, `FIRST-LAST`; one per side.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_TABLE_RANGE",
+            default_value = "20000-29999"
+        )
+    )]
+    pub table_range: String,
+    /// Conntrack zones handed to networks, `FIRST-LAST`; one per side.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_ZONE_RANGE",
+            default_value = "40000-49999"
+        )
+    )]
+    pub zone_range: String,
+    /// Priorities of the ip rules, `FIRST-LAST`, below the l3mdev rule at 1000; sides share
+    /// them, so the range bounds no number of networks.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_RULE_PRIORITY_RANGE",
+            default_value = "500-999"
+        )
+    )]
+    pub rule_priority_range: String,
+    /// Bits of the packet mark mirrornet may use (one contiguous run); every side holds one
+    /// value under it: `0xff000000` fits 127 two-sided networks, `0xfff00000` 2047.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            global = true,
+            env = "MIRRORNET_MARK_MASK",
+            default_value = "0xff000000"
+        )
+    )]
+    pub mark_mask: String,
+}
+
+impl Default for RangeFlags {
+    fn default() -> Self {
+        Self::from(&IdRanges::default())
+    }
+}
+
+impl From<&IdRanges> for RangeFlags {
+    /// The settings that give `ranges` back.
+    fn from(ranges: &IdRanges) -> Self {
+        let range = |r: &RangeInclusive<u32>| format!("{}-{}", r.start(), r.end());
+        Self {
+            table_range: range(&ranges.tables),
+            zone_range: range(&(u32::from(*ranges.zones.start())..=u32::from(*ranges.zones.end()))),
+            rule_priority_range: range(&ranges.rule_priorities),
+            mark_mask: format!("{:#010x}", ranges.mark_mask),
+        }
+    }
+}
+
+impl RangeFlags {
+    /// Parses and checks the ranges; an error names the flag.
+    pub fn ranges(&self) -> Result<IdRanges, RangeError> {
+        let zones = parse_range(ZONE_RANGE, &self.zone_range)?;
+        let narrow = |v: u32| {
+            u16::try_from(v).map_err(|_| RangeError {
+                flag: ZONE_RANGE,
+                reason: format!("{v} is above the largest zone 65535"),
+            })
+        };
+        let ranges = IdRanges {
+            tables: parse_range(TABLE_RANGE, &self.table_range)?,
+            zones: narrow(*zones.start())?..=narrow(*zones.end())?,
+            rule_priorities: parse_range(RULE_PRIORITY_RANGE, &self.rule_priority_range)?,
+            mark_mask: parse_number(MARK_MASK, &self.mark_mask)?,
+        };
+        ranges.check()?;
+        Ok(ranges)
+    }
+
+    /// The command-line arguments that set these ranges, for a process started with the same
+    /// ones (the agent's rollback guard).
+    pub fn args(&self) -> Vec<String> {
+        [
+            (TABLE_RANGE, &self.table_range),
+            (ZONE_RANGE, &self.zone_range),
+            (RULE_PRIORITY_RANGE, &self.rule_priority_range),
+            (MARK_MASK, &self.mark_mask),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
+        .collect()
+    }
+}
+
+/// A number in decimal or `0x` hex.
+fn parse_number(flag: &'static str, text: &str) -> Result<u32, RangeError> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| RangeError {
+        flag,
+        reason: format!("{text:?} is not a number"),
+    })
+}
+
+/// `FIRST-LAST`, both included.
+fn parse_range(flag: &'static str, text: &str) -> Result<RangeInclusive<u32>, RangeError> {
+    let (a, b) = text.split_once('-').ok_or_else(|| RangeError {
+        flag,
+        reason: format!("{text:?} is not FIRST-LAST"),
+    })?;
+    let (a, b) = (parse_number(flag, a)?, parse_number(flag, b)?);
+    if a > b {
+        return Err(RangeError {
+            flag,
+            reason: format!("{a} is above {b}"),
+        });
+    }
+    Ok(a..=b)
+}
+
 /// Held against available ids of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KindUsage {
-    /// Ids held by networks (and, for tables, by other software).
+    /// Ids held by networks (and, for tables, by other software). For rule priorities, which
+    /// sides share, the priorities at least one side uses: at `capacity` further sides share
+    /// them, which is not exhaustion.
     pub held: u64,
     /// Ids the configured range offers.
     pub capacity: u64,
@@ -131,10 +295,20 @@ struct Held {
     tables: BTreeMap<u32, String>,
     marks: BTreeMap<u32, String>,
     zones: BTreeMap<u16, String>,
-    rule_priorities: BTreeMap<u32, String>,
+    /// How many sides use each priority.
+    rule_priorities: BTreeMap<u32, usize>,
 }
 
-/// Hands out ids that nobody holds, and remembers who holds which.
+/// Hands out tables, marks and zones that nobody holds, and rule priorities that the fewest
+/// sides use, and remembers who holds which.
+///
+/// Rule priorities need not be unique, and making them so would cap a node at 250 two-sided
+/// networks (500-999): the kernel keeps any number of rules at one priority; a side's mark
+/// rule matches only its own mark and its iif rule only its own interface, so those never
+/// compete for a packet (the reverse-path rules `from <gateway> iif lo` of networks with one
+/// gateway address can, at distinct priorities as much as at one, and there any of them
+/// answers); and the agent tells rules apart by their routing table, which is unique.
+/// Spreading them evenly keeps the rules at one priority few.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     ranges: IdRanges,
@@ -216,9 +390,11 @@ impl Allocator {
             self.held.tables.insert(s.table, network.into());
             self.held.marks.insert(s.mark, network.into());
             self.held.zones.insert(s.zone, network.into());
-            self.held
+            *self
+                .held
                 .rule_priorities
-                .insert(s.rule_priority, network.into());
+                .entry(s.rule_priority)
+                .or_default() += 1;
         }
         self.by_network.insert(network.into(), allocation);
     }
@@ -230,14 +406,20 @@ impl Allocator {
             self.held.tables.remove(&s.table);
             self.held.marks.remove(&s.mark);
             self.held.zones.remove(&s.zone);
-            self.held.rule_priorities.remove(&s.rule_priority);
+            if let Some(count) = self.held.rule_priorities.get_mut(&s.rule_priority) {
+                *count -= 1;
+                if *count == 0 {
+                    self.held.rule_priorities.remove(&s.rule_priority);
+                }
+            }
         }
         Some(allocation)
     }
 
     /// Returns the network's allocation: the recorded one when it still covers the network's
     /// sides (ids are stable for a network's life), otherwise a new one. Explicit ids in the
-    /// spec win and are refused when another network holds them. Nothing is recorded on error.
+    /// spec win; an explicit table, mark or zone is refused when another network holds it, an
+    /// explicit rule priority never is. Nothing is recorded on error.
     pub fn allocate(
         &mut self,
         network: &str,
@@ -267,7 +449,9 @@ impl Allocator {
         let mut taken_tables = BTreeSet::new();
         let mut taken_marks = BTreeSet::new();
         let mut taken_zones = BTreeSet::new();
-        let mut taken_prios = BTreeSet::new();
+        // This network's own sides count towards how used a priority is, so that its sides
+        // spread too.
+        let mut taken_prios: BTreeMap<u32, usize> = BTreeMap::new();
         let mut sides = Vec::new();
         let _ = network;
         // Explicit ids first, so an allocated id never lands on one a later side asks for.
@@ -282,13 +466,9 @@ impl Allocator {
             )?;
             explicit(index, "mark", ids.mark, &self.held.marks, &mut taken_marks)?;
             explicit(index, "zone", ids.zone, &self.held.zones, &mut taken_zones)?;
-            explicit(
-                index,
-                "rulePriority",
-                ids.rule_priority,
-                &self.held.rule_priorities,
-                &mut taken_prios,
-            )?;
+            if let Some(p) = ids.rule_priority {
+                *taken_prios.entry(p).or_default() += 1;
+            }
         }
         for (index, side) in valid.sides.iter().enumerate() {
             let before = previous
@@ -328,14 +508,27 @@ impl Allocator {
                 &mut taken_zones,
                 self.ranges.zones.clone(),
             )?;
-            let rule_priority = pick(
-                "rulePriority",
-                ids.rule_priority,
-                before.map(|b| b.rule_priority),
-                &self.held.rule_priorities,
-                &mut taken_prios,
-                self.ranges.rule_priorities.clone(),
-            )?;
+            let rule_priority = match ids.rule_priority {
+                // Counted above.
+                Some(explicit) => explicit,
+                None => {
+                    let p = before
+                        .map(|b| b.rule_priority)
+                        .or_else(|| {
+                            least_used(
+                                &self.held.rule_priorities,
+                                &taken_prios,
+                                self.ranges.rule_priorities.clone(),
+                            )
+                        })
+                        .ok_or_else(|| AllocationError::Exhausted {
+                            what: "rulePriority",
+                            range: "(empty)".into(),
+                        })?;
+                    *taken_prios.entry(p).or_default() += 1;
+                    p
+                }
+            };
             sides.push(SideAllocation {
                 side: side.name.to_string(),
                 table,
@@ -349,6 +542,18 @@ impl Allocator {
             sides,
         })
     }
+}
+
+/// The priority in `range` the fewest sides use (held by other networks plus `taken` by this
+/// one), the lowest among equals; `None` only for an empty range.
+fn least_used(
+    held: &BTreeMap<u32, usize>,
+    taken: &BTreeMap<u32, usize>,
+    range: RangeInclusive<u32>,
+) -> Option<u32> {
+    let used = |p: &u32| held.get(p).unwrap_or(&0) + taken.get(p).unwrap_or(&0);
+    // `min_by_key` keeps the first of equal keys: the lowest priority.
+    range.min_by_key(used)
 }
 
 /// Claims an explicit id, refusing one another network (or another side) holds.
@@ -413,4 +618,243 @@ fn pick<T: Ord + Copy + Into<u64> + std::fmt::Debug>(
         })?;
     taken.insert(value);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{MirrorNetworkSpec, Side, SideKernelIds};
+
+    fn ranges(rule_priorities: RangeInclusive<u32>) -> IdRanges {
+        IdRanges {
+            rule_priorities,
+            ..IdRanges::default()
+        }
+    }
+
+    /// A two-sided network on interfaces `<tag>a`, `<tag>b`, with optional explicit priorities.
+    fn network(tag: &str, priorities: [Option<u32>; 2]) -> ValidNetwork {
+        let spec = MirrorNetworkSpec {
+            node_selector: None,
+            subnet: "192.168.2.0/24".into(),
+            gateway_address: "192.168.2.1".into(),
+            sides: ["a", "b"]
+                .iter()
+                .zip(priorities)
+                .enumerate()
+                .map(|(i, (side, rule_priority))| Side {
+                    name: (*side).into(),
+                    interface: format!("{tag}{side}"),
+                    alias_prefix: format!("192.168.{}.0/24", 10 + i),
+                    kernel_ids: rule_priority.map(|p| SideKernelIds {
+                        rule_priority: Some(p),
+                        ..Default::default()
+                    }),
+                    take_over_node_interface: false,
+                })
+                .collect(),
+            backend: Default::default(),
+            direction: Default::default(),
+            answer_only: Vec::new(),
+            allow: Vec::new(),
+            suspend: false,
+            verify: None,
+        };
+        crate::validate(&spec).unwrap()
+    }
+
+    fn priorities(a: &Allocation) -> Vec<u32> {
+        a.sides.iter().map(|s| s.rule_priority).collect()
+    }
+
+    #[test]
+    fn flags_give_the_ranges_back_and_errors_name_the_flag() {
+        assert_eq!(RangeFlags::default().ranges(), Ok(IdRanges::default()));
+        let wide = IdRanges {
+            mark_mask: 0xfff0_0000,
+            zones: 1..=65535,
+            ..IdRanges::default()
+        };
+        assert_eq!(RangeFlags::from(&wide).ranges(), Ok(wide));
+        let with = |edit: fn(&mut RangeFlags)| {
+            let mut flags = RangeFlags::default();
+            edit(&mut flags);
+            flags.ranges().unwrap_err().to_string()
+        };
+        for (error, expected) in [
+            (
+                with(|f| f.table_range = "5".into()),
+                "--table-range: \"5\" is not FIRST-LAST",
+            ),
+            (
+                with(|f| f.table_range = "200-300".into()),
+                "--table-range: must not include",
+            ),
+            (
+                with(|f| f.zone_range = "1-70000".into()),
+                "--zone-range: 70000 is above",
+            ),
+            (
+                with(|f| f.rule_priority_range = "900-1200".into()),
+                "--rule-priority-range: must lie within 1-999",
+            ),
+            (
+                with(|f| f.rule_priority_range = "600-500".into()),
+                "--rule-priority-range: 600 is above 500",
+            ),
+            (
+                with(|f| f.mark_mask = "0x0f0f0000".into()),
+                "--mark-mask: 0x0f0f0000 must be one contiguous",
+            ),
+            (
+                with(|f| f.mark_mask = "ff".into()),
+                "--mark-mask: \"ff\" is not a number",
+            ),
+        ] {
+            assert!(error.starts_with(expected), "{error}");
+        }
+        assert_eq!(
+            RangeFlags::default().args(),
+            [
+                "--table-range",
+                "20000-29999",
+                "--zone-range",
+                "40000-49999",
+                "--rule-priority-range",
+                "500-999",
+                "--mark-mask",
+                "0xff000000"
+            ]
+        );
+    }
+
+    #[test]
+    fn priorities_go_to_the_least_used_then_are_shared_evenly() {
+        let mut allocator = Allocator::new(ranges(500..=502));
+        let got: Vec<Vec<u32>> = (0..4)
+            .map(|n| {
+                let a = allocator
+                    .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                    .unwrap();
+                priorities(&a)
+            })
+            .collect();
+        // Three priorities for eight sides: every priority used by two or three sides, the
+        // lowest first on ties.
+        assert_eq!(
+            got,
+            vec![
+                vec![500, 501],
+                vec![502, 500],
+                vec![501, 502],
+                vec![500, 501]
+            ]
+        );
+        let usage = allocator.usage().rule_priorities;
+        assert_eq!((usage.held, usage.capacity), (3, 3));
+        // Tables, marks and zones stayed unique.
+        let tables: BTreeSet<u32> = (0..4)
+            .flat_map(|n| allocator.get(&format!("net-{n}")).unwrap().sides.clone())
+            .map(|s| s.table)
+            .collect();
+        assert_eq!(tables.len(), 8);
+    }
+
+    #[test]
+    fn a_released_priority_is_the_least_used_again() {
+        let mut allocator = Allocator::new(ranges(500..=503));
+        for n in 0..3 {
+            allocator
+                .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                .unwrap();
+        }
+        // net-0 held 500 and 501; net-1 502, 503; net-2 500, 501 again.
+        allocator.release("net-1");
+        assert_eq!(allocator.usage().rule_priorities.held, 2);
+        let a = allocator
+            .allocate("net-3", &network("e", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&a), vec![502, 503]);
+        // Releasing the last user of a priority frees it in the usage count.
+        allocator.release("net-3");
+        allocator.release("net-2");
+        assert_eq!(allocator.usage().rule_priorities.held, 2);
+        allocator.release("net-0");
+        assert_eq!(allocator.usage().rule_priorities.held, 0);
+    }
+
+    #[test]
+    fn an_explicit_priority_may_equal_another_networks() {
+        let mut allocator = Allocator::new(IdRanges::default());
+        let first = allocator
+            .allocate("first", &network("e", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&first), vec![500, 501]);
+        let second = allocator
+            .allocate("second", &network("f", [Some(500), Some(500)]))
+            .unwrap();
+        assert_eq!(priorities(&second), vec![500, 500]);
+        // The next free choice avoids the priority now used three times.
+        let third = allocator
+            .allocate("third", &network("g", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&third), vec![502, 503]);
+    }
+
+    #[test]
+    fn a_priority_is_kept_for_the_networks_life_even_when_less_used_ones_appear() {
+        let mut allocator = Allocator::new(ranges(500..=502));
+        allocator
+            .allocate("a", &network("e", [None, None]))
+            .unwrap();
+        let b = allocator
+            .allocate("b", &network("f", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&b), vec![502, 500]);
+        // Without a, fresh choices would be 500 and 501; b keeps what it has.
+        allocator.release("a");
+        let again = allocator
+            .allocate("b", &network("f", [None, None]))
+            .unwrap();
+        assert_eq!(priorities(&again), vec![502, 500]);
+    }
+
+    #[test]
+    fn explicit_tables_marks_and_zones_stay_exclusive() {
+        let mut allocator = Allocator::new(IdRanges::default());
+        let first = allocator
+            .allocate("first", &network("e", [None, None]))
+            .unwrap();
+        let mut second = network("f", [None, None]);
+        second.sides[0].kernel_ids.table = Some(first.sides[0].table);
+        let err = allocator.allocate("second", &second).unwrap_err();
+        assert!(
+            matches!(&err, AllocationError::ExplicitIdTaken { field: "table", holder, .. } if holder == "first"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rebuilding_counts_shared_priorities_again() {
+        let mut allocator = Allocator::new(ranges(500..=500));
+        for n in 0..3 {
+            allocator
+                .allocate(&format!("net-{n}"), &network("e", [None, None]))
+                .unwrap();
+        }
+        let recorded: Vec<(String, Allocation)> = allocator
+            .networks()
+            .map(|n| (n.to_owned(), allocator.get(n).unwrap().clone()))
+            .collect();
+        let mut rebuilt = Allocator::from_existing(
+            ranges(500..=500),
+            recorded.iter().map(|(n, a)| (n.as_str(), a)),
+        );
+        assert_eq!(rebuilt.usage(), allocator.usage());
+        rebuilt.release("net-0");
+        rebuilt.release("net-1");
+        assert_eq!(rebuilt.usage().rule_priorities.held, 1);
+        rebuilt.release("net-2");
+        assert_eq!(rebuilt.usage().rule_priorities.held, 0);
+    }
 }

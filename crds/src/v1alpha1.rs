@@ -269,7 +269,9 @@ pub struct SideKernelIds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub zone: Option<u16>,
-    /// Priority of this side's ip rules.
+    /// Priority of this side's ip rules (its mark rule; its interface rule sits 1000 above).
+    /// Unlike the other ids it may equal another network's: the kernel keeps many rules at one
+    /// priority, and each side's rules select by its own mark or interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32765))]
     pub rule_priority: Option<u32>,
@@ -366,7 +368,8 @@ pub struct SideAllocation {
     pub mark: u32,
     /// Conntrack zone of connections this side originates.
     pub zone: u16,
-    /// Priority of the side's ip rules.
+    /// Priority of the side's ip rules. Sides of other networks may share it; the operator
+    /// hands out the priority fewest sides use.
     pub rule_priority: u32,
 }
 

@@ -1,7 +1,7 @@
 //! Properties of the id allocator under arbitrary sequences of networks created, changed and
-//! deleted: no id is ever held twice, explicit ids are honoured or refused, ids are stable for
-//! a network's life, and rebuilding from recorded allocations (an operator restart) changes
-//! nothing.
+//! deleted: no table, mark or zone is ever held twice, rule priorities are shared and never
+//! run out, explicit ids are honoured or refused, ids are stable for a network's life, and
+//! rebuilding from recorded allocations (an operator restart) changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,20 +69,20 @@ fn spec(sides: u8, explicit_table: Option<u32>) -> MirrorNetworkSpec {
     }
 }
 
-/// Panics if two sides (of any networks) share an id of one kind.
+/// Panics if two sides (of any networks) share a table, mark or zone, or a priority lies
+/// outside the range (none is asked for explicitly here). Priorities may be shared.
 fn assert_unique(recorded: &BTreeMap<String, Allocation>) {
     let mut tables = BTreeSet::new();
     let mut marks = BTreeSet::new();
     let mut zones = BTreeSet::new();
-    let mut prios = BTreeSet::new();
     for (net, a) in recorded {
         for s in &a.sides {
             assert!(tables.insert(s.table), "table {} twice ({net})", s.table);
             assert!(marks.insert(s.mark), "mark {:#x} twice ({net})", s.mark);
             assert!(zones.insert(s.zone), "zone {} twice ({net})", s.zone);
             assert!(
-                prios.insert(s.rule_priority),
-                "priority {} twice ({net})",
+                ranges().rule_priorities.contains(&s.rule_priority),
+                "priority {} outside the range ({net})",
                 s.rule_priority
             );
             assert_eq!(s.mark & !a.mark_mask, 0, "mark outside the mask");
@@ -133,7 +133,8 @@ proptest! {
                             // Nothing changed for the network on error.
                             prop_assert_eq!(allocator.get(&name), before.as_ref());
                         }
-                        Err(AllocationError::Exhausted { .. }) => {
+                        Err(AllocationError::Exhausted { what, .. }) => {
+                            prop_assert_ne!(what, "rulePriority", "priorities are shared");
                             prop_assert_eq!(allocator.get(&name), before.as_ref());
                         }
                         Err(e @ AllocationError::MarkOutsideMask { .. }) => {

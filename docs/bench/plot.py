@@ -29,7 +29,7 @@ if scale:
         ax.grid(True, alpha=0.3)
         ax.legend()
     maxn = (r.get("limits") or {}).get("max_networks")
-    fig.suptitle(f"Per-packet cost vs. number of networks (policy backend; at most {maxn} fit the default id ranges)")
+    fig.suptitle(f"Per-packet cost vs. number of networks (policy backend; at most {maxn} fit the bench's id ranges)")
     fig.tight_layout()
     fig.savefig(f"{out}/scale{suffix}.png", dpi=110)
 

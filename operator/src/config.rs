@@ -2,11 +2,10 @@
 //! environment, as the Helm chart does) turned into checked values.
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Toleration;
-use mirrornet_api::allocation::IdRanges;
+use mirrornet_api::allocation::{IdRanges, RangeFlags};
 
 use crate::error::{Error, Result};
 
@@ -79,21 +78,10 @@ pub struct Args {
     )]
     pub agent_tolerations: String,
 
-    /// Routing tables handed to networks, `FIRST-LAST`.
-    #[arg(long, env = "MIRRORNET_TABLE_RANGE", default_value = "20000-29999")]
-    pub table_range: String,
-
-    /// Conntrack zones handed to networks, `FIRST-LAST`.
-    #[arg(long, env = "MIRRORNET_ZONE_RANGE", default_value = "40000-49999")]
-    pub zone_range: String,
-
-    /// Priorities of the ip rules, `FIRST-LAST`, below the l3mdev rule at 1000.
-    #[arg(long, env = "MIRRORNET_RULE_PRIORITY_RANGE", default_value = "500-999")]
-    pub rule_priority_range: String,
-
-    /// Bits of the packet mark mirrornet may use (one contiguous run), e.g. `0xff000000`.
-    #[arg(long, env = "MIRRORNET_MARK_MASK", default_value = "0xff000000")]
-    pub mark_mask: String,
+    /// `--table-range`, `--zone-range`, `--rule-priority-range`, `--mark-mask`: the same
+    /// flags (and variables) as the agent's.
+    #[command(flatten)]
+    pub ranges: RangeFlags,
 
     /// How long a deleting network waits for a NotReady node before releasing it (seconds).
     #[arg(long, env = "MIRRORNET_NODE_GRACE_SECONDS", default_value_t = 300)]
@@ -193,21 +181,10 @@ impl Args {
                     "--agent-tolerations: not a JSON list of tolerations: {e}"
                 ))
             })?;
-        let ranges = IdRanges {
-            tables: range("--table-range", &self.table_range)?,
-            zones: {
-                let r = range("--zone-range", &self.zone_range)?;
-                let narrow = |v: u32| {
-                    u16::try_from(v).map_err(|_| {
-                        Error::Config(format!("--zone-range: {v} is above the largest zone 65535"))
-                    })
-                };
-                narrow(*r.start())?..=narrow(*r.end())?
-            },
-            rule_priorities: range("--rule-priority-range", &self.rule_priority_range)?,
-            mark_mask: number("--mark-mask", &self.mark_mask)?,
-        };
-        ranges.check().map_err(Error::Config)?;
+        let ranges = self
+            .ranges
+            .ranges()
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Config {
             agent: AgentConfig {
                 namespace: self.namespace.clone(),
@@ -225,28 +202,6 @@ impl Args {
             node_grace: Duration::from_secs(self.node_grace_seconds),
         })
     }
-}
-
-/// A number in decimal or `0x` hex.
-fn number(flag: &str, text: &str) -> Result<u32> {
-    let text = text.trim();
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|_| Error::Config(format!("{flag}: {text:?} is not a number")))
-}
-
-/// `FIRST-LAST`, both included.
-fn range(flag: &str, text: &str) -> Result<RangeInclusive<u32>> {
-    let (a, b) = text
-        .split_once('-')
-        .ok_or_else(|| Error::Config(format!("{flag}: {text:?} is not FIRST-LAST")))?;
-    let (a, b) = (number(flag, a)?, number(flag, b)?);
-    if a > b {
-        return Err(Error::Config(format!("{flag}: {a} is above {b}")));
-    }
-    Ok(a..=b)
 }
 
 #[cfg(test)]
@@ -269,8 +224,11 @@ mod tests {
         let table = [
             (vec!["--table-range", "5"], "--table-range"),
             (vec!["--zone-range", "1-70000"], "--zone-range"),
-            (vec!["--mark-mask", "0x0f0f0000"], "contiguous"),
-            (vec!["--rule-priority-range", "900-1200"], "l3mdev"),
+            (vec!["--mark-mask", "0x0f0f0000"], "--mark-mask"),
+            (
+                vec!["--rule-priority-range", "900-1200"],
+                "--rule-priority-range",
+            ),
             (vec!["--agent-tolerations", "{}"], "--agent-tolerations"),
         ];
         for (flags, expected) in table {

@@ -8,6 +8,9 @@
 //! scale    N networks on one middleman: pps and TCP of the first, the last, and unrelated traffic
 //! control  apply/delete times, cold start, re-apply, repair delay (run), flows, RSS, idle CPU
 //! ```
+//!
+//! The agent runs with the id ranges in [`RANGES`]: a mark mask wide enough for the largest
+//! scale, 1024 networks.
 
 mod agent;
 mod control;
@@ -142,14 +145,49 @@ pub struct Options {
     skip: Vec<String>,
 }
 
-/// Most two-sided networks one node can hold with the default id ranges: every side needs its
-/// own mark (0xff000000 mask: 255 values), rule priority (500-999: 500 values), table and zone.
-fn max_networks() -> usize {
-    let marks = 255usize;
-    let priorities = 500usize;
-    let tables = 10000usize;
-    let zones = 10000usize;
-    marks.min(priorities).min(tables).min(zones) / 2
+/// The id ranges of the agent's `--table-range`, `--zone-range`, `--rule-priority-range` and
+/// `--mark-mask` flags, as `(first, last)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ranges {
+    pub tables: (u32, u32),
+    pub zones: (u32, u32),
+    pub rule_priorities: (u32, u32),
+    pub mark_mask: u32,
+}
+
+/// What every agent call of the bench gets: the agent's defaults but for a 12-bit mark mask
+/// (4095 marks; the default 0xff000000 holds 255, 127 two-sided networks), so that the 1024
+/// networks of the largest scale fit.
+pub const RANGES: Ranges = Ranges {
+    tables: (20000, 29999),
+    zones: (40000, 49999),
+    rule_priorities: (500, 999),
+    mark_mask: 0xfff0_0000,
+};
+
+impl Ranges {
+    /// The agent's flags for these ranges.
+    pub fn args(&self) -> Vec<String> {
+        let range = |(a, b): (u32, u32)| format!("{a}-{b}");
+        vec![
+            "--table-range".into(),
+            range(self.tables),
+            "--zone-range".into(),
+            range(self.zones),
+            "--rule-priority-range".into(),
+            range(self.rule_priorities),
+            "--mark-mask".into(),
+            format!("{:#010x}", self.mark_mask),
+        ]
+    }
+
+    /// Most two-sided networks one node can hold: every side needs its own mark (the non-zero
+    /// values under the mask), table and zone. Rule priorities are shared and bound nothing.
+    pub fn max_networks(&self) -> usize {
+        let count = |(a, b): (u32, u32)| (b - a) as usize + 1;
+        let marks = (self.mark_mask >> self.mark_mask.trailing_zeros()) as usize;
+        marks.min(count(self.tables)).min(count(self.zones)) / 2
+    }
 }
 
 pub fn run(root: &Path, options: Options) -> Result<()> {
@@ -214,7 +252,7 @@ fn measure_all(agent_bin: &Path, work: &Path, s: &Settings, skip: &[String]) -> 
         let measured = paths::measure(&lab, &built, s)?;
         results["paths"] = serde_json::to_value(measured)?;
     }
-    let max = max_networks();
+    let max = RANGES.max_networks();
     let counts: Vec<usize> = s.scales.iter().map(|&n| n.min(max)).collect();
     let mut counts_dedup = counts.clone();
     counts_dedup.dedup();
@@ -248,7 +286,8 @@ fn measure_all(agent_bin: &Path, work: &Path, s: &Settings, skip: &[String]) -> 
                 serde_json::to_value(scale::measure(&lab, &scale, &counts_dedup, s)?)?;
         }
         if !skipped("control") {
-            let n = if s.quick { 16.min(max) } else { max };
+            // The largest scale: 1024 networks (16 with --quick).
+            let n = *counts_dedup.iter().max().unwrap_or(&1);
             eprintln!("\x1b[1mcontrol plane with {n} networks\x1b[0m");
             results["control"] = serde_json::to_value(control::measure(&mut lab, &scale, n, s)?)?;
         }
@@ -407,9 +446,7 @@ fn table(r: &Value) -> String {
             .unwrap_or(0) as usize;
         let lf = get(top, "last", "udp64_kpps") / get(top, "first", "udp64_kpps");
         row(
-            &format!(
-                "last of 256 networks >= 0.95x the first (measured at {top}, the most that fit)"
-            ),
+            &format!("last of 256 networks >= 0.95x the first (measured at {top})"),
             format!("{lf:.2}x (pps)"),
             (top > 1).then_some(lf >= 0.95),
         );
@@ -542,8 +579,35 @@ fn table(r: &Value) -> String {
     }
     if max > 0 {
         t.push_str(&format!(
-            "\nAt most {max} two-sided networks fit the default id ranges on one node.\n"
+            "\nAt most {max} two-sided networks fit the bench's id ranges on one node (mark mask \
+             {:#010x}; the default 0xff000000 holds 127).\n",
+            RANGES.mark_mask
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scale_fits_the_benchs_ranges() {
+        assert_eq!(RANGES.max_networks(), 2047);
+        for quick in [false, true] {
+            let scales = Settings::new(quick).scales;
+            assert!(scales.iter().all(|&n| n <= RANGES.max_networks()));
+        }
+        // The agent's own default mask holds 255 marks.
+        let default_mask = Ranges {
+            mark_mask: 0xff00_0000,
+            ..RANGES
+        };
+        assert_eq!(default_mask.max_networks(), 127);
+        assert_eq!(
+            RANGES.args().join(" "),
+            "--table-range 20000-29999 --zone-range 40000-49999 --rule-priority-range 500-999 \
+             --mark-mask 0xfff00000"
+        );
+    }
 }

@@ -84,9 +84,12 @@ pub struct Call {
 }
 
 impl Agent {
+    /// The agent with `args`, and the bench's id ranges ([`super::RANGES`]) on every call.
     fn command(&self, lab: &Lab, args: &[&str]) -> Command {
         let bin = self.binary.to_string_lossy().into_owned();
+        let ranges = super::RANGES.args();
         let mut full = vec![bin.as_str()];
+        full.extend(ranges.iter().map(String::as_str));
         full.extend_from_slice(args);
         let mut c = lab.command(&self.ns, &full);
         c.env("MIRRORNET_STATE_DIR", &self.state_dir);

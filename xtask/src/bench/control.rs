@@ -205,8 +205,11 @@ fn repair(lab: &mut Lab, agent: &Agent, max: usize, count: usize) -> Result<Vec<
         let kind = ["rule", "route", "nft"][k % 3];
         let (args, deleted, added): (Vec<String>, Matcher, Matcher) = match kind {
             "rule" => {
+                // Sides share priorities: the side's table names its mark rule alone (its iif
+                // rule sits 1000 higher).
                 let p = format!("{prio}:");
-                let p2 = p.clone();
+                let t = format!("lookup {table} ");
+                let (p2, t2) = (p.clone(), t.clone());
                 (
                     vec![
                         "ip".into(),
@@ -214,9 +217,11 @@ fn repair(lab: &mut Lab, agent: &Agent, max: usize, count: usize) -> Result<Vec<
                         "del".into(),
                         "priority".into(),
                         prio.to_string(),
+                        "lookup".into(),
+                        table.to_string(),
                     ],
-                    Box::new(move |l| l.starts_with(&format!("Deleted {p}"))),
-                    Box::new(move |l| l.starts_with(&p2)),
+                    Box::new(move |l| l.starts_with(&format!("Deleted {p}")) && l.contains(&t)),
+                    Box::new(move |l| l.starts_with(&p2) && l.contains(&t2)),
                 )
             }
             "route" => {
