@@ -1501,7 +1501,7 @@ pub fn changes(
             .iter()
             .filter(|r| r.table != 0 && !changing.contains(&r.table)),
     );
-    let wanted_skips = skip_rules(mark_rules, mask);
+    let wanted_skips = skip_rules(mark_rules);
     let have_skips = state.rules.iter().filter(|r| {
         matches!(
             r.selector,
@@ -1597,19 +1597,25 @@ pub const NODE: &str = "(node)";
 /// no-op rule it jumps to. None where no mark rule is left, or the first sits at priority 1
 /// (nothing fits before it but the local table's rule). The target is the l3mdev rule's
 /// priority (1000) while every mark rule precedes it, as allocated ones do: it stays put as
-/// networks come and go, so adding one does not move the skip rule.
-fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>, mask: u32) -> Vec<RulePlan> {
-    let mut span: BTreeMap<bool, (u32, u32)> = BTreeMap::new();
-    for rule in rules.filter(|r| matches!(r.selector, RuleSelector::Mark { .. })) {
-        let (low, high) = span
+/// networks come and go, so adding one does not move the skip rule. The mask is every mark
+/// rule's mask together: a packet with any of those bits set is someone's, whatever mask each
+/// network was allocated under.
+fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>) -> Vec<RulePlan> {
+    let mut span: BTreeMap<bool, (u32, u32, u32)> = BTreeMap::new();
+    for rule in rules {
+        let RuleSelector::Mark { mask, .. } = rule.selector else {
+            continue;
+        };
+        let (low, high, bits) = span
             .entry(rule.ipv6)
-            .or_insert((rule.priority, rule.priority));
+            .or_insert((rule.priority, rule.priority, 0));
         *low = (*low).min(rule.priority);
         *high = (*high).max(rule.priority);
+        *bits |= mask;
     }
     span.into_iter()
-        .filter(|(_, (low, high))| *low >= 2 && *high < u32::MAX)
-        .flat_map(|(ipv6, (low, high))| {
+        .filter(|(_, (low, high, _))| *low >= 2 && *high < u32::MAX)
+        .flat_map(|(ipv6, (low, high, mask))| {
             let high = high.max(L3MDEV_PRIORITY - 1);
             [
                 RulePlan {
@@ -1919,7 +1925,7 @@ mod tests {
             mark_rule(false, 507),
             mark_rule(true, 510),
         ];
-        let skips = skip_rules(rules.iter(), 0xff00_0000);
+        let skips = skip_rules(rules.iter());
         let shown: Vec<String> = skips.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
@@ -1930,11 +1936,17 @@ mod tests {
                 "-6 1000 nop",
             ]
         );
-        // An explicit priority past the l3mdev rule takes the target with it.
-        let far = skip_rules([mark_rule(false, 500), mark_rule(false, 4000)].iter(), 1);
-        assert_eq!(far[0].to_string(), "499 fwmark 0x0/0x1 goto 4001");
-        assert!(skip_rules(std::iter::empty(), 0xff00_0000).is_empty());
+        assert!(skip_rules(std::iter::empty()).is_empty());
         // Nothing fits between the local table's rule at 0 and a mark rule at 1.
-        assert!(skip_rules([mark_rule(false, 1)].iter(), 0xff00_0000).is_empty());
+        assert!(skip_rules([mark_rule(false, 1)].iter()).is_empty());
+        // An explicit priority past the l3mdev rule takes the target with it, and with
+        // networks allocated under different masks only a packet unmarked under all skips.
+        let mut wide = mark_rule(false, 4000);
+        wide.selector = RuleSelector::Mark {
+            value: 0x0010_0000,
+            mask: 0xfff0_0000,
+        };
+        let far = skip_rules([mark_rule(false, 500), wide].iter());
+        assert_eq!(far[0].to_string(), "499 fwmark 0x0/0xfff00000 goto 4001");
     }
 }

@@ -5,22 +5,23 @@
 use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     SEED, SpecFile, add_network, agent, apply, assert_same, connect, delete, host_of, ip_batch,
-    ping, require_root, serve, snapshot, vrf,
+    ping, require_root, serve, snapshot,
 };
 use serde_json::Value;
 
 /// Every one of the agent's calls here uses the same ranges, as the README asks.
 const WIDE_MASK: [&str; 2] = ["--mark-mask", "0xfff00000"];
 
-/// `(priority, selector text, table)` of every mirrornet rule (proto 77) in the middleman,
-/// sorted: the kernel lists rules of one priority in the order they were added.
+/// `(priority, selector text, table)` of every mirrornet rule (proto 77) in the middleman that
+/// looks up a table (not the node-wide skip rule and its target), sorted: the kernel lists
+/// rules of one priority in the order they were added.
 fn our_rules(lab: &Lab) -> Vec<(u32, String, u32)> {
     let text = lab
         .stdout(MIDDLEMAN, &["ip", "-4", "rule", "show"])
         .unwrap();
     let mut rules: Vec<_> = text
         .lines()
-        .filter(|l| l.ends_with(" proto 77"))
+        .filter(|l| l.ends_with(" proto 77") && l.contains(" lookup "))
         .map(|l| {
             let (priority, rest) = l.split_once(':').unwrap();
             let table = rest
@@ -90,10 +91,16 @@ fn networks_sharing_one_rule_priority_each_carry_their_traffic_and_delete_cleanl
         vec![500; 4],
         "{rules:?}"
     );
-    if !vrf() {
-        let iifs = rules.iter().filter(|(_, sel, _)| sel.contains("iif eth"));
-        assert_eq!(iifs.map(|(p, _, _)| *p).collect::<Vec<_>>(), vec![1500; 4]);
-    }
+    // Nothing per interface; one skip rule just before the shared priority.
+    assert_eq!(marks.count(), rules.len(), "{rules:?}");
+    let all_rules = s
+        .lab
+        .stdout(MIDDLEMAN, &["ip", "-4", "rule", "show"])
+        .unwrap();
+    assert!(
+        all_rules.contains("499:\tfrom all fwmark 0/0xfff00000 goto 1000 proto 77"),
+        "{all_rules}"
+    );
 
     // Each network's hosts reach the other side's hosts by alias, both ways, and the receiver
     // is the host of the other side of the same network.
@@ -243,9 +250,11 @@ fn a_wide_mark_mask_holds_more_than_127_networks() {
             .count()
     };
     assert_eq!(count("fwmark"), 2 * N);
-    if !vrf() {
-        assert_eq!(count("iif n"), 2 * N);
-    }
+    assert_eq!(
+        rules.len(),
+        2 * N,
+        "one rule per side, nothing per interface"
+    );
 
     let again = apply(&lab, &spec, &flags);
     assert_eq!(again["writes"], 0, "{:?}", again["steps"]);
