@@ -221,6 +221,11 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
     results["machine"] = machine();
     results["quick"] = json!(settings.quick);
     results["agent_binary"] = json!(agent_bin.display().to_string());
+    results["machine"]["load_after"] = json!(
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let file = out_dir.join(if settings.quick {
         "results-quick.json"
     } else {
@@ -239,7 +244,48 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
         }),
         &table,
     )?;
+    if !settings.quick && options.skip.is_empty() {
+        let page = root.join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&page)?;
+        std::fs::write(&page, with_results(&text, &results, &table)?)?;
+        eprintln!("updated {}", page.display());
+    }
     Ok(())
+}
+
+const RESULTS_BEGIN: &str = "<!-- results of `cargo xtask bench`: begin -->";
+const RESULTS_END: &str = "<!-- results of `cargo xtask bench`: end -->";
+
+/// BENCHMARKS.md with the part between the result markers replaced by this run: the machine
+/// and the run's facts, then the table. Only a full run writes it, so the page never shows a
+/// quick or partial run's numbers.
+fn with_results(page: &str, results: &Value, table: &str) -> Result<String> {
+    let (Some(begin), Some(end)) = (page.find(RESULTS_BEGIN), page.find(RESULTS_END)) else {
+        bail!("BENCHMARKS.md lacks the result markers {RESULTS_BEGIN} ... {RESULTS_END}");
+    };
+    let m = &results["machine"];
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let facts = format!(
+        "Run on {} ({} s), {} cores ({}), {} RAM, kernel {}, {}, {}, {}. Load average before \
+         and after: `{}` / `{}`. Agent: `{}`.\n\n",
+        text(&m["date"]),
+        results["elapsed_seconds"],
+        text(&m["cores"]),
+        text(&m["cpu"]),
+        text(&m["memory"]),
+        text(&m["kernel"]),
+        text(&m["nft"]),
+        text(&m["iptables"]),
+        text(&m["iperf3"]),
+        text(&m["load_before"]),
+        text(&m["load_after"]),
+        results["agent_binary"].as_str().unwrap_or("?"),
+    );
+    Ok(format!(
+        "{}{RESULTS_BEGIN}\n\n{facts}{table}\n{}",
+        &page[..begin],
+        &page[end..]
+    ))
 }
 
 fn measure_all(agent_bin: &Path, work: &Path, s: &Settings, skip: &[String]) -> Result<Value> {
