@@ -872,10 +872,9 @@ impl Engine {
     }
 
     async fn index(&self, interface: &str) -> Result<u32> {
-        let links = self.netlink.links().await?;
-        links
-            .get(interface)
-            .map(|l| l.index)
+        self.netlink
+            .link_index(interface)
+            .await?
             .ok_or_else(|| EngineError::InterfaceMissing {
                 network: "?".into(),
                 field: "interface".into(),

@@ -34,6 +34,10 @@ pub struct NetlinkError {
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
+/// What the kernel answers for a link name nobody holds (`ENODEV`; older kernels `ENOENT`).
+const ENODEV: i32 = 19;
+const ENOENT: i32 = 2;
+
 /// The first attribute of netlink message `$message` matching `$pattern`, as `$value`.
 macro_rules! attr {
     ($message:expr, $pattern:pat => $value:expr) => {
@@ -191,6 +195,30 @@ impl Netlink {
                 ))
             })
             .collect())
+    }
+
+    /// The index of link `name`, asked for alone (`RTM_GETLINK` by name): a change's steps look
+    /// up their interfaces one at a time, and dumping every link for each made a cold start
+    /// quadratic in the networks (1024 networks: thousands of steps times thousands of links).
+    /// `None` when no link has that name.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        let answer = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await;
+        match answer {
+            Ok(message) => Ok(message.map(|m| m.header.index)),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-ENODEV, -ENOENT].contains(&e.raw_code()) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(ctx(format!("looking up link {name}"))(source)),
+        }
     }
 
     pub async fn addresses(&self, links: &BTreeMap<String, Link>) -> Result<Vec<ObservedAddress>> {
