@@ -1093,32 +1093,57 @@ pub fn check_preconditions(
     plans: &[NetworkPlan],
     remove: &[String],
 ) -> Result<()> {
-    // Interfaces other networks on this node hold (and keep): first come, first served.
-    let changing: BTreeSet<&str> = plans
-        .iter()
-        .map(|p| p.name.as_str())
-        .chain(remove.iter().map(String::as_str))
-        .collect();
-    let held: BTreeMap<String, String> = state
-        .nft
-        .networks()
-        .into_iter()
-        .filter(|n| !changing.contains(n.as_str()))
-        .flat_map(|n| {
-            state
-                .interfaces_of(&n)
-                .into_iter()
-                .map(move |i| (i, n.clone()))
-        })
-        .collect();
-    let mut claimed: BTreeMap<&str, &str> =
-        held.iter().map(|(i, n)| (i.as_str(), n.as_str())).collect();
-    let foreign_addresses: BTreeSet<(&str, std::net::IpAddr)> = state
-        .addresses
-        .iter()
-        .filter(|o| !o.ours)
-        .map(|o| (o.interface.as_str(), o.address))
-        .collect();
+    NodeClaims::new(state, remove).check(state, plans)
+}
+
+/// What the node holds that a plan may not take: interfaces other networks hold (and keep),
+/// addresses nobody gave to mirrornet. Read once, then checked against many plans: the run
+/// loop checks every network on its own (one bad network must not block the others), and
+/// rebuilding this for each made a pass quadratic in the networks.
+#[derive(Debug)]
+pub struct NodeClaims<'a> {
+    /// Interface -> the network holding it, for every network not being removed.
+    held: BTreeMap<String, String>,
+    foreign_addresses: BTreeSet<(&'a str, std::net::IpAddr)>,
+}
+
+impl<'a> NodeClaims<'a> {
+    pub fn new(state: &'a NodeState, remove: &[String]) -> Self {
+        let held = state
+            .nft
+            .networks()
+            .into_iter()
+            .filter(|n| !remove.contains(n))
+            .flat_map(|n| {
+                state
+                    .interfaces_of(&n)
+                    .into_iter()
+                    .map(move |i| (i, n.clone()))
+            })
+            .collect();
+        let foreign_addresses = state
+            .addresses
+            .iter()
+            .filter(|o| !o.ours)
+            .map(|o| (o.interface.as_str(), o.address))
+            .collect();
+        Self {
+            held,
+            foreign_addresses,
+        }
+    }
+
+    /// Checks `plans` together against the node: first come, first served among them.
+    pub fn check(&self, state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
+        check_plans(state, plans, self)
+    }
+}
+
+fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) -> Result<()> {
+    let changing: BTreeSet<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    // Interfaces taken by the plans checked so far.
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+    let foreign_addresses = &claims.foreign_addresses;
     // A suspended network takes nothing on the node: its interfaces may be gone, down or the
     // node's own, and it claims none of them.
     for p in plans.iter().filter(|p| !p.suspended) {
@@ -1171,7 +1196,12 @@ pub fn check_preconditions(
                     controller,
                 });
             }
-            if let Some(other) = claimed.insert(&side.interface, &p.name) {
+            let held_by_another = claims
+                .held
+                .get(&side.interface)
+                .map(String::as_str)
+                .filter(|holder| !changing.contains(holder));
+            if let Some(other) = held_by_another.or(claimed.insert(&side.interface, &p.name)) {
                 return Err(EngineError::InterfaceShared {
                     network: p.name.clone(),
                     interface: side.interface.clone(),

@@ -505,8 +505,9 @@ pub async fn pass(
 
     // Refuse per network what would fail, so one bad network does not block the others.
     let mut accepted = Vec::new();
+    let claims = crate::engine::NodeClaims::new(&state, &remove);
     for (plan, network) in ready {
-        match crate::engine::check_preconditions(&state, std::slice::from_ref(&plan), &remove) {
+        match claims.check(&state, std::slice::from_ref(&plan)) {
             Ok(()) => accepted.push((plan, network)),
             Err(e) => {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
@@ -675,7 +676,7 @@ pub async fn pass(
     }
     verdicts
         .last
-        .retain(|name, _| networks.iter().any(|n| n.loaded.name() == name));
+        .retain(|name, _| wanted.contains(name.as_str()));
     for (name, entry) in report.networks.iter_mut() {
         if let Some((passed, message)) = verdicts.last.get(name) {
             entry.verified = Some(*passed);
