@@ -125,6 +125,16 @@ pub fn vrf() -> bool {
 /// The seed example (examples/seed.yaml).
 pub const SEED: &str = include_str!("../../examples/seed.yaml");
 
+/// The seed network again as a second network of the same node: named `lab-twin`, on eth3 and
+/// eth4, subnet 172.16.2.0/24 with alias 172.16.3.0/24.
+pub fn second_seed() -> String {
+    SEED.replace("name: plant-twin", "name: lab-twin")
+        .replace("eth1", "eth3")
+        .replace("eth2", "eth4")
+        .replace("192.168.2.", "172.16.2.")
+        .replace("192.168.3.", "172.16.3.")
+}
+
 /// The seed topology (hosts .10 and .11 on each side, optionally the unrelated `eth9` LAN) and
 /// its spec file. Fails unless root.
 pub fn seed_scenario(tag: &str, extra_interface: bool) -> (Scenario, SpecFile) {

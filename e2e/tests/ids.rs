@@ -5,7 +5,7 @@
 use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     SEED, SpecFile, add_network, agent, apply, assert_same, connect, delete, host_of, ip_batch,
-    ping, require_root, serve, snapshot,
+    ping, require_root, second_seed, serve, snapshot,
 };
 use serde_json::Value;
 
@@ -63,12 +63,7 @@ fn ids(report: &Value, i: usize) -> Vec<(u64, u64, u64)> {
 fn networks_sharing_one_rule_priority_each_carry_their_traffic_and_delete_cleanly() {
     require_root();
     let first = SpecFile::new("shared-a", SEED);
-    let second_text = SEED
-        .replace("name: plant-twin", "name: lab-twin")
-        .replace("eth1", "eth3")
-        .replace("eth2", "eth4")
-        .replace("192.168.2.", "172.16.2.")
-        .replace("192.168.3.", "172.16.3.");
+    let second_text = second_seed();
     let second = SpecFile::new("shared-b", &second_text);
     let mut s = Scenario::build("shared-prio", &first.networks[0].valid, &[10, 11], false).unwrap();
     add_network(&mut s.lab, &second.networks[0].valid, "b", &[10, 11]);

@@ -6,7 +6,7 @@ use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_api::file::load_str;
 use mirrornet_e2e::node::{
     SEED, SpecFile, add_network, agent, apply, assert_same, connect, connect_within, delete,
-    host_of, ping, planned_steps, require_root, seed_scenario, serve, snapshot, vrf,
+    host_of, ping, planned_steps, require_root, second_seed, seed_scenario, serve, snapshot, vrf,
 };
 
 fn nft(s: &Scenario, script: &str) {
@@ -349,12 +349,7 @@ fn a_changed_spec_converges_without_leftovers() {
 fn two_networks_on_one_node_are_independent() {
     require_root();
     let first = SpecFile::new("two-a", SEED);
-    let second_text = SEED
-        .replace("name: plant-twin", "name: lab-twin")
-        .replace("eth1", "eth3")
-        .replace("eth2", "eth4")
-        .replace("192.168.2.", "172.16.2.")
-        .replace("192.168.3.", "172.16.3.");
+    let second_text = second_seed();
     let second = SpecFile::new("two-b", &second_text);
     let valid_a = load_str("a", SEED).unwrap()[0].valid.clone();
     let valid_b = second.networks[0].valid.clone();
