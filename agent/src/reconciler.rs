@@ -722,19 +722,21 @@ fn plan_one(
 
 /// The condition reason for an error.
 pub fn reason_of(e: &EngineError) -> &'static str {
-    match e {
-        EngineError::InterfaceMissing { .. } => "InterfaceMissing",
-        EngineError::InterfaceDown { .. } => "InterfaceDown",
+    use mirrornet_api::conditions::NodeFailure;
+    let failure = match e {
+        EngineError::InterfaceMissing { .. } => NodeFailure::InterfaceMissing,
+        EngineError::InterfaceDown { .. } => NodeFailure::InterfaceDown,
         EngineError::AddressTaken { .. }
         | EngineError::InterfaceShared { .. }
-        | EngineError::InterfaceEnslaved { .. } => "Conflict",
+        | EngineError::InterfaceEnslaved { .. } => NodeFailure::Conflict,
         EngineError::NodeInterface { .. } | EngineError::VrfTakesNodeRoute { .. } => {
-            "NodeInterface"
+            NodeFailure::NodeInterface
         }
-        EngineError::Allocation { .. } => "AllocationFailed",
-        EngineError::Plan(_) => "BackendUnavailable",
-        _ => "ApplyFailed",
-    }
+        EngineError::Allocation { .. } => NodeFailure::AllocationFailed,
+        EngineError::Plan(_) => NodeFailure::BackendUnavailable,
+        _ => NodeFailure::ApplyFailed,
+    };
+    failure.as_str()
 }
 
 /// Kicks a pass on every link, address, route and rule change.

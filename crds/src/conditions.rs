@@ -71,3 +71,71 @@ pub mod reason {
     /// Node: teardown finished.
     pub const TORN_DOWN: &str = "TornDown";
 }
+
+/// Why a node could not program a network: the reasons of a node's `Programmed=False` that
+/// make the network Degraded. The agent writes them and the operator judges by them, so both
+/// take them from here; a reason missing here would leave such a node waiting forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeFailure {
+    /// Applying failed; the message says which kernel object and why.
+    ApplyFailed,
+    /// A side's interface is missing.
+    InterfaceMissing,
+    /// A side's interface is down.
+    InterfaceDown,
+    /// Another network or the node itself holds the interface or its address.
+    Conflict,
+    /// The interface carries the node's own traffic (its default route, the API server).
+    NodeInterface,
+    /// The network's ids are taken on this node.
+    AllocationFailed,
+    /// The node's kernel lacks the backend the spec asks for.
+    BackendUnavailable,
+    /// A change failed its checks and was rolled back.
+    VerificationFailed,
+}
+
+impl NodeFailure {
+    pub const ALL: [Self; 8] = [
+        Self::ApplyFailed,
+        Self::InterfaceMissing,
+        Self::InterfaceDown,
+        Self::Conflict,
+        Self::NodeInterface,
+        Self::AllocationFailed,
+        Self::BackendUnavailable,
+        Self::VerificationFailed,
+    ];
+
+    /// The CamelCase reason written in the condition.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ApplyFailed => reason::APPLY_FAILED,
+            Self::InterfaceMissing => reason::INTERFACE_MISSING,
+            Self::InterfaceDown => "InterfaceDown",
+            Self::Conflict => reason::CONFLICT,
+            Self::NodeInterface => "NodeInterface",
+            Self::AllocationFailed => reason::ALLOCATION_FAILED,
+            Self::BackendUnavailable => "BackendUnavailable",
+            Self::VerificationFailed => reason::VERIFICATION_FAILED,
+        }
+    }
+
+    /// The failure a condition reason names, if it names one.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == reason)
+    }
+}
+
+#[cfg(test)]
+mod node_failure_tests {
+    use super::NodeFailure;
+
+    #[test]
+    fn every_failure_reads_back_from_its_reason() {
+        for f in NodeFailure::ALL {
+            assert_eq!(NodeFailure::from_reason(f.as_str()), Some(f));
+        }
+        assert_eq!(NodeFailure::from_reason("Applied"), None);
+    }
+}

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || !(cidr(s.aliasPrefix).containsCIDR(self.subnet) || cidr(self.subnet).containsCIDR(s.aliasPrefix)))").message("spec.sides[].aliasPrefix: overlaps spec.subnet").field_path(".sides"),
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.name == a.name))").message("spec.sides[].name: side names must be unique").field_path(".sides"),
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.interface == a.interface))").message("spec.sides[].interface: interface names must be unique in the network").field_path(".sides"),
-    validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, !isCIDR(a.aliasPrefix) || self.sides.exists_one(b, isCIDR(b.aliasPrefix) && cidr(b.aliasPrefix).masked() == cidr(a.aliasPrefix).masked()))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
+    validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, self.sides.exists_one(b, b.aliasPrefix == a.aliasPrefix))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
     validation = Rule::new("!has(self.answerOnly) || self.answerOnly.all(n, self.sides.exists(s, s.name == n))").message("spec.answerOnly: every entry must be the name of a side").field_path(".answerOnly"),
     validation = Rule::new("!has(self.answerOnly) || size(self.answerOnly) == 0 || (has(self.direction) && self.direction == 'OneWay')").message("spec.answerOnly: only meaningful with direction: OneWay").field_path(".answerOnly"),
     validation = Rule::new("!has(self.verify) || !has(self.verify.probes) || self.verify.probes.all(p, self.sides.exists(s, s.name == p.side))").message("spec.verify.probes[].side: must be the name of a side").field_path(".verify"),
@@ -93,6 +93,7 @@ pub struct MirrorNetworkSpec {
     /// With `direction: OneWay`, the sides that may only answer. At least one side must be left
     /// able to initiate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
     pub answer_only: Vec<String>,
 
     /// The traffic one side may open towards another, in the shape of a NetworkPolicy's

@@ -10,7 +10,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use mirrornet_api::NodeStatus;
-use mirrornet_api::conditions::{self as c, reason};
+use mirrornet_api::conditions::{self as c, NodeFailure, reason};
 
 use crate::selection::NodeFacts;
 
@@ -31,12 +31,8 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditi
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Node condition reasons that mean the agent tried and failed (not merely "not yet").
-const FAILURE_REASONS: [&str; 3] = [
-    reason::APPLY_FAILED,
-    reason::INTERFACE_MISSING,
-    reason::VERIFICATION_FAILED,
-];
+// A node has failed (not merely "not yet") when a condition is False for one of the
+// `NodeFailure` reasons the agent writes.
 
 /// Judges one selected node from its Node facts and the agent's entry.
 pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
@@ -63,7 +59,7 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
         .iter()
         .filter_map(|t| condition(&entry.conditions, t))
-        .find(|c| c.status == "False" && FAILURE_REASONS.contains(&c.reason.as_str()));
+        .find(|c| c.status == "False" && NodeFailure::from_reason(&c.reason).is_some());
     match failure {
         Some(f) => NodeState::Failed {
             reason: f.reason.clone(),
@@ -354,6 +350,20 @@ mod tests {
             backend: Some(BackendKind::PolicyRouting),
             observed_generation: Some(generation),
             conditions,
+        }
+    }
+
+    /// Every reason the agent writes for a node that cannot program the network (conflict,
+    /// node interface, missing backend, ...) makes that node Failed, not forever Pending.
+    #[test]
+    fn every_agent_failure_reason_fails_the_node() {
+        let facts = facts("n", true);
+        for failure in NodeFailure::ALL {
+            let e = entry(3, vec![cond(c::PROGRAMMED, "False", failure.as_str())]);
+            assert!(
+                matches!(node_state(&facts, Some(&e), 3), NodeState::Failed { ref reason, .. } if reason == failure.as_str()),
+                "{failure:?}"
+            );
         }
     }
 
