@@ -1,3 +1,4 @@
 //! Scenario tests and their harnesses: labs of network namespaces and virtual machines.
+pub mod cluster;
 pub mod node;
 pub mod vm;

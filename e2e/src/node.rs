@@ -567,3 +567,92 @@ pub fn time_until(
     }
     None
 }
+
+/// Every host of each seed side reaches every host of the other by its alias, on `port`,
+/// and the receiver sees the sender by its alias too.
+pub fn crosses_both_ways_to_every_host(s: &mut Scenario, port: u16) {
+    for side in ["inner", "outer"] {
+        for n in [10, 11] {
+            serve(s, &format!("{side}-{n}"), port, 0);
+        }
+    }
+    for (from, to) in [("inner", "outer"), ("outer", "inner")] {
+        for client in [10, 11] {
+            for server in [10, 11] {
+                let answer = connect(
+                    &s.lab,
+                    &format!("{from}-{client}"),
+                    &format!("192.168.3.{server}:{port}"),
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{from}-{client} -> {to}-{server}: {e}"));
+                assert_eq!(answer.server, format!("{to}-{server}"));
+                assert_eq!(host_of(&answer.seen_as), format!("192.168.3.{client}"));
+            }
+        }
+    }
+}
+
+/// DESIGN §4.2: inner 2.10 and outer 2.10 open the identical 5-tuple (client port
+/// `client_port` to 3.11:`port`) at the same time; each reaches the other side's .11, and
+/// the middleman holds two conntrack entries, one in each side's zone (`zones`: inner's,
+/// outer's).
+pub fn identical_tuples_land_in_two_zones(
+    s: &mut Scenario,
+    zones: (u64, u64),
+    port: u16,
+    client_port: u16,
+) {
+    serve(s, "inner-11", port, 500);
+    serve(s, "outer-11", port, 500);
+    let to = format!("192.168.3.11:{port}");
+    let (a, b) = std::thread::scope(|scope| {
+        let lab = &s.lab;
+        let to = to.as_str();
+        let a = scope.spawn(move || connect(lab, "inner-10", to, Some(client_port)));
+        let b = scope.spawn(move || connect(lab, "outer-10", to, Some(client_port)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (a.expect("inner-10 connects"), b.expect("outer-10 connects"));
+    assert_eq!(
+        a.server, "outer-11",
+        "inner's connection must reach outer-11"
+    );
+    assert_eq!(
+        b.server, "inner-11",
+        "outer's connection must reach inner-11"
+    );
+    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
+    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
+    let entries = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+                "--orig-port-src",
+                &client_port.to_string(),
+            ],
+        )
+        .unwrap();
+    let lines: Vec<&str> = entries.lines().collect();
+    assert_eq!(lines.len(), 2, "two conntrack entries expected:\n{entries}");
+    for zone in [zones.0, zones.1] {
+        let tag = format!("zone-orig={zone}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&tag)).count(),
+            1,
+            "one entry in {tag}:\n{entries}"
+        );
+    }
+    let tuple = format!("src=192.168.2.10 dst=192.168.3.11 sport={client_port} dport={port}");
+    for line in lines {
+        assert!(
+            line.contains(&tuple),
+            "both entries carry the identical original tuple: {line}"
+        );
+    }
+}

@@ -4,9 +4,9 @@
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    SEED, SpecFile, agent, alias_of, apply, assert_same, connect, delete, host_of,
-    nft_table_both_ways, ping, require_root, scenario_of, seed_scenario, serve, snapshot, vrf,
-    zone_of,
+    SEED, SpecFile, agent, alias_of, apply, assert_same, connect, crosses_both_ways_to_every_host,
+    delete, host_of, identical_tuples_land_in_two_zones, nft_table_both_ways, ping, require_root,
+    scenario_of, seed_scenario, serve, snapshot, vrf, zone_of,
 };
 
 const THREE: &str = include_str!("../../examples/three-sides.yaml");
@@ -57,26 +57,7 @@ fn ping_crosses_both_ways_with_translated_addresses() {
 fn tcp_crosses_both_ways_to_every_host() {
     let (mut s, spec) = seed_scenario("tcp", false);
     apply(&s.lab, &spec, &[]);
-    for side in ["inner", "outer"] {
-        for n in [10, 11] {
-            serve(&mut s, &format!("{side}-{n}"), 7002, 0);
-        }
-    }
-    for (from, to) in [("inner", "outer"), ("outer", "inner")] {
-        for client in [10, 11] {
-            for server in [10, 11] {
-                let answer = connect(
-                    &s.lab,
-                    &format!("{from}-{client}"),
-                    &format!("192.168.3.{server}:7002"),
-                    None,
-                )
-                .unwrap_or_else(|e| panic!("{from}-{client} -> {to}-{server}: {e}"));
-                assert_eq!(answer.server, format!("{to}-{server}"));
-                assert_eq!(host_of(&answer.seen_as), format!("192.168.3.{client}"));
-            }
-        }
-    }
+    crosses_both_ways_to_every_host(&mut s, 7002);
 }
 
 #[test]
@@ -85,50 +66,7 @@ fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
     let report = apply(&s.lab, &spec, &[]);
     let (zone_inner, zone_outer) = (zone_of(&report, "inner"), zone_of(&report, "outer"));
     assert_ne!(zone_inner, zone_outer);
-    serve(&mut s, "inner-11", 7003, 500);
-    serve(&mut s, "outer-11", 7003, 500);
-    // Both clients 192.168.2.10:40003 -> 192.168.3.11:7003, at the same time.
-    let (a, b) = std::thread::scope(|scope| {
-        let lab = &s.lab;
-        let a = scope.spawn(move || connect(lab, "inner-10", "192.168.3.11:7003", Some(40003)));
-        let b = scope.spawn(move || connect(lab, "outer-10", "192.168.3.11:7003", Some(40003)));
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let (a, b) = (a.expect("inner-10 connects"), b.expect("outer-10 connects"));
-    assert_eq!(
-        a.server, "outer-11",
-        "inner's connection must reach outer-11"
-    );
-    assert_eq!(
-        b.server, "inner-11",
-        "outer's connection must reach inner-11"
-    );
-    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
-    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
-
-    let entries = s
-        .lab
-        .stdout(
-            MIDDLEMAN,
-            &["conntrack", "-L", "-p", "tcp", "--orig-port-src", "40003"],
-        )
-        .unwrap();
-    let lines: Vec<&str> = entries.lines().collect();
-    assert_eq!(lines.len(), 2, "two conntrack entries expected:\n{entries}");
-    for zone in [zone_inner, zone_outer] {
-        let tag = format!("zone-orig={zone}");
-        assert_eq!(
-            lines.iter().filter(|l| l.contains(&tag)).count(),
-            1,
-            "one entry in {tag}:\n{entries}"
-        );
-    }
-    for line in lines {
-        assert!(
-            line.contains("src=192.168.2.10 dst=192.168.3.11 sport=40003 dport=7003"),
-            "both entries carry the identical original tuple: {line}"
-        );
-    }
+    identical_tuples_land_in_two_zones(&mut s, (zone_inner, zone_outer), 7003, 40003);
     // `show` counts the connections each side opened, from its zone.
     let show = agent(&s.lab, &["show", "-o", "json"], &[]);
     let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();

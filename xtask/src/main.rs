@@ -78,6 +78,69 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command with extra environment variables, echoing it first.
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+    eprintln!("\x1b[1m$ {program} {}\x1b[0m", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds (first run on a machine) or finds (every later run) etcd, the Kubernetes
+/// components, kubectl and helm with `e2e/k8s/build.sh`, and returns their directory. It needs
+/// Go: the project's machines have it; `go` is looked up on PATH and in /usr/local/go/bin.
+fn control_plane() -> Result<PathBuf> {
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    if !Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let mut dirs = vec![PathBuf::from("/usr/local/go/bin")];
+        dirs.extend(std::env::split_paths(&path));
+        path = std::env::join_paths(dirs)?;
+    }
+    let go = Command::new("go")
+        .arg("version")
+        .env("PATH", &path)
+        .output();
+    if !go.is_ok_and(|o| o.status.success()) {
+        bail!(
+            "the cluster tests build Kubernetes from its Go modules and need Go {} or newer \
+             (`go` on PATH or in /usr/local/go/bin); none was found",
+            "1.26"
+        );
+    }
+    let started = std::time::Instant::now();
+    eprintln!("\x1b[1m$ bash e2e/k8s/build.sh\x1b[0m");
+    let out = Command::new("bash")
+        .arg("e2e/k8s/build.sh")
+        .env("PATH", &path)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run e2e/k8s/build.sh")?;
+    if !out.status.success() {
+        bail!("e2e/k8s/build.sh failed ({})", out.status);
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    eprintln!(
+        "control plane binaries in {dir} ({:.0?})",
+        started.elapsed()
+    );
+    Ok(PathBuf::from(dir))
+}
+
 /// Features the test suites need in the agent binary.
 const AGENT_TEST_FEATURES: &str = "mirrornet-agent/failpoints";
 
@@ -106,10 +169,14 @@ fn test(extra: &[String]) -> Result<()> {
             "build",
             "--package",
             "mirrornet-agent",
+            "--package",
+            "mirrornet-operator",
             "--features",
             AGENT_TEST_FEATURES,
         ],
     )?;
+    // The cluster tests run a real control plane built from Kubernetes' Go modules.
+    let k8s = control_plane()?;
     let mut args = vec![
         "test",
         "--workspace",
@@ -118,7 +185,8 @@ fn test(extra: &[String]) -> Result<()> {
         AGENT_TEST_FEATURES,
     ];
     args.extend(extra.iter().map(String::as_str));
-    run("cargo", &args)?;
+    eprintln!("MIRRORNET_K8S_BIN={}", k8s.display());
+    run_with_env("cargo", &args, &[("MIRRORNET_K8S_BIN", k8s.as_os_str())])?;
     chart::test(&workspace_root())?;
     eprintln!(
         "\x1b[1;32mall tests passed\x1b[0m in {:.0?}",

@@ -10,8 +10,11 @@ use anyhow::{Context, Result, bail};
 /// `ping` and `sysctl` inside network namespaces. The VM tests boot Debian's stock kernel (it
 /// has VRF) under qemu; the kernel and busybox-static are fetched by the tests themselves with
 /// `apt-get download`, not installed. xz-utils decompresses the kernel's `.ko.xz` modules.
-/// python3-venv makes the `.venv` the chart tests run Helm's SDK in.
+/// python3-venv makes the `.venv` the chart tests run Helm's SDK in. The cluster tests make
+/// their certificates with openssl and drop a pod's capabilities with util-linux's setpriv.
 pub const TEST: &[&str] = &[
+    "openssl",
+    "util-linux",
     "iproute2",
     "nftables",
     "conntrack",
