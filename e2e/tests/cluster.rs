@@ -406,6 +406,12 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
             ],
         )
         .unwrap();
+    for link in ["eth5", "eth6"] {
+        f.lab("node-a")
+            .lab
+            .exec(MIDDLEMAN, &["ip", "link", "set", link, "up"])
+            .unwrap();
+    }
     f.unlabel("node-b");
     let vrf = SEED
         .replace("name: plant-twin", "name: vrf-twin")
@@ -711,7 +717,7 @@ fn helm_upgrade_rolls_the_agents_without_interrupting_forwarding_and_uninstall_l
         let left: Vec<String> = c
             .kubectl_ok(&[
                 "get",
-                "deployments,daemonsets,pods,serviceaccounts,services,roles,rolebindings,leases,                 poddisruptionbudgets,configmaps",
+                "deployments,daemonsets,pods,serviceaccounts,services,roles,rolebindings,leases,poddisruptionbudgets,configmaps",
                 "--namespace",
                 NAMESPACE,
                 "-o",

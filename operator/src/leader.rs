@@ -2,8 +2,8 @@
 //! one acts. The same protocol as client-go's leaderelection: the holder renews `renewTime`
 //! every retry period; a candidate takes over a Lease whose `renewTime + leaseDuration` has
 //! passed; every write carries the resourceVersion it read, so two candidates cannot both win.
-//! A leader that cannot renew within the renew deadline steps down (the process exits, so
-//! that nothing it started keeps acting).
+//! A leader that cannot renew within the renew deadline steps down: `run` returns, and the
+//! caller drops everything the term started before it campaigns again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

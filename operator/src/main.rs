@@ -77,27 +77,40 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         LeaseSettings::new(&args.lease_name, &args.namespace, &args.identity),
     );
-    let (leading_tx, mut leading) = watch::channel(false);
-    // A follower is ready once the API server answers the elector: it stands by.
-    tokio::spawn(elector.clone().run(leading_tx, probes.ready.clone()));
-    info!(lease = %args.lease_name, identity = %args.identity, "waiting to become leader");
-    tokio::select! {
-        _ = leading.wait_for(|l| *l) => {}
-        _ = terminated() => return Ok(()),
-    }
-    metrics.leader(true);
-    let mut lost = leading.clone();
-    let stop = async move {
+    // Campaign, lead until the Lease is lost, and campaign again: a replica that lost the
+    // Lease (the API server away past the renew deadline, another replica faster) stops
+    // acting at once, the controller and its caches dropped mid-flight, and stands by in the
+    // same process; the next term starts with fresh caches and a fresh allocator view.
+    loop {
+        let (leading_tx, mut leading) = watch::channel(false);
+        // A follower is ready once the API server answers the elector: it stands by.
+        let campaign = tokio::spawn(elector.clone().run(leading_tx, probes.ready.clone()));
+        info!(lease = %args.lease_name, identity = %args.identity, "waiting to become leader");
         tokio::select! {
-            _ = lost.wait_for(|l| !*l) => error!("lost the leader lease; stopping"),
-            _ = terminated() => info!("terminating"),
+            _ = leading.wait_for(|l| *l) => {}
+            _ = terminated() => return Ok(()),
         }
-    };
-    mirrornet_operator::run::controller(client, config, metrics.clone(), args.identity, stop).await;
-    metrics.leader(false);
-    if !*leading.borrow() {
-        // Exit non-zero so the pod restarts as a follower with fresh caches and allocator.
-        std::process::exit(1);
+        metrics.leader(true);
+        let controller = mirrornet_operator::run::controller(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            args.identity.clone(),
+            terminated(),
+        );
+        let terminating = tokio::select! {
+            _ = controller => true,
+            _ = leading.wait_for(|l| !*l) => {
+                error!("lost the leader lease; standing by");
+                false
+            }
+        };
+        metrics.leader(false);
+        if terminating {
+            campaign.abort();
+            break;
+        }
+        let _ = campaign.await;
     }
     if let Err(e) = elector.release().await {
         error!(error = %e, "could not release the lease");
