@@ -26,6 +26,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct TestCluster {
     // Field order is drop order: kubelets stop their pods before the control plane goes.
     kubelets: BTreeMap<String, ProcessKubelet>,
+    /// Each node's network namespace.
+    netns: BTreeMap<String, String>,
     pub plane: ControlPlane,
     pub client: kube::Client,
     runtime: tokio::runtime::Runtime,
@@ -73,6 +75,7 @@ impl TestCluster {
         })?;
         Ok(Self {
             kubelets: BTreeMap::new(),
+            netns: BTreeMap::new(),
             plane,
             client,
             runtime,
@@ -109,6 +112,7 @@ impl TestCluster {
             api,
         )?;
         self.kubelets.insert(name.to_owned(), kubelet);
+        self.netns.insert(name.to_owned(), netns.to_owned());
         Ok(())
     }
 
@@ -275,6 +279,44 @@ impl TestCluster {
             container,
         );
         std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// `GET path` on `port` inside a running pod's network namespace (the process kubelet
+    /// gives a pod without hostNetwork a namespace `<node namespace>-p<first 8 of its uid>`),
+    /// with the agent binary's HTTP probe: status and body, status 0 when nothing answers.
+    pub fn pod_http_get(&self, pod: &Value, port: u16, path: &str) -> (u16, String) {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let mut netns = self.netns.get(node).cloned().unwrap_or_default();
+        if pod["spec"]["hostNetwork"] != true {
+            let uid: String = pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(8)
+                .collect();
+            netns = format!("{netns}-p{uid}");
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(crate::node::agent_bin())
+            .args(["probe", "http-get", &format!("127.0.0.1:{port}"), path])
+            .output()
+            .expect("running the agent's http probe");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// The sum of a metric's samples on a pod's `/metrics` (`None` when it has none).
+    pub fn pod_metric(&self, pod: &Value, port: u16, name: &str) -> Option<f64> {
+        let (_, text) = self.pod_http_get(pod, port, "/metrics");
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// What a failing test prints: objects, events, the pods' logs and the control plane's.
