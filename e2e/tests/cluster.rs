@@ -435,6 +435,31 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
         message.contains("node-a") && message.contains(NodeFailure::BackendUnavailable.as_str()),
         "{message}"
     );
+
+    // A third network that claims node-a's eth1, held by plant-twin: refused as a Conflict
+    // naming the node and the interface; plant-twin keeps forwarding there.
+    let held = SEED
+        .replace("name: plant-twin", "name: held-twin")
+        .replace("192.168.2.", "10.78.2.")
+        .replace("192.168.3.", "10.78.3.")
+        .replace("eth2", "eth6");
+    let applied = f.cluster.apply_yaml(&held);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let (_, reason, message) = f.cluster.wait_for("held-twin Degraded", STEP, |c| {
+        let net = c.get("mirrornetwork", "held-twin", None)?;
+        let d = degraded(&net);
+        (d.0 == "True").then_some(d)
+    });
+    assert_eq!(reason, conditions::reason::CONFLICT, "{message}");
+    assert!(
+        message.contains("node-a") && message.contains("eth1") && message.contains(NETWORK),
+        "{message}"
+    );
+    assert!(ping(&f.lab("node-a").lab, "inner-10", "192.168.3.11"));
 }
 
 /// A counter of the agent serving on node `lab`'s port 9090 (the chart's default).
