@@ -517,10 +517,7 @@ impl RunningAgent {
     /// The value of a counter or gauge in `/metrics`.
     pub fn metric(&self, lab: &Lab, name: &str) -> f64 {
         let (_, text) = self.get(lab, "/metrics");
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&text, name).unwrap_or(0.0)
     }
 
     pub fn log_text(&self) -> String {
@@ -551,6 +548,17 @@ impl Drop for RunningAgent {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The sum of the samples of metric `name` in a Prometheus text exposition, `None` when it
+/// has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Polls `check` every millisecond until it holds; the time it took, or `None` after `limit`.

@@ -99,6 +99,26 @@ impl Fixture {
             })
     }
 
+    /// `kubectl apply` of `yaml`, which must be accepted.
+    fn apply_ok(&self, yaml: &str) {
+        let applied = self.cluster.apply_yaml(yaml);
+        assert!(
+            applied.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+
+    /// Waits until network `name` is Degraded; its condition's reason and message.
+    fn wait_degraded(&mut self, name: &str) -> (String, String) {
+        self.cluster
+            .wait_for(&format!("{name} Degraded"), STEP, |c| {
+                let net = c.get("mirrornetwork", name, None)?;
+                let d = degraded(&net);
+                (d.0 == "True").then_some((d.1, d.2))
+            })
+    }
+
     /// The agent pods, as `(pod name, node name)`.
     fn agents(&self) -> Vec<(String, String)> {
         self.cluster
@@ -381,11 +401,7 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
     f.label("node-a");
     f.label("node-b");
     f.cluster.apply_yaml(SEED);
-    let (_, reason, message) = f.cluster.wait_for("Degraded on node-b", STEP, |c| {
-        let net = c.get("mirrornetwork", NETWORK, None)?;
-        let d = degraded(&net);
-        (d.0 == "True").then_some(d)
-    });
+    let (reason, message) = f.wait_degraded(NETWORK);
     assert_eq!(reason, conditions::reason::NODE_FAILED);
     assert!(
         message.contains("node-b") && message.contains(NodeFailure::InterfaceMissing.as_str()),
@@ -420,17 +436,8 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
         .replace("eth1", "eth5")
         .replace("eth2", "eth6")
         .replace("  subnet:", "  backend: VRF\n  subnet:");
-    let applied = f.cluster.apply_yaml(&vrf);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let (_, _, message) = f.cluster.wait_for("vrf-twin Degraded", STEP, |c| {
-        let net = c.get("mirrornetwork", "vrf-twin", None)?;
-        let d = degraded(&net);
-        (d.0 == "True").then_some(d)
-    });
+    f.apply_ok(&vrf);
+    let (_, message) = f.wait_degraded("vrf-twin");
     assert!(
         message.contains("node-a") && message.contains(NodeFailure::BackendUnavailable.as_str()),
         "{message}"
@@ -443,48 +450,14 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
         .replace("192.168.2.", "10.78.2.")
         .replace("192.168.3.", "10.78.3.")
         .replace("eth2", "eth6");
-    let applied = f.cluster.apply_yaml(&held);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let (_, reason, message) = f.cluster.wait_for("held-twin Degraded", STEP, |c| {
-        let net = c.get("mirrornetwork", "held-twin", None)?;
-        let d = degraded(&net);
-        (d.0 == "True").then_some(d)
-    });
+    f.apply_ok(&held);
+    let (reason, message) = f.wait_degraded("held-twin");
     assert_eq!(reason, conditions::reason::CONFLICT, "{message}");
     assert!(
         message.contains("node-a") && message.contains("eth1") && message.contains(NETWORK),
         "{message}"
     );
     assert!(ping(&f.lab("node-a").lab, "inner-10", "192.168.3.11"));
-}
-
-/// A counter of the agent serving on node `lab`'s port 9090 (the chart's default).
-fn agent_metric(lab: &mirrornet_agent::lab::Lab, name: &str) -> Option<f64> {
-    let bin = mirrornet_e2e::node::agent_bin();
-    let out = lab
-        .command(
-            MIDDLEMAN,
-            &[
-                bin.to_str().expect("utf-8"),
-                "probe",
-                "http-get",
-                "127.0.0.1:9090",
-                "/metrics",
-            ],
-        )
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Pings `to` from `host` every 100 ms for `seconds` in the background; the join handle
@@ -696,7 +669,16 @@ fn an_api_server_outage_keeps_forwarding_and_both_binaries_recover_without_a_res
                 })
                 .map(|_| ())
         });
-    let writes = agent_metric(&f.lab("node-a").lab, "mirrornet_agent_kernel_writes_total");
+    let new_agent = f
+        .cluster
+        .pods("agent")
+        .into_iter()
+        .find(|p| p["spec"]["nodeName"] == "node-a" && p["metadata"]["name"] != old_agent.as_str())
+        .expect("the new agent");
+    // The chart's default agent port, on the node (hostNetwork).
+    let writes = f
+        .cluster
+        .pod_metric(&new_agent, 9090, "mirrornet_agent_kernel_writes_total");
     assert_eq!(writes, Some(0.0), "the new agent found node-a converged");
     let (sent, received) = pinging.join().unwrap();
     assert_eq!(

@@ -311,12 +311,7 @@ impl TestCluster {
     /// The sum of a metric's samples on a pod's `/metrics` (`None` when it has none).
     pub fn pod_metric(&self, pod: &Value, port: u16, name: &str) -> Option<f64> {
         let (_, text) = self.pod_http_get(pod, port, "/metrics");
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        crate::node::metric_sum(&text, name)
     }
 
     /// What a failing test prints: objects, events, the pods' logs and the control plane's.
