@@ -187,9 +187,9 @@ fn the_seed_installed_with_helm_crosses_both_ways_on_the_labelled_node() {
     });
     assert_ne!(zone(&net, "inner"), zone(&net, "outer"));
     // Exactly the labelled node gets an agent.
-    let agents = f.cluster.wait_for("one agent pod", STEP, |c| {
+    let agents = f.cluster.wait_for("one agent pod, scheduled", STEP, |c| {
         let agents: Vec<Value> = c.pods("agent");
-        (agents.len() == 1).then_some(agents)
+        (agents.len() == 1 && agents[0]["spec"]["nodeName"].is_string()).then_some(agents)
     });
     assert_eq!(agents[0]["spec"]["nodeName"], "node-a", "{:#}", agents[0]);
     let net = f.wait_ready_on(&["node-a"]);
