@@ -37,9 +37,30 @@ pub const CRD_REGENERATE: &str =
     "cargo run -p mirrornet-api --bin crdgen > crds/mirrornetwork.yaml";
 
 /// The CRD as YAML, exactly as committed at [`CRD_PATH`].
+/// Removes schemars' `format: uint16` / `uint32` (Rust's unsigned types): Kubernetes knows
+/// no such formats and warns about each on every install of the CRD. The ranges stay, as the
+/// schema's `minimum` and `maximum`.
+fn drop_unsigned_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let unsigned = map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"));
+            if unsigned {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
+        _ => {}
+    }
+}
+
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    let crd = MirrorNetwork::crd();
+    let mut crd = serde_json::to_value(MirrorNetwork::crd()).expect("a CRD always serializes");
+    drop_unsigned_formats(&mut crd);
     let body = serde_saphyr::to_string(&crd).expect("a CRD always serializes");
     format!(
         "# Generated from crds/src/v1alpha1.rs; do not edit. Regenerate with:\n#   {CRD_REGENERATE}\n{body}"

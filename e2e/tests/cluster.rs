@@ -263,7 +263,14 @@ fn every_invalid_example_is_refused_by_the_api_server_naming_the_field() {
     require_root();
     let cluster = TestCluster::start("invalid").expect("starting the control plane");
     let crd = mirrornet_e2e::cluster::test_cluster::chart_dir().join("crds/mirrornetwork.yaml");
-    cluster.kubectl_ok(&["apply", "-f", crd.to_str().expect("utf-8")]);
+    let installed = cluster.kubectl(&["apply", "-f", crd.to_str().expect("utf-8")]);
+    assert!(installed.status.success(), "{installed:?}");
+    // The CRD installs cleanly: no warning about its schema.
+    let warnings = String::from_utf8_lossy(&installed.stderr).into_owned();
+    assert!(
+        warnings.trim().is_empty(),
+        "kubectl apply of the CRD: {warnings}"
+    );
     cluster.kubectl_ok(&[
         "wait",
         "--for=condition=Established",
