@@ -461,7 +461,7 @@ async fn beat(shared: &Shared, ready_since: &Time) -> Result<(), kube::Error> {
             "nodeInfo": {
                 "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
                 "osImage": "mirrornet e2e", "containerRuntimeVersion": "process://",
-                "kubeletVersion": "v1.33.0", "kubeProxyVersion": "",
+                "kubeletVersion": super::kubernetes_version(), "kubeProxyVersion": "",
                 "operatingSystem": "linux", "architecture": arch(),
             },
         },

@@ -59,6 +59,16 @@ impl ClusterError {
     }
 }
 
+/// The Kubernetes release the control plane is built from (`e2e/k8s/versions.env`), which
+/// the process kubelets report as their own, as a node of that release would.
+pub fn kubernetes_version() -> &'static str {
+    include_str!("../../k8s/versions.env")
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBERNETES="))
+        .map(str::trim)
+        .expect("e2e/k8s/versions.env names KUBERNETES")
+}
+
 /// The directory holding etcd, the Kubernetes components, kubectl and helm: the one
 /// `MIRRORNET_K8S_BIN` names (`cargo xtask test` sets it), or what `e2e/k8s/build.sh` prints,
 /// which builds them on first use and afterwards only finds them in its cache.
