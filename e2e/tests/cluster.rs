@@ -99,6 +99,19 @@ impl Fixture {
             })
     }
 
+    /// `kubectl patch` of the seed network's `spec.suspend`.
+    fn suspend(&self, suspend: bool) {
+        let patch = format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#);
+        self.cluster.kubectl_ok(&[
+            "patch",
+            "mirrornetwork",
+            NETWORK,
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    }
+
     /// `kubectl apply` of `yaml`, which must be accepted.
     fn apply_ok(&self, yaml: &str) {
         let applied = self.cluster.apply_yaml(yaml);
@@ -633,23 +646,9 @@ fn an_api_server_outage_keeps_forwarding_and_both_binaries_recover_without_a_res
     // operator (a second node's agent) and by node-a's agent (suspend, resume).
     f.label("node-b");
     f.wait_ready_on(&["node-a", "node-b"]);
-    f.cluster.kubectl_ok(&[
-        "patch",
-        "mirrornetwork",
-        NETWORK,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ]);
+    f.suspend(true);
     wait_ping(&mut f, "node-a", false, "withdrawn on node-a (suspend)");
-    f.cluster.kubectl_ok(&[
-        "patch",
-        "mirrornetwork",
-        NETWORK,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":false}}"#,
-    ]);
+    f.suspend(false);
     wait_ping(&mut f, "node-a", true, "back on node-a (resume)");
     f.wait_ready_on(&["node-a", "node-b"]);
     let after = restarts(&f.cluster.pods("operator")) + restarts(&f.cluster.pods("agent"));
