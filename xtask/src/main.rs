@@ -67,15 +67,7 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command, echoing it first, and fails with its exit status.
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    eprintln!("\x1b[1m$ {program} {}\x1b[0m", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("cannot start {program}"))?;
-    if !status.success() {
-        bail!("`{program} {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+    run_with_env(program, args, &[])
 }
 
 /// Runs a command with extra environment variables, echoing it first.
@@ -96,25 +88,19 @@ fn run_with_env(program: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) 
 /// components, kubectl and helm with `e2e/k8s/build.sh`, and returns their directory. It needs
 /// Go: the project's machines have it; `go` is looked up on PATH and in /usr/local/go/bin.
 fn control_plane() -> Result<PathBuf> {
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
-    if !Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        let mut dirs = vec![PathBuf::from("/usr/local/go/bin")];
-        dirs.extend(std::env::split_paths(&path));
-        path = std::env::join_paths(dirs)?;
-    }
+    // Go's own install directory comes last: a `go` on PATH wins.
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.push(PathBuf::from("/usr/local/go/bin"));
+    let path = std::env::join_paths(dirs)?;
     let go = Command::new("go")
         .arg("version")
         .env("PATH", &path)
         .output();
     if !go.is_ok_and(|o| o.status.success()) {
         bail!(
-            "the cluster tests build Kubernetes from its Go modules and need Go {} or newer \
-             (`go` on PATH or in /usr/local/go/bin); none was found",
-            "1.26"
+            "the cluster tests build Kubernetes from its Go modules and need Go 1.26 or newer \
+             (`go` on PATH or in /usr/local/go/bin); none was found"
         );
     }
     let started = std::time::Instant::now();

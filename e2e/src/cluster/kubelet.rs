@@ -89,13 +89,11 @@ pub struct NodeSpec {
 
 /// Where pods reach the API server: the harness stands in for kube-proxy's `kubernetes`
 /// Service by listening inside each pod's network namespace and forwarding to this address.
+/// Pods get the cluster CA from the `kube-root-ca.crt` ConfigMap, as in a real cluster.
 #[derive(Debug, Clone)]
 pub struct ApiEndpoint {
     /// 127.0.0.1:port in the root network namespace.
     pub address: SocketAddr,
-    /// The cluster CA. Pods get theirs from the `kube-root-ca.crt` ConfigMap, as in a real
-    /// cluster; this one is only kept for diagnostics.
-    pub ca_pem: String,
 }
 
 /// Image repository (the image string without `:tag` or `@digest`) -> the binary that is

@@ -98,11 +98,6 @@ impl Pki {
         self.dir.join(file)
     }
 
-    pub fn ca_pem(&self) -> Result<String, ClusterError> {
-        let path = self.path("ca.crt");
-        std::fs::read_to_string(&path).map_err(|e| ClusterError::io(&path, e))
-    }
-
     fn key(&self, name: &str) -> Result<(), ClusterError> {
         openssl(
             &self.dir,

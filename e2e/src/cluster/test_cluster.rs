@@ -102,7 +102,6 @@ impl TestCluster {
         };
         let api = ApiEndpoint {
             address: self.plane.api,
-            ca_pem: self.plane.pki.ca_pem()?,
         };
         let kubelet = ProcessKubelet::start(
             self.client.clone(),
