@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! observe()  links, addresses, mirrornet's routes and rules (protocol 77), every table in use,
-//!            the `inet mirrornet` table, sysctls                              -> NodeState
-//! changes()  NodeState + NetworkPlans (+ networks to remove)                  -> Changes
+//!            the `inet mirrornet` table, sysctls                              -> KernelView
+//! changes()  KernelView + NetworkPlans (+ networks to remove)                  -> Changes
 //! execute()  netlink adds, sysctls, ONE nft transaction, netlink deletes, sysctl restores;
 //!            on the first failure every executed step is undone in reverse   -> writes made
 //! ```
@@ -29,16 +29,16 @@ use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, NetlinkError, Obs
 use crate::nfnetlink::Nfnetlink;
 use crate::nft::{self, ObservedNft};
 use crate::plan::{
-    self, AddressPlan, NetworkPlan, NodeFacts, PlanError, RoutePlan, RulePlan, RuleSelector,
+    self, Address, NetworkPlan, NodeFacts, PlanError, Route, Rule, RuleSelector,
     SysctlPlan, VrfPlan,
 };
-use crate::state::{StateError, StateFile};
+use crate::memory::{MemoryError, Memory};
 use crate::sysctl;
 
 /// Why the engine could not do what was asked. Every variant names the network, field or kernel
 /// object concerned.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum AgentError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error("nft: {what}: {detail}")]
@@ -113,16 +113,16 @@ pub enum EngineError {
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] MemoryError),
     #[error("{failed}; rolled back the {undone} change(s) made before it")]
     RolledBack {
-        failed: Box<EngineError>,
+        failed: Box<AgentError>,
         undone: usize,
     },
     #[error("{failed}; rolling back also failed: {rollback}")]
     RollbackFailed {
-        failed: Box<EngineError>,
-        rollback: Box<EngineError>,
+        failed: Box<AgentError>,
+        rollback: Box<AgentError>,
     },
     #[error("verification failed: {failed}; {outcome}")]
     VerificationFailed {
@@ -140,7 +140,7 @@ pub enum EngineError {
     InjectedFault { step: usize },
 }
 
-type Result<T, E = EngineError> = std::result::Result<T, E>;
+type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 /// Which backend the user asked for on the command line or in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -154,13 +154,13 @@ pub enum BackendChoice {
 
 /// What the kernel holds that concerns mirrornet.
 #[derive(Debug, Clone)]
-pub struct NodeState {
+pub struct KernelView {
     pub links: BTreeMap<String, Link>,
     pub addresses: Vec<ObservedAddress>,
     /// mirrornet's routes (protocol 77).
-    pub routes: Vec<RoutePlan>,
+    pub routes: Vec<Route>,
     /// mirrornet's rules (protocol 77).
-    pub rules: Vec<RulePlan>,
+    pub rules: Vec<Rule>,
     /// Every routing table some route or foreign rule uses.
     pub tables_in_use: BTreeSet<u32>,
     pub nft: ObservedNft,
@@ -176,7 +176,7 @@ pub struct NodeState {
     pub default_routes: BTreeSet<DefaultRoute>,
 }
 
-impl NodeState {
+impl KernelView {
     /// A sysctl's current value: per-interface settings from the link dump taken with this
     /// state, anything else (`all`, `default`, links that appeared since) from /proc/sys.
     pub fn sysctl(&self, path: &str) -> Option<String> {
@@ -226,27 +226,27 @@ impl NodeState {
 pub enum Step {
     AddAddress {
         network: String,
-        address: AddressPlan,
+        address: Address,
     },
     DeleteAddress {
         network: String,
-        address: AddressPlan,
+        address: Address,
     },
     AddRoute {
         network: String,
-        route: RoutePlan,
+        route: Route,
     },
     DeleteRoute {
         network: String,
-        route: RoutePlan,
+        route: Route,
     },
     AddRule {
         network: String,
-        rule: RulePlan,
+        rule: Rule,
     },
     DeleteRule {
         network: String,
-        rule: RulePlan,
+        rule: Rule,
     },
     /// Sets a sysctl; `previous` is what it held, for rollback and for the state file.
     SetSysctl {
@@ -536,7 +536,7 @@ impl Engine {
 
     /// Our table as the engine compares it, from the cache while the generation holds.
     fn nft_observed(&self) -> Result<nft::ObservedNft> {
-        let read_error = |e: std::io::Error| EngineError::Nft {
+        let read_error = |e: std::io::Error| AgentError::Nft {
             what: format!("reading table inet {} over nfnetlink", nft::TABLE),
             detail: e.to_string(),
         };
@@ -567,7 +567,7 @@ impl Engine {
     }
 
     /// Reads everything mirrornet cares about from the kernel.
-    pub async fn observe(&self) -> Result<NodeState> {
+    pub async fn observe(&self) -> Result<KernelView> {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses(&links).await?;
         let (routes, route_tables, default_routes) = self.netlink.routes(&links).await?;
@@ -576,7 +576,7 @@ impl Engine {
         let facts = node_facts(&links);
         let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
         tables_in_use.extend(rule_tables);
-        Ok(NodeState {
+        Ok(KernelView {
             links,
             addresses,
             routes,
@@ -594,16 +594,16 @@ impl Engine {
     /// across runs), otherwise fresh from the default ranges, avoiding every id in use.
     pub fn allocate(
         &self,
-        state: &NodeState,
+        state: &KernelView,
         networks: &[LoadedNetwork],
     ) -> Result<Vec<Allocation>> {
-        let mut allocator = self.allocator(state, &StateFile::load(state)?);
+        let mut allocator = self.allocator(state, &Memory::load(state)?);
         networks
             .iter()
             .map(|n| {
                 allocator
                     .allocate(n.name(), &n.valid)
-                    .map_err(|e| EngineError::Allocation {
+                    .map_err(|e| AgentError::Allocation {
                         network: n.name().into(),
                         reason: e.to_string(),
                     })
@@ -613,7 +613,7 @@ impl Engine {
 
     /// An allocator holding every id recorded (kernel first, then `memory`) and every foreign
     /// table; what [`Engine::allocate`] starts from.
-    pub fn allocator(&self, state: &NodeState, memory: &StateFile) -> Allocator {
+    pub fn allocator(&self, state: &KernelView, memory: &Memory) -> Allocator {
         let mut recorded: BTreeMap<String, Allocation> = memory
             .networks
             .iter()
@@ -643,7 +643,7 @@ impl Engine {
     /// Plans every network in `networks` for this node.
     pub fn plans(
         &self,
-        state: &NodeState,
+        state: &KernelView,
         networks: &[LoadedNetwork],
         choice: BackendChoice,
     ) -> Result<Vec<NetworkPlan>> {
@@ -665,7 +665,7 @@ impl Engine {
     /// Plans one network with ids allocated elsewhere (by the operator).
     pub fn plan_with(
         &self,
-        state: &NodeState,
+        state: &KernelView,
         network: &LoadedNetwork,
         allocation: &Allocation,
         choice: BackendChoice,
@@ -682,8 +682,8 @@ impl Engine {
 
     /// Networks mirrornet holds on this node: in the kernel, or remembered in the state file
     /// with traces left in the kernel.
-    pub fn owned_networks(&self, state: &NodeState) -> BTreeSet<String> {
-        let memory = StateFile::load(state).ok();
+    pub fn owned_networks(&self, state: &KernelView) -> BTreeSet<String> {
+        let memory = Memory::load(state).ok();
         owned_networks(state, memory.as_ref())
     }
 
@@ -691,12 +691,12 @@ impl Engine {
     /// `specs` are the specs of `plans`, in the same order, remembered for `show`.
     pub async fn converge(
         &self,
-        state: &NodeState,
+        state: &KernelView,
         plans: &[NetworkPlan],
         specs: &[&mirrornet_api::MirrorNetworkSpec],
         remove: &[String],
     ) -> Result<Outcome> {
-        let memory = StateFile::load(state)?;
+        let memory = Memory::load(state)?;
         self.converge_with(state, memory, plans, specs, remove)
             .await
     }
@@ -705,8 +705,8 @@ impl Engine {
     /// since).
     pub async fn converge_with(
         &self,
-        state: &NodeState,
-        memory: StateFile,
+        state: &KernelView,
+        memory: Memory,
         plans: &[NetworkPlan],
         specs: &[&mirrornet_api::MirrorNetworkSpec],
         remove: &[String],
@@ -814,7 +814,7 @@ impl Engine {
     }
 
     /// Runs the steps in order; on the first failure undoes the executed ones in reverse.
-    async fn execute(&self, state: &NodeState, changes: &Changes) -> Result<usize> {
+    async fn execute(&self, state: &KernelView, changes: &Changes) -> Result<usize> {
         if let Ok(mut lost) = self.deleted_vrf_settings.lock() {
             lost.clear();
         }
@@ -838,7 +838,7 @@ impl Engine {
                 std::process::abort();
             }
             let result = if self.failpoints.fail_at == Some(index) {
-                Err(EngineError::InjectedFault { step: index })
+                Err(AgentError::InjectedFault { step: index })
             } else {
                 self.run(step).await
             };
@@ -852,13 +852,13 @@ impl Engine {
                     let undone = done.len();
                     for step in done.into_iter().rev() {
                         if let Err(rollback) = self.undo(state, step).await {
-                            return Err(EngineError::RollbackFailed {
+                            return Err(AgentError::RollbackFailed {
                                 failed: Box::new(failed),
                                 rollback: Box::new(rollback),
                             });
                         }
                     }
-                    return Err(EngineError::RolledBack {
+                    return Err(AgentError::RolledBack {
                         failed: Box::new(failed),
                         undone,
                     });
@@ -875,7 +875,7 @@ impl Engine {
         self.netlink
             .link_index(interface)
             .await?
-            .ok_or_else(|| EngineError::InterfaceMissing {
+            .ok_or_else(|| AgentError::InterfaceMissing {
                 network: "?".into(),
                 field: "interface".into(),
                 interface: interface.into(),
@@ -971,7 +971,7 @@ impl Engine {
         }
     }
 
-    async fn undo(&self, state: &NodeState, step: &Step) -> Result<()> {
+    async fn undo(&self, state: &KernelView, step: &Step) -> Result<()> {
         let inverse = match step.clone() {
             Step::AddAddress { network, address } => Step::DeleteAddress { network, address },
             Step::DeleteAddress { network, address } => Step::AddAddress { network, address },
@@ -1000,7 +1000,7 @@ impl Engine {
             },
             Step::Nft { .. } => {
                 let Some(listing) = state.nft_listing.get() else {
-                    return Err(EngineError::Nft {
+                    return Err(AgentError::Nft {
                         what: "restoring the table".into(),
                         detail: "no listing was taken before the change".into(),
                     });
@@ -1061,7 +1061,7 @@ impl Engine {
 }
 
 /// Networks mirrornet holds on this node: in the kernel, or remembered in `memory`.
-pub fn owned_networks(state: &NodeState, memory: Option<&StateFile>) -> BTreeSet<String> {
+pub fn owned_networks(state: &KernelView, memory: Option<&Memory>) -> BTreeSet<String> {
     let mut names = state.nft.networks();
     if let Some(memory) = memory {
         names.extend(memory.networks.keys().cloned());
@@ -1089,7 +1089,7 @@ pub fn resolve_backend(
 
 /// Refuses, before any write, what would fail half-way or take over someone else's objects.
 pub fn check_preconditions(
-    state: &NodeState,
+    state: &KernelView,
     plans: &[NetworkPlan],
     remove: &[String],
 ) -> Result<()> {
@@ -1108,7 +1108,7 @@ pub struct NodeClaims<'a> {
 }
 
 impl<'a> NodeClaims<'a> {
-    pub fn new(state: &'a NodeState, remove: &[String]) -> Self {
+    pub fn new(state: &'a KernelView, remove: &[String]) -> Self {
         let held = state
             .nft
             .networks()
@@ -1134,12 +1134,12 @@ impl<'a> NodeClaims<'a> {
     }
 
     /// Checks `plans` together against the node: first come, first served among them.
-    pub fn check(&self, state: &NodeState, plans: &[NetworkPlan]) -> Result<()> {
+    pub fn check(&self, state: &KernelView, plans: &[NetworkPlan]) -> Result<()> {
         check_plans(state, plans, self)
     }
 }
 
-fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) -> Result<()> {
+fn check_plans(state: &KernelView, plans: &[NetworkPlan], claims: &NodeClaims) -> Result<()> {
     let changing: BTreeSet<&str> = plans.iter().map(|p| p.name.as_str()).collect();
     // Interfaces taken by the plans checked so far.
     let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
@@ -1149,21 +1149,21 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
     for p in plans.iter().filter(|p| !p.suspended) {
         for (index, side) in p.sides.iter().enumerate() {
             if !state.links.contains_key(&side.interface) {
-                return Err(EngineError::InterfaceMissing {
+                return Err(AgentError::InterfaceMissing {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
                 });
             }
             if !state.links[&side.interface].up {
-                return Err(EngineError::InterfaceDown {
+                return Err(AgentError::InterfaceDown {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
                 });
             }
             if let Some(why) = node_use(state, p, &side.interface) {
-                return Err(EngineError::NodeInterface {
+                return Err(AgentError::NodeInterface {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
@@ -1174,7 +1174,7 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
                 && state.carries_default_route(&side.interface)
                 && our_vrf_of(state, &side.interface).is_none()
             {
-                return Err(EngineError::VrfTakesNodeRoute {
+                return Err(AgentError::VrfTakesNodeRoute {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
@@ -1189,7 +1189,7 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
                     .find(|l| l.index == controller)
                     .map(|l| l.name.clone())
                     .unwrap_or_else(|| format!("ifindex {controller}"));
-                return Err(EngineError::InterfaceEnslaved {
+                return Err(AgentError::InterfaceEnslaved {
                     network: p.name.clone(),
                     field: format!("spec.sides[{index}].interface"),
                     interface: side.interface.clone(),
@@ -1202,7 +1202,7 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
                 .map(String::as_str)
                 .filter(|holder| !changing.contains(holder));
             if let Some(other) = held_by_another.or(claimed.insert(&side.interface, &p.name)) {
-                return Err(EngineError::InterfaceShared {
+                return Err(AgentError::InterfaceShared {
                     network: p.name.clone(),
                     interface: side.interface.clone(),
                     other: other.into(),
@@ -1211,7 +1211,7 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
         }
         for a in &p.addresses {
             if foreign_addresses.contains(&(a.interface.as_str(), a.address)) {
-                return Err(EngineError::AddressTaken {
+                return Err(AgentError::AddressTaken {
                     network: p.name.clone(),
                     interface: a.interface.clone(),
                     address: a.address.to_string(),
@@ -1224,10 +1224,10 @@ fn check_plans(state: &NodeState, plans: &[NetworkPlan], claims: &NodeClaims) ->
 
 /// The steps from `state` to `plans`, removing everything of `remove`. Pure.
 pub fn changes(
-    state: &NodeState,
+    state: &KernelView,
     plans: &[NetworkPlan],
     remove: &[String],
-    memory: &StateFile,
+    memory: &Memory,
 ) -> Result<Changes> {
     let mut vrf_steps = Vec::new();
     let mut adds = Vec::new();
@@ -1367,9 +1367,9 @@ pub fn changes(
             }
         }
 
-        let have_addresses: Vec<AddressPlan> = our_addresses(&interfaces)
+        let have_addresses: Vec<Address> = our_addresses(&interfaces)
             .into_iter()
-            .map(|a| AddressPlan {
+            .map(|a| Address {
                 interface: a.interface.clone(),
                 address: a.address,
                 prefix_len: a.prefix_len,
@@ -1392,7 +1392,7 @@ pub fn changes(
             }
         }
 
-        let have_routes: Vec<&RoutePlan> = our_routes(&tables)
+        let have_routes: Vec<&Route> = our_routes(&tables)
             .into_iter()
             .filter(|r| !released_first.contains(&r.interface))
             .collect();
@@ -1417,7 +1417,7 @@ pub fn changes(
             }
         }
 
-        let have_rules: Vec<&RulePlan> = our_rules(&tables);
+        let have_rules: Vec<&Rule> = our_rules(&tables);
         // Iif rules before mark rules: a mark rule is what makes the new path live.
         let mut wanted_rules = p.rules.clone();
         wanted_rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
@@ -1465,7 +1465,7 @@ pub fn changes(
         for a in our_addresses(&interfaces) {
             deletes.push(Step::DeleteAddress {
                 network: name.clone(),
-                address: AddressPlan {
+                address: Address {
                     interface: a.interface.clone(),
                     address: a.address,
                     prefix_len: a.prefix_len,
@@ -1551,7 +1551,7 @@ pub fn changes(
         }
     }
     // The target first: a goto to a priority nobody holds is left unresolved by the kernel.
-    let mut missing: Vec<&RulePlan> = wanted_skips
+    let mut missing: Vec<&Rule> = wanted_skips
         .iter()
         .filter(|r| !state.rules.contains(r))
         .collect();
@@ -1629,7 +1629,7 @@ pub const NODE: &str = "(node)";
 /// networks come and go, so adding one does not move the skip rule. The mask is every mark
 /// rule's mask together: a packet with any of those bits set is someone's, whatever mask each
 /// network was allocated under.
-fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>) -> Vec<RulePlan> {
+fn skip_rules<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<Rule> {
     let mut span: BTreeMap<bool, (u32, u32, u32)> = BTreeMap::new();
     for rule in rules {
         let RuleSelector::Mark { mask, .. } = rule.selector else {
@@ -1647,7 +1647,7 @@ fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>) -> Vec<RulePlan> {
         .flat_map(|(ipv6, (low, high, mask))| {
             let high = high.max(L3MDEV_PRIORITY - 1);
             [
-                RulePlan {
+                Rule {
                     ipv6,
                     priority: low - 1,
                     selector: RuleSelector::Unmarked {
@@ -1656,7 +1656,7 @@ fn skip_rules<'a>(rules: impl Iterator<Item = &'a RulePlan>) -> Vec<RulePlan> {
                     },
                     table: 0,
                 },
-                RulePlan {
+                Rule {
                     ipv6,
                     priority: high + 1,
                     selector: RuleSelector::SkipTarget,
@@ -1693,7 +1693,7 @@ const CNI_PREFIXES: &[&str] = &[
 ];
 
 /// Why the node itself needs `interface`, unless the side allows taking it over.
-fn node_use(state: &NodeState, plan: &NetworkPlan, interface: &str) -> Option<String> {
+fn node_use(state: &KernelView, plan: &NetworkPlan, interface: &str) -> Option<String> {
     if plan.take_over.contains(interface) {
         return None;
     }
@@ -1726,7 +1726,7 @@ fn is_our_vrf(link: &Link) -> bool {
 }
 
 /// Our VRF devices whose table is one of `tables`.
-fn our_vrfs<'a>(state: &'a NodeState, tables: &BTreeSet<u32>) -> Vec<&'a Link> {
+fn our_vrfs<'a>(state: &'a KernelView, tables: &BTreeSet<u32>) -> Vec<&'a Link> {
     state
         .links
         .values()
@@ -1735,7 +1735,7 @@ fn our_vrfs<'a>(state: &'a NodeState, tables: &BTreeSet<u32>) -> Vec<&'a Link> {
 }
 
 /// The VRF of ours `interface` is enslaved to, if any.
-fn our_vrf_of<'a>(state: &'a NodeState, interface: &str) -> Option<&'a Link> {
+fn our_vrf_of<'a>(state: &'a KernelView, interface: &str) -> Option<&'a Link> {
     let controller = state.links.get(interface)?.controller?;
     state
         .links
@@ -1744,7 +1744,7 @@ fn our_vrf_of<'a>(state: &'a NodeState, interface: &str) -> Option<&'a Link> {
 }
 
 /// Releasing every interface enslaved to `vrf`, then deleting it.
-fn delete_vrf(state: &NodeState, network: &str, vrf: &Link) -> Vec<Step> {
+fn delete_vrf(state: &KernelView, network: &str, vrf: &Link) -> Vec<Step> {
     let mut steps: Vec<Step> = state
         .links
         .values()
@@ -1801,7 +1801,7 @@ pub fn nft_list() -> Result<Option<Value>> {
 }
 
 fn parse_nft_json(text: &[u8]) -> Result<Value> {
-    serde_json::from_slice(text).map_err(|e| EngineError::Nft {
+    serde_json::from_slice(text).map_err(|e| AgentError::Nft {
         what: "parsing nft -j output".into(),
         detail: e.to_string(),
     })
@@ -1812,7 +1812,7 @@ fn nft_list_text() -> Result<Option<Vec<u8>>> {
     let output = Command::new("nft")
         .args(["-j", "list", "table", "inet", nft::TABLE])
         .output()
-        .map_err(|e| EngineError::Nft {
+        .map_err(|e| AgentError::Nft {
             what: "running nft (install the nftables package)".into(),
             detail: e.to_string(),
         })?;
@@ -1821,7 +1821,7 @@ fn nft_list_text() -> Result<Option<Vec<u8>>> {
         if stderr.contains("No such file or directory") {
             return Ok(None);
         }
-        return Err(EngineError::Nft {
+        return Err(AgentError::Nft {
             what: format!("listing table inet {}", nft::TABLE),
             detail: stderr.trim().to_owned(),
         });
@@ -1837,7 +1837,7 @@ pub fn nft_apply(batch: &Value) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| EngineError::Nft {
+        .map_err(|e| AgentError::Nft {
             what: "running nft (install the nftables package)".into(),
             detail: e.to_string(),
         })?;
@@ -1845,19 +1845,19 @@ pub fn nft_apply(batch: &Value) -> Result<()> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(text.as_bytes())
-            .map_err(|e| EngineError::Nft {
+            .map_err(|e| AgentError::Nft {
                 what: "writing the transaction to nft".into(),
                 detail: e.to_string(),
             })?;
     }
-    let output = child.wait_with_output().map_err(|e| EngineError::Nft {
+    let output = child.wait_with_output().map_err(|e| AgentError::Nft {
         what: "waiting for nft".into(),
         detail: e.to_string(),
     })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(EngineError::Nft {
+        Err(AgentError::Nft {
             what: "applying the transaction".into(),
             detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
@@ -1903,7 +1903,7 @@ fn nft_restore(listing: Option<&Value>) -> Result<()> {
     nft_apply(&nft::batch(&commands))
 }
 
-impl fmt::Display for RoutePlan {
+impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -1913,7 +1913,7 @@ impl fmt::Display for RoutePlan {
     }
 }
 
-impl fmt::Display for RulePlan {
+impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let family = if self.ipv6 { "-6 " } else { "" };
         match self.selector {
@@ -1934,8 +1934,8 @@ impl fmt::Display for RulePlan {
 mod tests {
     use super::*;
 
-    fn mark_rule(ipv6: bool, priority: u32) -> RulePlan {
-        RulePlan {
+    fn mark_rule(ipv6: bool, priority: u32) -> Rule {
+        Rule {
             ipv6,
             priority,
             selector: RuleSelector::Mark {

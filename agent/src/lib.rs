@@ -22,7 +22,7 @@ pub mod nft;
 pub mod plan;
 pub mod reconciler;
 pub mod rollback;
-pub mod state;
+pub mod memory;
 pub mod sysctl;
 pub mod trace;
 pub mod translate;

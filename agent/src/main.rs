@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mirrornet_agent::engine::{BackendChoice, Engine, NodeState};
+use mirrornet_agent::engine::{BackendChoice, Engine, KernelView};
 use mirrornet_agent::netlink::Netlink;
-use mirrornet_agent::state::StateFile;
+use mirrornet_agent::memory::Memory;
 use mirrornet_agent::{demo, lab, rollback};
 use mirrornet_api::allocation::{IdRanges, RangeFlags};
 use mirrornet_api::file::{self, LoadedNetwork};
@@ -244,7 +244,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             let plans = engine.plans(&state, &networks, backend)?;
             let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
             let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
-            let memory = StateFile::load(&state)?;
+            let memory = Memory::load(&state)?;
             let change = rollback::Change {
                 plans: &plans,
                 specs: &specs,
@@ -279,7 +279,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             let _lock = rollback::NodeLock::acquire().await?;
             let state = engine.observe().await?;
             let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
-            let memory = StateFile::load(&state)?;
+            let memory = Memory::load(&state)?;
             let change = rollback::Change {
                 plans: &[],
                 specs: &[],
@@ -309,7 +309,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             let engine = engine(ranges)?;
             let state = engine.observe().await?;
             let plans = engine.plans(&state, &networks, backend)?;
-            let memory = StateFile::load(&state)?;
+            let memory = Memory::load(&state)?;
             let changes = mirrornet_agent::engine::changes(&state, &plans, &[], &memory)?;
             print(output, &serde_json::to_value(&changes)?, || {
                 if changes.is_empty() {
@@ -526,11 +526,11 @@ async fn run(
 }
 
 /// The networks in `file`, or those this node holds (their last applied specs).
-fn networks_here(state: &NodeState, file: Option<&std::path::Path>) -> Result<Vec<LoadedNetwork>> {
+fn networks_here(state: &KernelView, file: Option<&std::path::Path>) -> Result<Vec<LoadedNetwork>> {
     if let Some(f) = file {
         return load(f);
     }
-    Ok(StateFile::load(state)?
+    Ok(Memory::load(state)?
         .networks
         .into_iter()
         .filter_map(|(name, record)| {
@@ -626,10 +626,10 @@ struct ShownNetwork {
 
 fn show(
     engine: &Engine,
-    state: &NodeState,
+    state: &KernelView,
     file: Option<&std::path::Path>,
 ) -> Result<Vec<ShownNetwork>> {
-    let memory = StateFile::load(state)?;
+    let memory = Memory::load(state)?;
     let specs: Vec<LoadedNetwork> = match file {
         Some(f) => load(f)?,
         None => Vec::new(),

@@ -21,7 +21,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
-use crate::plan::{AddressPlan, PROTOCOL, RoutePlan, RulePlan, RuleSelector, VrfPlan};
+use crate::plan::{Address, PROTOCOL, Route, Rule, RuleSelector, VrfPlan};
 
 /// A failed netlink call, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +314,7 @@ impl Netlink {
     pub async fn routes(
         &self,
         links: &BTreeMap<String, Link>,
-    ) -> Result<(Vec<RoutePlan>, Vec<u32>, BTreeSet<DefaultRoute>)> {
+    ) -> Result<(Vec<Route>, Vec<u32>, BTreeSet<DefaultRoute>)> {
         let by_index: BTreeMap<u32, &str> =
             links.values().map(|l| (l.index, l.name.as_str())).collect();
         let mut ours = Vec::new();
@@ -338,7 +338,7 @@ impl Netlink {
                 else {
                     continue;
                 };
-                ours.push(RoutePlan {
+                ours.push(Route {
                     table,
                     destination,
                     interface: by_index
@@ -356,7 +356,7 @@ impl Netlink {
 
     /// mirrornet's rules (protocol [`PROTOCOL`]), the tables every other rule looks up, and
     /// the priorities of the kernel's l3mdev rules (IPv4, IPv6) if present.
-    pub async fn rules(&self) -> Result<(Vec<RulePlan>, Vec<u32>, L3mdevRules)> {
+    pub async fn rules(&self) -> Result<(Vec<Rule>, Vec<u32>, L3mdevRules)> {
         let mut ours = Vec::new();
         let mut foreign_tables = Vec::new();
         let mut l3mdev = L3mdevRules::default();
@@ -433,7 +433,7 @@ impl Netlink {
                     // Something of ours we no longer make: no plan wants it, so it goes.
                     _ => RuleSelector::Other,
                 };
-                ours.push(RulePlan {
+                ours.push(Rule {
                     ipv6,
                     priority,
                     selector,
@@ -446,7 +446,7 @@ impl Netlink {
         Ok((ours, foreign_tables, l3mdev))
     }
 
-    pub async fn add_address(&self, index: u32, a: &AddressPlan) -> Result<()> {
+    pub async fn add_address(&self, index: u32, a: &Address) -> Result<()> {
         let mut request = self.handle.address().add(index, a.address, a.prefix_len);
         // No prefix route: the subnet exists once per side, so it must not appear in main;
         // each side's copy lives in the side's own table. No DAD: the same address on several
@@ -470,7 +470,7 @@ impl Netlink {
         )))
     }
 
-    pub async fn del_address(&self, index: u32, a: &AddressPlan) -> Result<()> {
+    pub async fn del_address(&self, index: u32, a: &Address) -> Result<()> {
         let mut message = AddressMessage::default();
         message.header.family = if a.address.is_ipv4() {
             AddressFamily::Inet
@@ -494,7 +494,7 @@ impl Netlink {
             )))
     }
 
-    fn route_message(index: u32, r: &RoutePlan) -> RouteMessage {
+    fn route_message(index: u32, r: &Route) -> RouteMessage {
         let mut m = RouteMessage::default();
         let (family, dst, src) = match (r.destination, r.source) {
             (IpNet::V4(d), IpAddr::V4(s)) => (
@@ -531,7 +531,7 @@ impl Netlink {
         m
     }
 
-    pub async fn add_route(&self, index: u32, r: &RoutePlan) -> Result<()> {
+    pub async fn add_route(&self, index: u32, r: &Route) -> Result<()> {
         self.handle
             .route()
             .add(Self::route_message(index, r))
@@ -543,7 +543,7 @@ impl Netlink {
             )))
     }
 
-    pub async fn del_route(&self, index: u32, r: &RoutePlan) -> Result<()> {
+    pub async fn del_route(&self, index: u32, r: &Route) -> Result<()> {
         self.handle
             .route()
             .del(Self::route_message(index, r))
@@ -555,7 +555,7 @@ impl Netlink {
             )))
     }
 
-    fn rule_message(r: &RulePlan) -> RuleMessage {
+    fn rule_message(r: &Rule) -> RuleMessage {
         let mut m = RuleMessage::default();
         m.header.family = if r.ipv6 {
             AddressFamily::Inet6
@@ -595,7 +595,7 @@ impl Netlink {
         m
     }
 
-    pub async fn add_rule(&self, r: &RulePlan) -> Result<()> {
+    pub async fn add_rule(&self, r: &Rule) -> Result<()> {
         let mut request = self.handle.rule().add();
         *request.message_mut() = Self::rule_message(r);
         request.execute().await.map_err(ctx(format!(
@@ -604,7 +604,7 @@ impl Netlink {
         )))
     }
 
-    pub async fn del_rule(&self, r: &RulePlan) -> Result<()> {
+    pub async fn del_rule(&self, r: &Rule) -> Result<()> {
         self.handle
             .rule()
             .del(Self::rule_message(r))

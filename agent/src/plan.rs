@@ -92,7 +92,7 @@ pub fn vrf_name(table: u32) -> String {
 
 /// An address the middleman holds on a side interface.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AddressPlan {
+pub struct Address {
     pub interface: String,
     pub address: IpAddr,
     pub prefix_len: u8,
@@ -100,7 +100,7 @@ pub struct AddressPlan {
 
 /// A route in a side's table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RoutePlan {
+pub struct Route {
     pub table: u32,
     pub destination: IpNet,
     pub interface: String,
@@ -132,7 +132,7 @@ pub enum RuleSelector {
 
 /// An ip rule: selector -> `lookup table`, at `priority`, protocol [`PROTOCOL`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RulePlan {
+pub struct Rule {
     pub ipv6: bool,
     pub priority: u32,
     pub selector: RuleSelector,
@@ -158,9 +158,9 @@ pub struct NetworkPlan {
     pub sides: Vec<SidePlan>,
     /// Empty unless the backend is VRF.
     pub vrfs: Vec<VrfPlan>,
-    pub addresses: Vec<AddressPlan>,
-    pub routes: Vec<RoutePlan>,
-    pub rules: Vec<RulePlan>,
+    pub addresses: Vec<Address>,
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
     pub sysctls: Vec<SysctlPlan>,
     pub nft: NetworkNft,
     /// Interfaces the spec allows even though the node itself uses them.
@@ -277,12 +277,12 @@ pub fn plan(
     let mut rules = Vec::new();
     let mut sysctls = Vec::new();
     for side in &sides {
-        addresses.push(AddressPlan {
+        addresses.push(Address {
             interface: side.interface.clone(),
             address: network.gateway,
             prefix_len: network.subnet.prefix_len(),
         });
-        routes.push(RoutePlan {
+        routes.push(Route {
             table: side.ids.table,
             destination: network.subnet,
             interface: side.interface.clone(),
@@ -291,7 +291,7 @@ pub fn plan(
         // Mark rules carry a packet that entered one side into the table of the side it is
         // for: another side (steered to its alias) or its own (every other packet, marked
         // `home` by nft; with VRF the l3mdev rule does that instead).
-        rules.push(RulePlan {
+        rules.push(Rule {
             ipv6,
             priority: side.ids.rule_priority,
             selector: RuleSelector::Mark {
@@ -346,7 +346,7 @@ pub fn plan(
         // crosses nft's inet hooks, so it has no home mark), which no mark rule matches; loose
         // mode only needs some route. Any side table has one: the check passes. After main:
         // a node with a default route passes it there already.
-        rules.push(RulePlan {
+        rules.push(Rule {
             ipv6,
             priority: LOCAL_SOURCE_PRIORITY,
             selector: RuleSelector::LocalSource(network.gateway),

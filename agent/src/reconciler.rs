@@ -29,10 +29,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn};
 
-use crate::engine::{BackendChoice, Engine, EngineError, NodeState};
+use crate::engine::{BackendChoice, Engine, AgentError, KernelView};
 use crate::netlink::Netlink;
 use crate::plan::NetworkPlan;
-use crate::state::StateFile;
+use crate::memory::Memory;
 use mirrornet_api::allocation::Allocator;
 
 /// A network the node should hold, with the ids the operator allocated (none in file mode:
@@ -399,7 +399,7 @@ pub async fn pass(
     };
     // The state file is read once per pass: planning, ownership and converging all see the
     // same memory (nothing writes it in between).
-    let memory = StateFile::load(&state);
+    let memory = Memory::load(&state);
     // One allocator for the pass, as `apply` uses for a file: networks without ids of their
     // own that appear together get distinct ids.
     let mut allocator = memory
@@ -578,7 +578,7 @@ pub async fn pass(
             report.removed = remove;
         }
         Err(
-            ref e @ EngineError::VerificationFailed {
+            ref e @ AgentError::VerificationFailed {
                 networks: ref rejected,
                 ..
             },
@@ -698,18 +698,18 @@ pub async fn pass(
 
 fn plan_one(
     engine: &Engine,
-    state: &NodeState,
+    state: &KernelView,
     network: &DesiredNetwork,
     backend: BackendChoice,
     allocator: Option<&mut Allocator>,
-) -> Result<NetworkPlan, EngineError> {
+) -> Result<NetworkPlan, AgentError> {
     let loaded = std::slice::from_ref(&network.loaded);
     match (&network.allocation, allocator) {
         (Some(allocation), _) => engine.plan_with(state, &network.loaded, allocation, backend),
         (None, Some(allocator)) => {
             let allocation = allocator
                 .allocate(network.loaded.name(), &network.loaded.valid)
-                .map_err(|e| EngineError::Allocation {
+                .map_err(|e| AgentError::Allocation {
                     network: network.loaded.name().into(),
                     reason: e.to_string(),
                 })?;
@@ -721,19 +721,19 @@ fn plan_one(
 }
 
 /// The condition reason for an error.
-pub fn reason_of(e: &EngineError) -> &'static str {
+pub fn reason_of(e: &AgentError) -> &'static str {
     use mirrornet_api::conditions::NodeFailure;
     let failure = match e {
-        EngineError::InterfaceMissing { .. } => NodeFailure::InterfaceMissing,
-        EngineError::InterfaceDown { .. } => NodeFailure::InterfaceDown,
-        EngineError::AddressTaken { .. }
-        | EngineError::InterfaceShared { .. }
-        | EngineError::InterfaceEnslaved { .. } => NodeFailure::Conflict,
-        EngineError::NodeInterface { .. } | EngineError::VrfTakesNodeRoute { .. } => {
+        AgentError::InterfaceMissing { .. } => NodeFailure::InterfaceMissing,
+        AgentError::InterfaceDown { .. } => NodeFailure::InterfaceDown,
+        AgentError::AddressTaken { .. }
+        | AgentError::InterfaceShared { .. }
+        | AgentError::InterfaceEnslaved { .. } => NodeFailure::Conflict,
+        AgentError::NodeInterface { .. } | AgentError::VrfTakesNodeRoute { .. } => {
             NodeFailure::NodeInterface
         }
-        EngineError::Allocation { .. } => NodeFailure::AllocationFailed,
-        EngineError::Plan(_) => NodeFailure::BackendUnavailable,
+        AgentError::Allocation { .. } => NodeFailure::AllocationFailed,
+        AgentError::Plan(_) => NodeFailure::BackendUnavailable,
         _ => NodeFailure::ApplyFailed,
     };
     failure.as_str()

@@ -26,12 +26,12 @@ use mirrornet_api::{Allocation, BackendKind, MirrorNetwork, MirrorNetworkSpec, V
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::engine::{BackendChoice, Engine, EngineError, NodeState, Outcome};
+use crate::engine::{BackendChoice, Engine, AgentError, KernelView, Outcome};
 use crate::plan::{NetworkPlan, vrf_name};
-use crate::state::{StateError, StateFile, read_file, remove_file, sibling, write_file};
+use crate::memory::{MemoryError, Memory, read_file, remove_file, sibling, write_file};
 use crate::verify::{self, NodeReach, Verification};
 
-type Result<T, E = EngineError> = std::result::Result<T, E>;
+type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 /// Exclusive right to change this network namespace's datapath: held by an agent for a whole
 /// pass (observe, converge, verify, revert) and by a guard while it reverts. The kernel
@@ -43,10 +43,10 @@ pub struct NodeLock {
 
 impl NodeLock {
     /// Waits for the lock.
-    pub async fn acquire() -> Result<Self, StateError> {
+    pub async fn acquire() -> Result<Self, MemoryError> {
         let path = sibling("lock")?;
         let shown = path.display().to_string();
-        let err = move |what, source| StateError {
+        let err = move |what, source| MemoryError {
             what,
             path: shown.clone(),
             source,
@@ -66,7 +66,7 @@ impl NodeLock {
         })
         .await
         .unwrap_or_else(|e| {
-            Err(StateError {
+            Err(MemoryError {
                 what: "locking",
                 path: "the node lock".into(),
                 source: io::Error::other(e),
@@ -103,7 +103,7 @@ impl Armed {
     /// The arm left on this node, if any. One that cannot be parsed (it is written
     /// atomically, so only by hand) is reported and left alone rather than blocking every
     /// change on the node.
-    pub fn load() -> Result<Option<Self>, StateError> {
+    pub fn load() -> Result<Option<Self>, MemoryError> {
         let path = sibling("armed")?;
         Ok(read_file(&path)?.and_then(|text| {
             serde_json::from_str(&text)
@@ -112,20 +112,20 @@ impl Armed {
         }))
     }
 
-    fn save(&self) -> Result<(), StateError> {
+    fn save(&self) -> Result<(), MemoryError> {
         write_file(
             &sibling("armed")?,
             &serde_json::to_vec_pretty(self).unwrap_or_default(),
         )
     }
 
-    fn disarm() -> Result<(), StateError> {
+    fn disarm() -> Result<(), MemoryError> {
         remove_file(&sibling("armed")?)
     }
 }
 
 /// The backend `allocation`'s network is programmed with on the node now.
-fn programmed_backend(state: &NodeState, allocation: &Allocation) -> BackendKind {
+fn programmed_backend(state: &KernelView, allocation: &Allocation) -> BackendKind {
     let vrf = allocation.sides.first().is_some_and(|s| {
         state
             .links
@@ -148,7 +148,7 @@ pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
         match &n.previous {
             Some(p) => {
                 let valid = mirrornet_api::validate(&p.spec).map_err(|e| {
-                    EngineError::Arming(format!("the previous spec of {} is invalid: {e}", n.name))
+                    AgentError::Arming(format!("the previous spec of {} is invalid: {e}", n.name))
                 })?;
                 loaded.push((
                     LoadedNetwork {
@@ -264,7 +264,7 @@ pub struct VerifiedOutcome {
 /// than what `memory` says was last applied. Removals are not among them: taking a network
 /// away only removes what mirrornet added. A network remembered without its spec (an older
 /// agent's record) is not either: there is nothing exact to go back to.
-fn changed_networks(state: &NodeState, memory: &StateFile, change: &Change<'_>) -> Vec<String> {
+fn changed_networks(state: &KernelView, memory: &Memory, change: &Change<'_>) -> Vec<String> {
     change
         .plans
         .iter()
@@ -295,21 +295,21 @@ fn plan_allocation(plan: &NetworkPlan) -> Allocation {
 /// checked and, if a check fails, reverted. The caller holds the [`NodeLock`] for `state`.
 pub async fn converge_verified(
     engine: &Engine,
-    state: &NodeState,
-    memory: StateFile,
+    state: &KernelView,
+    memory: Memory,
     change: Change<'_>,
 ) -> Result<VerifiedOutcome> {
     // An arm left by a change whose rollback failed: its record of "before" must not be
     // overwritten by a new one, so it is rolled back first or nothing changes.
     if let Some(leftover) = Armed::load()? {
         revert(engine, &leftover).await.map_err(|e| {
-            EngineError::Arming(format!(
+            AgentError::Arming(format!(
                 "an earlier change ({}) could not be rolled back yet: {e}",
                 leftover.id
             ))
         })?;
         Armed::disarm()?;
-        return Err(EngineError::Arming(format!(
+        return Err(AgentError::Arming(format!(
             "rolled back the unconfirmed earlier change {} first; apply again",
             leftover.id
         )));
@@ -364,10 +364,10 @@ pub async fn converge_verified(
     };
     armed
         .save()
-        .map_err(|e| EngineError::Arming(e.to_string()))?;
+        .map_err(|e| AgentError::Arming(e.to_string()))?;
     if let Err(e) = spawn_guard(&armed.id, change.ranges) {
         Armed::disarm()?;
-        return Err(EngineError::Arming(format!(
+        return Err(AgentError::Arming(format!(
             "starting the guard process: {e}"
         )));
     }
@@ -379,7 +379,7 @@ pub async fn converge_verified(
         Ok(outcome) => outcome,
         // The engine's own rollback failed: the node is part-way, so the armed record is what
         // brings it back; if that fails too the arm stays for the next start.
-        Err(e @ EngineError::RollbackFailed { .. }) => {
+        Err(e @ AgentError::RollbackFailed { .. }) => {
             if revert(engine, &armed).await.is_ok() {
                 Armed::disarm()?;
             }
@@ -455,7 +455,7 @@ pub async fn converge_verified(
     match revert(engine, &partial).await {
         Ok(_) => {
             Armed::disarm()?;
-            Err(EngineError::VerificationFailed {
+            Err(AgentError::VerificationFailed {
                 failed,
                 outcome: format!(
                     "rolled {} back to the state before the change",
@@ -466,7 +466,7 @@ pub async fn converge_verified(
             })
         }
         // The arm stays: the next change, or the next agent start, tries the rollback again.
-        Err(e) => Err(EngineError::VerificationFailed {
+        Err(e) => Err(AgentError::VerificationFailed {
             failed,
             outcome: format!("rolling back failed: {e}"),
             rolled_back: false,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mirrornet_api::{BackendKind, ValidNetwork};
 use serde::Serialize;
 
-use crate::engine::NodeState;
+use crate::engine::KernelView;
 use crate::netlink::{DefaultRoute, Link, Netlink};
 use crate::plan::{NetworkPlan, vrf_name};
 
@@ -85,7 +85,7 @@ pub struct NodeReach {
 impl NodeReach {
     /// The node's default routes as `state` observed them, and the kernel's routes to their
     /// gateways and to `extra` (the API server).
-    pub async fn observe(netlink: &Netlink, state: &NodeState, extra: &[IpAddr]) -> Self {
+    pub async fn observe(netlink: &Netlink, state: &KernelView, extra: &[IpAddr]) -> Self {
         let defaults = state.default_routes.clone();
         let mut destinations: Vec<IpAddr> = defaults
             .iter()

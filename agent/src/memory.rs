@@ -17,13 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use mirrornet_api::{Allocation, MirrorNetworkSpec};
 
-use crate::engine::NodeState;
+use crate::engine::KernelView;
 use crate::plan::NetworkPlan;
 
 /// Failure reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {path}: {source}")]
-pub struct StateError {
+pub struct MemoryError {
     pub what: &'static str,
     pub path: String,
     #[source]
@@ -50,7 +50,7 @@ pub struct NetworkRecord {
 
 /// The state file's content.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StateFile {
+pub struct Memory {
     pub networks: BTreeMap<String, NetworkRecord>,
     /// Whether the kernel's l3mdev rule came with a VRF device mirrornet created (none existed
     /// before), so it goes when mirrornet's last VRF does.
@@ -60,16 +60,16 @@ pub struct StateFile {
 
 /// `netns-<inode>.<extension>` in the state directory: the state file (`json`) and its
 /// siblings (the node lock, an armed rollback) for this network namespace.
-pub fn sibling(extension: &str) -> Result<PathBuf, StateError> {
+pub fn sibling(extension: &str) -> Result<PathBuf, MemoryError> {
     Ok(location()?.with_extension(extension))
 }
 
 /// The content of `path`; `None` if there is no such file.
-pub fn read_file(path: &Path) -> Result<Option<String>, StateError> {
+pub fn read_file(path: &Path) -> Result<Option<String>, MemoryError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError {
+        Err(source) => Err(MemoryError {
             what: "reading",
             path: path.display().to_string(),
             source,
@@ -79,8 +79,8 @@ pub fn read_file(path: &Path) -> Result<Option<String>, StateError> {
 
 /// Replaces `path` with `content` atomically (a temporary file renamed over it), so a crash
 /// leaves the old content or the new, never half of one.
-pub fn write_file(path: &Path, content: &[u8]) -> Result<(), StateError> {
-    let err = |what, source| StateError {
+pub fn write_file(path: &Path, content: &[u8]) -> Result<(), MemoryError> {
+    let err = |what, source| MemoryError {
         what,
         path: path.display().to_string(),
         source,
@@ -95,9 +95,9 @@ pub fn write_file(path: &Path, content: &[u8]) -> Result<(), StateError> {
 }
 
 /// Removes `path` if it exists.
-pub fn remove_file(path: &Path) -> Result<(), StateError> {
+pub fn remove_file(path: &Path) -> Result<(), MemoryError> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(MemoryError {
             what: "removing",
             path: path.display().to_string(),
             source: e,
@@ -106,11 +106,11 @@ pub fn remove_file(path: &Path) -> Result<(), StateError> {
     }
 }
 
-fn location() -> Result<PathBuf, StateError> {
+fn location() -> Result<PathBuf, MemoryError> {
     let dir = std::env::var_os("MIRRORNET_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/mirrornet"));
-    let ns = std::fs::metadata("/proc/self/ns/net").map_err(|source| StateError {
+    let ns = std::fs::metadata("/proc/self/ns/net").map_err(|source| MemoryError {
         what: "reading",
         path: "/proc/self/ns/net".into(),
         source,
@@ -118,14 +118,14 @@ fn location() -> Result<PathBuf, StateError> {
     Ok(dir.join(format!("netns-{}.json", ns.ino())))
 }
 
-impl StateFile {
+impl Memory {
     /// The memory of the networks the kernel still shows traces of: an `ids.<network>` chain,
     /// mirrornet rules, routes or VRFs in one of the network's tables, mirrornet addresses on
     /// its interfaces, or a sysctl it changed that still differs from its original. Anything
     /// else is stale: a namespace's inode, the file's key, is reused once the namespace is gone,
     /// and a new namespace must not inherit a dead one's memory. The traces are broad on
     /// purpose: a crash part-way through a delete may leave only some of them.
-    pub fn load(state: &NodeState) -> Result<Self, StateError> {
+    pub fn load(state: &KernelView) -> Result<Self, MemoryError> {
         let mut me = Self::load_all()?;
         let programmed = state.nft.networks();
         let our_tables: BTreeSet<u32> = state
@@ -160,14 +160,14 @@ impl StateFile {
         Ok(me)
     }
 
-    fn load_all() -> Result<Self, StateError> {
+    fn load_all() -> Result<Self, MemoryError> {
         Ok(read_file(&location()?)?
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default())
     }
 
     /// Writes the file atomically; removes it when nothing is left to remember.
-    pub fn save(&self) -> Result<(), StateError> {
+    pub fn save(&self) -> Result<(), MemoryError> {
         let file = location()?;
         if self.networks.is_empty() && !self.l3mdev_rule_ours {
             return remove_file(&file);
@@ -227,7 +227,7 @@ impl StateFile {
         });
         record.tables = plan.sides.iter().map(|s| s.ids.table).collect();
         // A suspended network keeps the interfaces it held until its teardown is done
-        // ([`StateFile::release_interfaces`]); a crash part-way must still find them.
+        // ([`Memory::release_interfaces`]); a crash part-way must still find them.
         if !plan.suspended {
             record.interfaces = plan.sides.iter().map(|s| s.interface.clone()).collect();
         }
