@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mirrornet_agent::engine::{BackendChoice, Engine, KernelView};
-use mirrornet_agent::netlink::Netlink;
-use mirrornet_agent::memory::Memory;
-use mirrornet_agent::{demo, lab, rollback};
+use std::io::Write;
+
+use mirrornet_agent::allocate::BackendChoice;
+use mirrornet_agent::engine::Engine;
+use mirrornet_agent::session::{Change, Session};
+use mirrornet_agent::{demo, lab, rollback, show};
 use mirrornet_api::allocation::{IdRanges, RangeFlags};
 use mirrornet_api::file::{self, LoadedNetwork};
 
@@ -217,14 +219,30 @@ fn load(path: &std::path::Path) -> Result<Vec<LoadedNetwork>> {
 }
 
 fn engine(ranges: &IdRanges) -> Result<Engine> {
-    let netlink = Netlink::connect().context("opening a netlink socket")?;
-    Ok(Engine::new(netlink, ranges.clone()))
+    Engine::connect(ranges.clone()).context("opening a netlink socket")
 }
 
-fn print(output: Output, json: &serde_json::Value, text: impl FnOnce()) {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
-        Output::Text => text(),
+/// Writes a command's answer to stdout, as JSON or as text. A reader that stops reading
+/// (`show | head`) ends the output, not the command: a closed pipe is not an error.
+fn print(
+    output: Output,
+    json: &serde_json::Value,
+    text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = match output {
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(json).unwrap_or_default()
+        ),
+        Output::Text => text(&mut out),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other.context("writing to stdout")?),
     }
 }
 
@@ -238,67 +256,60 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
         } => {
             let networks = load(&file)?;
             let engine = engine(ranges)?;
-            rollback::recover(&engine).await?;
-            let _lock = rollback::NodeLock::acquire().await?;
-            let state = engine.observe().await?;
-            let plans = engine.plans(&state, &networks, backend)?;
+            let session = Session::begin(&engine).await?;
+            let plans = session.plans(&networks, backend)?;
             let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
             let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
-            let memory = Memory::load(&state)?;
-            let change = rollback::Change {
+            let change = Change {
                 plans: &plans,
                 specs: &specs,
                 networks: &valid,
                 remove: &[],
                 endpoints: &[],
-                ranges,
             };
-            let verified = rollback::converge_verified(&engine, &state, memory, change).await?;
-            print(output, &serde_json::to_value(&verified)?, || {
+            let verified = session.converge_verified(change).await?;
+            print(output, &serde_json::to_value(&verified)?, |out| {
                 let outcome = &verified.outcome;
                 for step in &outcome.steps {
-                    println!("{step}");
+                    writeln!(out, "{step}")?;
                 }
                 if let Some(v) = &verified.verification {
                     for c in &v.checks {
-                        println!("check {}: {}", c.name, c.detail);
+                        writeln!(out, "check {}: {}", c.name, c.detail)?;
                     }
                 }
                 for n in &outcome.networks {
-                    println!(
+                    writeln!(
+                        out,
                         "{}: converged ({}, {} kernel writes)",
                         n.name, n.backend, outcome.writes
-                    );
+                    )?;
                 }
-            });
+                Ok(())
+            })?;
         }
         Cmd::Delete { file, output } => {
             let networks = load(&file)?;
             let engine = engine(ranges)?;
-            rollback::recover(&engine).await?;
-            let _lock = rollback::NodeLock::acquire().await?;
-            let state = engine.observe().await?;
+            let session = Session::begin(&engine).await?;
             let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
-            let memory = Memory::load(&state)?;
-            let change = rollback::Change {
+            let change = Change {
                 plans: &[],
                 specs: &[],
                 networks: &[],
                 remove: &names,
                 endpoints: &[],
-                ranges,
             };
-            let outcome = rollback::converge_verified(&engine, &state, memory, change)
-                .await?
-                .outcome;
-            print(output, &serde_json::to_value(&outcome)?, || {
+            let outcome = session.converge_verified(change).await?.outcome;
+            print(output, &serde_json::to_value(&outcome)?, |out| {
                 for step in &outcome.steps {
-                    println!("{step}");
+                    writeln!(out, "{step}")?;
                 }
                 for name in &names {
-                    println!("{name}: removed ({} kernel writes)", outcome.writes);
+                    writeln!(out, "{name}: removed ({} kernel writes)", outcome.writes)?;
                 }
-            });
+                Ok(())
+            })?;
         }
         Cmd::Plan {
             file,
@@ -307,49 +318,30 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
         } => {
             let networks = load(&file)?;
             let engine = engine(ranges)?;
-            let state = engine.observe().await?;
-            let plans = engine.plans(&state, &networks, backend)?;
-            let memory = Memory::load(&state)?;
-            let changes = mirrornet_agent::engine::changes(&state, &plans, &[], &memory)?;
-            print(output, &serde_json::to_value(&changes)?, || {
+            let session = Session::read(&engine).await?;
+            let plans = session.plans(&networks, backend)?;
+            let changes = session.diff(&plans, &[]);
+            print(output, &serde_json::to_value(&changes)?, |out| {
                 if changes.is_empty() {
-                    println!("no changes: the node matches the spec");
+                    writeln!(out, "no changes: the node matches the spec")?;
                 }
                 for step in &changes.steps {
-                    println!("{step}");
+                    writeln!(out, "{step}")?;
                 }
-            });
+                Ok(())
+            })?;
         }
         Cmd::Show { file, output } => {
+            let specs = match file {
+                Some(f) => load(&f)?,
+                None => Vec::new(),
+            };
             let engine = engine(ranges)?;
-            let state = engine.observe().await?;
-            let report = show(&engine, &state, file.as_deref())?;
-            print(output, &serde_json::to_value(&report)?, || {
-                if report.is_empty() {
-                    println!("mirrornet holds nothing on this node");
-                }
-                for n in &report {
-                    println!("{} ({}): {}", n.name, n.backend, n.summary);
-                    for s in &n.allocation.sides {
-                        println!(
-                            "  side {:<12} table {:<6} mark {:#010x} zone {:<6} rule priority {}",
-                            s.side, s.table, s.mark, s.zone, s.rule_priority
-                        );
-                    }
-                    for t in &n.traffic {
-                        println!(
-                            "  traffic {} -> {}: {} packets, {} bytes",
-                            t.from, t.to, t.packets, t.bytes
-                        );
-                    }
-                    for (side, count) in &n.connections {
-                        println!("  connections opened by side {side}: {count} (conntrack)");
-                    }
-                    for step in &n.pending {
-                        println!("  pending: {step}");
-                    }
-                }
-            });
+            let session = Session::read(&engine).await?;
+            let report = show::show(&session, &specs)?;
+            print(output, &serde_json::to_value(&report)?, |out| {
+                show::write_text(out, &report)
+            })?;
         }
         Cmd::Run {
             file,
@@ -389,33 +381,38 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             output,
         } => {
             let engine = engine(ranges)?;
-            let state = engine.observe().await?;
-            let networks = networks_here(&state, file.as_deref())?;
+            let session = Session::read(&engine).await?;
+            let networks = match file {
+                Some(f) => load(&f)?,
+                None => show::held_specs(&session.memory),
+            };
             let network = networks
                 .iter()
                 .find(|n| n.valid.sides.iter().any(|s| s.name.as_str() == from))
                 .with_context(|| format!("no network on this node has a side {from:?}"))?;
-            let allocation = state.recorded_allocation(network.name());
+            let allocation = session.view.recorded_allocation(network.name());
             let hops = mirrornet_agent::trace::trace(
                 network,
                 allocation.as_ref(),
-                &state.nft,
+                &session.view.nft,
                 &from,
                 src,
                 dst,
                 flow,
             );
-            print(output, &serde_json::to_value(&hops)?, || {
+            print(output, &serde_json::to_value(&hops)?, |out| {
                 for (i, h) in hops.iter().enumerate() {
-                    println!(
+                    writeln!(
+                        out,
                         "{}. [{}] {}{}",
                         i + 1,
                         h.stage,
                         h.detail,
                         if h.ok { "" } else { "   <-- check this" }
-                    );
+                    )?;
                 }
-            });
+                Ok(())
+            })?;
         }
         Cmd::Translate {
             address,
@@ -525,22 +522,6 @@ async fn run(
     Ok(())
 }
 
-/// The networks in `file`, or those this node holds (their last applied specs).
-fn networks_here(state: &KernelView, file: Option<&std::path::Path>) -> Result<Vec<LoadedNetwork>> {
-    if let Some(f) = file {
-        return load(f);
-    }
-    Ok(Memory::load(state)?
-        .networks
-        .into_iter()
-        .filter_map(|(name, record)| {
-            let object = mirrornet_api::MirrorNetwork::new(&name, record.spec?);
-            let valid = mirrornet_api::validate(&object.spec).ok()?;
-            Some(LoadedNetwork { object, valid })
-        })
-        .collect())
-}
-
 async fn translate(
     address: std::net::IpAddr,
     from: &str,
@@ -552,8 +533,7 @@ async fn translate(
         Some(f) => load(f)?,
         None => {
             let engine = engine(ranges)?;
-            let state = engine.observe().await?;
-            networks_here(&state, None)?
+            show::held_specs(&Session::read(&engine).await?.memory)
         }
     };
     let mut answers = Vec::new();
@@ -578,138 +558,17 @@ async fn translate(
             .map(|(n, m)| serde_json::json!({"network": n, "meaning": m}))
             .collect::<Vec<_>>(),
     )?;
-    print(output, &json, || {
+    print(output, &json, |out| {
         for (network, m) in &answers {
-            println!(
+            writeln!(
+                out,
                 "{network}: from side {from}, {address} is side {}'s host {}",
                 m.host_side, m.real
-            );
+            )?;
             for (side, seen) in &m.seen_by {
-                println!("  side {side} reaches that host as {seen}");
+                writeln!(out, "  side {side} reaches that host as {seen}")?;
             }
         }
-    });
-    Ok(())
-}
-
-/// How many conntrack entries `zone` holds (original direction), via the conntrack tool;
-/// `None` where it is not installed.
-fn connections_in_zone(zone: u16) -> Option<usize> {
-    let out = std::process::Command::new("conntrack")
-        .args(["-L", "--orig-zone", &zone.to_string()])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).lines().count())
-}
-
-/// One network in `show`.
-#[derive(Debug, serde::Serialize)]
-struct ShownNetwork {
-    name: String,
-    backend: String,
-    /// `in sync`, or what differs.
-    summary: String,
-    in_sync: Option<bool>,
-    /// `spec.suspend`: the node keeps only the ids, shown below.
-    suspended: bool,
-    allocation: mirrornet_api::Allocation,
-    pending: Vec<String>,
-    /// Packets and bytes per direction since the network was programmed.
-    traffic: Vec<mirrornet_agent::nft::Traffic>,
-    /// Conntrack entries per side's zone (connections that side opened), where the
-    /// `conntrack` tool is installed.
-    connections: std::collections::BTreeMap<String, usize>,
-}
-
-fn show(
-    engine: &Engine,
-    state: &KernelView,
-    file: Option<&std::path::Path>,
-) -> Result<Vec<ShownNetwork>> {
-    let memory = Memory::load(state)?;
-    let specs: Vec<LoadedNetwork> = match file {
-        Some(f) => load(f)?,
-        None => Vec::new(),
-    };
-    let mut names: std::collections::BTreeSet<String> = state.nft.networks();
-    names.extend(memory.networks.keys().cloned());
-    let mut out = Vec::new();
-    for name in names {
-        let allocation = state
-            .recorded_allocation(&name)
-            .unwrap_or(mirrornet_api::Allocation {
-                mark_mask: 0,
-                sides: Vec::new(),
-            });
-        let spec = specs
-            .iter()
-            .find(|n| n.name() == name)
-            .map(|n| n.object.spec.clone())
-            .or_else(|| memory.network(&name).and_then(|r| r.spec.clone()));
-        let suspended = spec.as_ref().is_some_and(|s| s.suspend);
-        let (backend, summary, in_sync, pending) = match spec {
-            None => (
-                "unknown".into(),
-                "spec unknown on this node (pass --file to compare)".into(),
-                None,
-                Vec::new(),
-            ),
-            Some(spec) => {
-                let object = mirrornet_api::MirrorNetwork::new(&name, spec);
-                match mirrornet_api::validate(&object.spec) {
-                    Err(e) => (
-                        "unknown".into(),
-                        format!("spec invalid: {e}"),
-                        Some(false),
-                        Vec::new(),
-                    ),
-                    Ok(valid) => {
-                        let loaded = LoadedNetwork { object, valid };
-                        let plans = engine.plans(
-                            state,
-                            std::slice::from_ref(&loaded),
-                            BackendChoice::Auto,
-                        )?;
-                        let changes =
-                            mirrornet_agent::engine::changes(state, &plans, &[], &memory)?;
-                        let pending: Vec<String> =
-                            changes.steps.iter().map(ToString::to_string).collect();
-                        let summary = match (suspended, pending.len()) {
-                            (false, 0) => "in sync".to_owned(),
-                            (false, n) => format!("{n} change(s) pending"),
-                            (true, 0) => "suspended: datapath withdrawn, ids kept".to_owned(),
-                            (true, n) => format!("suspended, {n} change(s) pending"),
-                        };
-                        (
-                            plans[0].backend.to_string(),
-                            summary,
-                            Some(pending.is_empty()),
-                            pending,
-                        )
-                    }
-                }
-            }
-        };
-        let traffic = state.nft.traffic(&name);
-        let connections = allocation
-            .sides
-            .iter()
-            .filter_map(|s| Some((s.side.clone(), connections_in_zone(s.zone)?)))
-            .collect();
-        out.push(ShownNetwork {
-            traffic,
-            connections,
-            name,
-            backend,
-            summary,
-            in_sync,
-            suspended,
-            allocation,
-            pending,
-        });
-    }
-    Ok(out)
+        Ok(())
+    })
 }

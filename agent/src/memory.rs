@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use mirrornet_api::{Allocation, MirrorNetworkSpec};
 
-use crate::engine::KernelView;
+use crate::observe::KernelView;
 use crate::plan::NetworkPlan;
+use crate::step::{Changes, Step};
 
 /// Failure reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +176,93 @@ impl Memory {
         write_file(&file, &serde_json::to_vec_pretty(self).unwrap_or_default())
     }
 
+    /// The memory once `plans` are recorded and `remove` forgotten: what it must say when the
+    /// kernel already matches (a rollback to the state the kernel still holds changes only
+    /// what the networks are recorded as).
+    pub fn recording(
+        &self,
+        plans: &[NetworkPlan],
+        specs: &[&MirrorNetworkSpec],
+        remove: &[String],
+    ) -> Self {
+        let mut current = self.clone();
+        for (plan, spec) in plans.iter().zip(specs) {
+            current.record_network(plan, spec);
+        }
+        for name in remove {
+            current.forget_network(name);
+        }
+        current
+    }
+
+    /// The memory to write before the first step of `changes`: what the change is about to
+    /// create (ids, original sysctl values) is on disk before the first write, so a crash
+    /// part-way leaves a state the next run can both finish and undo completely.
+    pub fn intent(
+        &self,
+        changes: &Changes,
+        plans: &[NetworkPlan],
+        specs: &[&MirrorNetworkSpec],
+    ) -> Self {
+        let mut intent = self.clone();
+        for step in &changes.steps {
+            if let Step::SetSysctl {
+                network,
+                path,
+                previous,
+                ..
+            } = step
+            {
+                intent.remember_sysctl(network, path, previous);
+            }
+        }
+        // Rules that were missing and that this change brings (itself, or the kernel with a
+        // first VRF device) are ours to remove with our last VRF.
+        if changes
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::EnsureL3mdevRule { ipv4: true, .. }))
+        {
+            intent.l3mdev_rule_ours = true;
+        }
+        for (plan, spec) in plans.iter().zip(specs) {
+            intent.record_network(plan, spec);
+        }
+        // A sysctl the plan no longer needs (a suspended network needs none) keeps its
+        // original on disk until it is put back: a crash before the restore must not lose it.
+        for step in &changes.steps {
+            if let Step::RestoreSysctl {
+                network,
+                path,
+                value,
+                ..
+            } = step
+            {
+                intent.remember_sysctl(network, path, value);
+            }
+        }
+        intent
+    }
+
+    /// The memory once every step of `changes` is done, from the [`Memory::intent`] written
+    /// before it.
+    pub fn done(mut self, changes: &Changes, plans: &[NetworkPlan], remove: &[String]) -> Self {
+        for step in &changes.steps {
+            match step {
+                Step::RestoreSysctl { network, path, .. } => self.forget_sysctl(network, path),
+                Step::DeleteL3mdevRule { .. } => self.l3mdev_rule_ours = false,
+                _ => {}
+            }
+        }
+        for name in remove {
+            self.forget_network(name);
+        }
+        for plan in plans.iter().filter(|p| p.suspended) {
+            self.release_interfaces(&plan.name);
+        }
+        self
+    }
+
     pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
         self.networks.get(name)
     }
@@ -221,10 +309,7 @@ impl Memory {
     pub fn record_network(&mut self, plan: &NetworkPlan, spec: &MirrorNetworkSpec) {
         let record = self.networks.entry(plan.name.clone()).or_default();
         record.spec = Some(spec.clone());
-        record.allocation = Some(Allocation {
-            mark_mask: plan.mark_mask,
-            sides: plan.sides.iter().map(|s| s.ids.clone()).collect(),
-        });
+        record.allocation = Some(plan.allocation());
         record.tables = plan.sides.iter().map(|s| s.ids.table).collect();
         // A suspended network keeps the interfaces it held until its teardown is done
         // ([`Memory::release_interfaces`]); a crash part-way must still find them.

@@ -43,6 +43,9 @@ pub const PROTOCOL: u8 = 77;
 /// on a node without a default route), so the node's own traffic never scans them.
 pub const LOCAL_SOURCE_PRIORITY: u32 = 32800;
 
+/// Priority of the kernel's l3mdev rule (`FIB_RULE_PREF`), where it puts it itself.
+pub const L3MDEV_PRIORITY: u32 = 1000;
+
 /// Facts about the node that change the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeFacts {
@@ -168,6 +171,16 @@ pub struct NetworkPlan {
     /// `spec.suspend`: the node holds only the ids, so the side interfaces may be absent,
     /// down or used by the node without that being an error.
     pub suspended: bool,
+}
+
+impl NetworkPlan {
+    /// The ids the plan was made with.
+    pub fn allocation(&self) -> Allocation {
+        Allocation {
+            mark_mask: self.mark_mask,
+            sides: self.sides.iter().map(|s| s.ids.clone()).collect(),
+        }
+    }
 }
 
 /// Why a plan cannot be made.
@@ -390,6 +403,33 @@ pub fn plan(
             .collect(),
         suspended: false,
     })
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dev {} src {} table {}",
+            self.destination, self.interface, self.source, self.table
+        )
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = if self.ipv6 { "-6 " } else { "" };
+        match self.selector {
+            // Node-wide rules that jump or do nothing: they look up no table.
+            RuleSelector::Unmarked { .. } | RuleSelector::SkipTarget => {
+                write!(f, "{family}{} {}", self.priority, self.selector)
+            }
+            _ => write!(
+                f,
+                "{family}{} {} lookup {}",
+                self.priority, self.selector, self.table
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

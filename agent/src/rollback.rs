@@ -17,21 +17,22 @@
 //! ordinary converge to the previous specs and reaches exactly the previous kernel state.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mirrornet_api::allocation::{IdRanges, RangeFlags};
 use mirrornet_api::file::LoadedNetwork;
-use mirrornet_api::{Allocation, BackendKind, MirrorNetwork, MirrorNetworkSpec, ValidNetwork};
+use mirrornet_api::{Allocation, BackendKind, MirrorNetwork, MirrorNetworkSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::engine::{BackendChoice, Engine, AgentError, KernelView, Outcome};
-use crate::plan::{NetworkPlan, vrf_name};
-use crate::memory::{MemoryError, Memory, read_file, remove_file, sibling, write_file};
+use crate::allocate::BackendChoice;
+use crate::engine::Engine;
+use crate::error::{AgentError, Result};
+use crate::memory::{Memory, MemoryError, read_file, remove_file, sibling, write_file};
+use crate::observe::KernelView;
+use crate::plan::vrf_name;
+use crate::session::{Change, Outcome, Session, VerifiedOutcome};
 use crate::verify::{self, NodeReach, Verification};
-
-type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 /// Exclusive right to change this network namespace's datapath: held by an agent for a whole
 /// pass (observe, converge, verify, revert) and by a guard while it reverts. The kernel
@@ -139,9 +140,9 @@ fn programmed_backend(state: &KernelView, allocation: &Allocation) -> BackendKin
     }
 }
 
-/// Returns the networks in `armed` to what they were.
+/// Returns the networks in `armed` to what they were. The caller holds the [`NodeLock`].
 pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
-    let state = engine.observe().await?;
+    let session = Session::read(engine).await?;
     let mut loaded = Vec::new();
     let mut remove = Vec::new();
     for n in &armed.networks {
@@ -167,10 +168,10 @@ pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
             BackendKind::Vrf => BackendChoice::Vrf,
             BackendKind::PolicyRouting => BackendChoice::PolicyRouting,
         };
-        plans.push(engine.plan_with(&state, network, &p.allocation, choice)?);
+        plans.push(session.plan_with(network, &p.allocation, choice)?);
     }
     let specs: Vec<&MirrorNetworkSpec> = loaded.iter().map(|(_, p)| &p.spec).collect();
-    engine.converge(&state, &plans, &specs, &remove).await
+    session.converge(&plans, &specs, &remove).await
 }
 
 /// Reverts an arm a dead agent left behind. Called by every agent before it changes anything.
@@ -234,32 +235,6 @@ fn spawn_guard(id: &str, ranges: &IdRanges) -> io::Result<()> {
     Ok(())
 }
 
-/// What to apply: `plans` with their `specs` and validated `networks` (same order), and the
-/// networks to `remove`.
-#[derive(Debug, Clone, Copy)]
-pub struct Change<'a> {
-    pub plans: &'a [NetworkPlan],
-    pub specs: &'a [&'a MirrorNetworkSpec],
-    pub networks: &'a [&'a ValidNetwork],
-    pub remove: &'a [String],
-    /// Endpoints the node must still reach afterwards (the API server in a cluster).
-    pub endpoints: &'a [SocketAddr],
-    /// The id ranges the engine allocates from; the guard process gets the same.
-    pub ranges: &'a IdRanges,
-}
-
-/// A converge and, when it changed what a network is, the checks that kept it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VerifiedOutcome {
-    #[serde(flatten)]
-    pub outcome: Outcome,
-    /// `None` when no network's spec changed (a converged node, or a repair of drift back to
-    /// specs already verified).
-    pub verification: Option<Verification>,
-    /// The networks whose spec changed.
-    pub changed: Vec<String>,
-}
-
 /// The networks this change makes something else: new, or with a spec, ids or backend other
 /// than what `memory` says was last applied. Removals are not among them: taking a network
 /// away only removes what mirrornet added. A network remembered without its spec (an older
@@ -274,7 +249,7 @@ fn changed_networks(state: &KernelView, memory: &Memory, change: &Change<'_>) ->
             Some(record) => match (&record.spec, &record.allocation) {
                 (Some(previous), Some(allocation)) => {
                     previous != **spec
-                        || *allocation != plan_allocation(plan)
+                        || *allocation != plan.allocation()
                         || programmed_backend(state, allocation) != plan.backend
                 }
                 _ => false,
@@ -284,21 +259,11 @@ fn changed_networks(state: &KernelView, memory: &Memory, change: &Change<'_>) ->
         .collect()
 }
 
-fn plan_allocation(plan: &NetworkPlan) -> Allocation {
-    Allocation {
-        mark_mask: plan.mark_mask,
-        sides: plan.sides.iter().map(|s| s.ids.clone()).collect(),
-    }
-}
-
-/// Converges like [`Engine::converge_with`]; a change to what a network is gets armed,
-/// checked and, if a check fails, reverted. The caller holds the [`NodeLock`] for `state`.
-pub async fn converge_verified(
-    engine: &Engine,
-    state: &KernelView,
-    memory: Memory,
-    change: Change<'_>,
-) -> Result<VerifiedOutcome> {
+/// Converges `session`'s node to `change`; a change to what a network is gets armed, checked
+/// and, if a check fails, reverted. The session holds the [`NodeLock`].
+pub async fn verified(session: &Session<'_>, change: Change<'_>) -> Result<VerifiedOutcome> {
+    let engine = session.engine();
+    let (state, memory) = (&session.view, &session.memory);
     // An arm left by a change whose rollback failed: its record of "before" must not be
     // overwritten by a new one, so it is rolled back first or nothing changes.
     if let Some(leftover) = Armed::load()? {
@@ -314,14 +279,11 @@ pub async fn converge_verified(
             leftover.id
         )));
     }
-    // The diff is worked out again by the converge: only a change to what a network is pays
-    // for it twice (a converged node must stay cheap to re-apply).
-    let changed = changed_networks(state, &memory, &change);
-    if changed.is_empty()
-        || crate::engine::changes(state, change.plans, change.remove, &memory)?.is_empty()
-    {
-        let outcome = engine
-            .converge_with(state, memory, change.plans, change.specs, change.remove)
+    let changes = session.diff(change.plans, change.remove);
+    let changed = changed_networks(state, memory, &change);
+    if changed.is_empty() || changes.is_empty() {
+        let outcome = session
+            .apply(change.plans, change.specs, change.remove, &changes)
             .await?;
         return Ok(VerifiedOutcome {
             outcome,
@@ -365,15 +327,15 @@ pub async fn converge_verified(
     armed
         .save()
         .map_err(|e| AgentError::Arming(e.to_string()))?;
-    if let Err(e) = spawn_guard(&armed.id, change.ranges) {
+    if let Err(e) = spawn_guard(&armed.id, engine.ranges()) {
         Armed::disarm()?;
         return Err(AgentError::Arming(format!(
             "starting the guard process: {e}"
         )));
     }
     info!(change = %armed.id, networks = ?changed, "rollback armed");
-    let outcome = match engine
-        .converge_with(state, memory, change.plans, change.specs, change.remove)
+    let outcome = match session
+        .apply(change.plans, change.specs, change.remove, &changes)
         .await
     {
         Ok(outcome) => outcome,

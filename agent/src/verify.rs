@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use mirrornet_api::{BackendKind, ValidNetwork};
 use serde::Serialize;
 
-use crate::engine::KernelView;
 use crate::netlink::{DefaultRoute, Link, Netlink};
+use crate::observe::KernelView;
 use crate::plan::{NetworkPlan, vrf_name};
 
 /// The outcome of one check.

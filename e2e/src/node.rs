@@ -163,7 +163,7 @@ pub fn nft_table_both_ways(lab: &Lab) -> (ObservedNft, ObservedNft) {
         let (_, read) = Nfnetlink::open()
             .and_then(|mut reader| reader.observe())
             .expect("reading the table over nfnetlink");
-        let listed = mirrornet_agent::engine::nft_list()
+        let listed = mirrornet_agent::nft::command::list()
             .expect("nft -j list table")
             .map(|listing| mirrornet_agent::nft::parse_listing(&listing))
             .unwrap_or_default();

@@ -35,6 +35,8 @@ use serde_json::{Value, json};
 
 use crate::plan::SidePlan;
 
+pub mod command;
+
 /// Name of the table mirrornet owns.
 pub const TABLE: &str = "mirrornet";
 const FAMILY: &str = "inet";

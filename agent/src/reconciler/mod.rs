@@ -1,0 +1,154 @@
+//! The long-running side of the agent: keep every desired network converged on this node,
+//! whatever changes it — a new spec, a tampered rule, an interface that comes and goes.
+//!
+//! ```text
+//!  desired (file or cluster) ──┐
+//!  rtnetlink events ───────────┤  kick ──debounce──> pass: one Session ─> NodeReport
+//!  nftables events (nfnetlink) ┤   (triggers)        observe, plan, converge,   metrics
+//!  drifted sysctls, resync ────┘                     verify (pass)
+//! ```
+//!
+//! * [`triggers`]: what kicks a pass, and why ([`Cause`]).
+//! * [`pass`]: one pass over every desired network.
+//! * [`verdicts`], [`report`]: the pure decisions a pass makes from what happened (a rejected
+//!   spec kept, the report built from the outcome).
+//! * [`metrics`]: what a pass counts.
+//!
+//! The reconciler adopts what it finds: starting on a converged node performs zero writes and
+//! never tears the datapath down; stopping leaves it in place. A network whose interface is
+//! missing is reported and left as it is until the interface appears.
+
+pub mod metrics;
+pub mod pass;
+pub mod report;
+pub mod triggers;
+pub mod verdicts;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mirrornet_api::Allocation;
+use mirrornet_api::file::LoadedNetwork;
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+pub use metrics::{Metrics, TrafficLabels};
+pub use pass::pass;
+pub use report::{NetworkReport, NodeReport, reason_of};
+pub use triggers::{Cause, Trigger};
+pub use verdicts::Verdicts;
+
+use crate::allocate::BackendChoice;
+use crate::engine::Engine;
+use triggers::{spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch};
+
+#[derive(Debug, Clone)]
+pub struct DesiredNetwork {
+    pub loaded: LoadedNetwork,
+    pub allocation: Option<Allocation>,
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub backend: BackendChoice,
+    pub resync: Duration,
+    /// How long to wait for a burst of events to settle before a pass.
+    pub debounce: Duration,
+    /// Endpoints the node must still reach after a change (the API server in a cluster).
+    pub endpoints: Vec<std::net::SocketAddr>,
+    /// The id ranges the engine is made with (networks from a file without recorded ids are
+    /// allocated from them; the rollback guard gets the same).
+    pub ranges: mirrornet_api::allocation::IdRanges,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(10),
+            endpoints: Vec::new(),
+            ranges: Default::default(),
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true. Never removes the datapath on the way out.
+pub async fn run(
+    engine: Engine,
+    settings: Settings,
+    mut desired: watch::Receiver<Vec<DesiredNetwork>>,
+    report: watch::Sender<NodeReport>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (kick, mut kicks) = mpsc::channel::<Cause>(64);
+    spawn_netlink_watch(kick.clone());
+    spawn_nft_watch(kick.clone());
+    let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    spawn_sysctl_watch(kick.clone(), watched_sysctls.clone());
+    let mut resync = tokio::time::interval(settings.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once: the initial pass, which programs rather than repairs.
+    resync.tick().await;
+    let mut first = true;
+    let mut verdicts = Verdicts::default();
+    loop {
+        let cause = if std::mem::take(&mut first) {
+            Cause::Spec
+        } else {
+            tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = desired.changed() => {
+                if changed.is_err() { break; }
+                Cause::Spec
+            }
+            _ = resync.tick() => Cause::Resync,
+            Some(cause) = kicks.recv() => cause,
+            }
+        };
+        // Let a burst (our own writes echo back as events too) settle into one pass.
+        tokio::time::sleep(settings.debounce).await;
+        let mut cause = cause;
+        while let Ok(more) = kicks.try_recv() {
+            cause = cause.min(more);
+        }
+        let networks = desired.borrow_and_update().clone();
+        let started = Instant::now();
+        metrics.passes.get_or_create(&Trigger { cause }).inc();
+        let (next, sysctls) = pass(
+            &engine,
+            &settings,
+            &networks,
+            cause,
+            &metrics,
+            &mut verdicts,
+        )
+        .await;
+        if let Ok(mut w) = watched_sysctls.lock() {
+            *w = sysctls;
+        }
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+        report.send_if_modified(|current| {
+            if *current == next {
+                false
+            } else {
+                *current = next;
+                true
+            }
+        });
+    }
+    info!("stopping; the datapath stays in place");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,275 @@
+//! Pass: one observe-plan-converge-verify over every desired network, in one [`Session`].
+//! One bad network does not block the others: each is planned and checked against the node's
+//! claims on its own, and only those that pass go into the one change.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use mirrornet_api::allocation::Allocator;
+use tracing::{debug, error, info, info_span, warn};
+
+use super::report::{NetworkReport, NodeReport, reason_of};
+use super::triggers::Cause;
+use super::verdicts::Verdicts;
+use super::{DesiredNetwork, Metrics, Settings};
+use crate::allocate::{self, BackendChoice};
+use crate::claims::NodeClaims;
+use crate::engine::Engine;
+use crate::error::AgentError;
+use crate::observe::KernelView;
+use crate::plan::NetworkPlan;
+use crate::session::{Change, Session};
+
+/// One pass; returns the report and the sysctls to watch until the next one.
+pub async fn pass(
+    engine: &Engine,
+    settings: &Settings,
+    networks: &[DesiredNetwork],
+    cause: Cause,
+    metrics: &Metrics,
+    verdicts: &mut Verdicts,
+) -> (NodeReport, Vec<(String, String)>) {
+    let mut report = NodeReport {
+        synced: true,
+        ..Default::default()
+    };
+    // Held for the whole change: a guard reverting a dead agent's change, or a file-mode
+    // `apply`, never interleaves its writes with ours.
+    let mut session = match Session::locked(engine).await {
+        Ok(session) => session,
+        Err(e) => {
+            error!(error = %e, "observing the node failed");
+            metrics.errors.inc();
+            report.synced = false;
+            return (report, Vec::new());
+        }
+    };
+    // One allocator for the pass, as `apply` uses for a file: networks without ids of their
+    // own that appear together get distinct ids.
+    let mut allocator = session.allocator();
+    verdicts.forget_changed_specs(networks);
+    let (effective, substituted) = verdicts.effective(networks, Some(&session.memory));
+    let mut ready: Vec<(NetworkPlan, &DesiredNetwork)> = Vec::new();
+    for network in &effective {
+        let name = network.loaded.name().to_owned();
+        let _span = info_span!("network", network = %name).entered();
+        let mut entry = NetworkReport::new(&name, network.loaded.object.metadata.generation);
+        let missing = missing_interfaces(&session.view, network);
+        if !missing.is_empty() {
+            entry.interfaces_present = false;
+            entry.reason = "InterfaceMissing".into();
+            entry.message = format!(
+                "interface(s) {} on this node; programming resumes when they are present and up",
+                missing.join(", ")
+            );
+            warn!(message = %entry.message);
+            report.networks.insert(name, entry);
+            continue;
+        }
+        match plan_one(&session, network, settings.backend, &mut allocator) {
+            Ok(plan) => {
+                entry.backend = Some(plan.backend);
+                report.networks.insert(name, entry);
+                ready.push((plan, network));
+            }
+            Err(e) => {
+                entry.reason = reason_of(&e).into();
+                entry.message = e.to_string();
+                warn!(error = %e, "cannot plan");
+                report.networks.insert(name, entry);
+            }
+        }
+    }
+    // Networks held on the node that nobody wants any more go; those waiting for an interface
+    // stay as they are.
+    let wanted: BTreeSet<&str> = networks.iter().map(|n| n.loaded.name()).collect();
+    report.held = session.held_networks();
+    let remove: Vec<String> = report
+        .held
+        .iter()
+        .filter(|n| !wanted.contains(n.as_str()))
+        .cloned()
+        .collect();
+
+    // Refuse per network what would fail, so one bad network does not block the others.
+    let mut accepted = Vec::new();
+    let claims = NodeClaims::new(&session.view, &remove);
+    for (plan, network) in ready {
+        match claims.check(&session.view, std::slice::from_ref(&plan)) {
+            Ok(()) => accepted.push((plan, network)),
+            Err(e) => {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.reason = reason_of(&e).into();
+                    entry.message = e.to_string();
+                }
+            }
+        }
+    }
+    let plans: Vec<NetworkPlan> = accepted.iter().map(|(p, _)| p.clone()).collect();
+    let specs: Vec<&mirrornet_api::MirrorNetworkSpec> = accepted
+        .iter()
+        .map(|(_, n)| &n.loaded.object.spec)
+        .collect();
+    let valid: Vec<&mirrornet_api::ValidNetwork> =
+        accepted.iter().map(|(_, n)| &n.loaded.valid).collect();
+    let change = Change {
+        plans: &plans,
+        specs: &specs,
+        networks: &valid,
+        remove: &remove,
+        endpoints: &settings.endpoints,
+    };
+    let remembered: BTreeSet<String> = session
+        .memory
+        .networks
+        .iter()
+        .filter(|(_, r)| r.spec.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut checked = BTreeSet::new();
+    match session.converge_verified(change).await {
+        Ok(verified) => {
+            let outcome = verified.outcome;
+            if let Some(v) = &verified.verification {
+                for name in &verified.changed {
+                    verdicts.checked(name, true, v.summary());
+                    checked.insert(name.clone());
+                }
+            }
+            metrics.kernel_writes.inc_by(outcome.writes as u64);
+            if outcome.writes > 0 {
+                if cause == Cause::Spec {
+                    // The same diff `plan` prints, so a log tells exactly what changed.
+                    info!(writes = outcome.writes, steps = ?outcome.steps, "programmed");
+                } else {
+                    metrics.repairs.inc();
+                    info!(writes = outcome.writes, ?cause, steps = ?outcome.steps, "repaired drift");
+                }
+            } else {
+                debug!("converged, nothing to do");
+            }
+            for plan in &plans {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.programmed_with(plan);
+                }
+            }
+            report.held.extend(plans.iter().map(|p| p.name.clone()));
+            report.held.retain(|n| !remove.contains(n));
+            report.removed = remove;
+        }
+        Err(
+            ref e @ AgentError::VerificationFailed {
+                networks: ref rejected,
+                ..
+            },
+        ) => {
+            metrics.errors.inc();
+            error!(error = %e, "a change failed its checks");
+            let message = e.to_string();
+            for (plan, network) in &accepted {
+                if !rejected.contains(&plan.name) {
+                    if let Some(entry) = report.networks.get_mut(&plan.name) {
+                        entry.programmed_with(plan);
+                    }
+                    continue;
+                }
+                verdicts.reject(&plan.name, &network.loaded.object.spec, &message);
+                checked.insert(plan.name.clone());
+            }
+        }
+        Err(e) => {
+            metrics.errors.inc();
+            error!(error = %e, "converging failed");
+            for plan in &plans {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.reason = "ApplyFailed".into();
+                    entry.message = e.to_string();
+                }
+            }
+        }
+    }
+    verdicts.report_rejections(&mut report, networks, &substituted, &remembered);
+    // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
+    // hold up a CLI `apply` or a guard.
+    session.unlock();
+    // The periodic probes: a path that stops answering later is reported, not rolled back
+    // (there is no earlier state to go back to).
+    if cause != Cause::Spec && verdicts.probes_due(settings.resync) {
+        for (plan, network) in &accepted {
+            let valid = &network.loaded.valid;
+            if valid.probes.is_empty()
+                || plan.suspended
+                || checked.contains(&plan.name)
+                || verdicts.is_rejected(&plan.name)
+                || !report
+                    .networks
+                    .get(&plan.name)
+                    .is_some_and(|n| n.programmed)
+            {
+                continue;
+            }
+            let deadline = Instant::now() + valid.verify_timeout;
+            let v = crate::verify::Verification {
+                checks: crate::verify::probe_network(plan, valid, deadline).await,
+            };
+            if let Some(failed) = v.failure() {
+                warn!(network = %plan.name, check = %failed.name, detail = %failed.detail, "a probe failed");
+            }
+            verdicts.checked(&plan.name, v.failure().is_none(), v.summary());
+        }
+    }
+    verdicts.report_checks(&mut report, &wanted);
+    let sysctls = watched_sysctls(&plans, &report);
+    let programmed = report.networks.values().filter(|n| n.programmed).count();
+    metrics.networks_programmed.set(programmed as i64);
+    metrics
+        .networks_failing
+        .set((report.networks.len() - programmed) as i64);
+    (report, sysctls)
+}
+
+/// The side interfaces of `network` that are absent or down, as the report says them. A
+/// suspended network holds nothing on its interfaces: their absence is not a reason to leave
+/// it as it is, nor something to wait for.
+fn missing_interfaces(view: &KernelView, network: &DesiredNetwork) -> Vec<String> {
+    let valid = &network.loaded.valid;
+    valid
+        .sides
+        .iter()
+        .filter(|_| !valid.suspend)
+        .filter(|s| !view.links.get(s.interface.as_str()).is_some_and(|l| l.up))
+        .map(|s| {
+            let why = if view.links.contains_key(s.interface.as_str()) {
+                "down"
+            } else {
+                "absent"
+            };
+            format!("{} (side {}, {why})", s.interface.as_str(), s.name.as_str())
+        })
+        .collect()
+}
+
+/// Plans one network: with the operator's ids in a cluster, from the pass's allocator in
+/// file mode.
+fn plan_one(
+    session: &Session<'_>,
+    network: &DesiredNetwork,
+    backend: BackendChoice,
+    allocator: &mut Allocator,
+) -> Result<NetworkPlan, AgentError> {
+    let allocation = match &network.allocation {
+        Some(allocation) => allocation.clone(),
+        None => allocate::allocate(allocator, &network.loaded)?,
+    };
+    session.plan_with(&network.loaded, &allocation, backend)
+}
+
+/// The sysctls of the networks programmed, with the values they need: a drift of one kicks a
+/// pass (sysctl writes raise no event this build can decode).
+fn watched_sysctls(plans: &[NetworkPlan], report: &NodeReport) -> Vec<(String, String)> {
+    plans
+        .iter()
+        .filter(|p| report.networks.get(&p.name).is_some_and(|n| n.programmed))
+        .flat_map(|p| p.sysctls.iter().map(|s| (s.path.clone(), s.value.clone())))
+        .collect()
+}

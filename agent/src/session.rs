@@ -1,0 +1,230 @@
+//! Session: one run of the agent's sequence over this node, the same for `apply`, `delete`,
+//! a rollback and every pass of the run loop.
+//!
+//! ```text
+//! lock ─> (recover) ─> observe ─> load memory ─> plan ─> diff ─> arm ─> apply ─> verify
+//!  │        a change a dead agent left armed is rolled back first (CLI changes)
+//!  └─ held until the session is dropped: no other agent, guard or CLI writes in between
+//! ```
+//!
+//! The diff is worked out once per change and the same [`Changes`] are armed, applied and
+//! reported.
+
+use std::net::SocketAddr;
+
+use mirrornet_api::allocation::Allocator;
+use mirrornet_api::file::LoadedNetwork;
+use mirrornet_api::{Allocation, BackendKind, MirrorNetworkSpec, ValidNetwork};
+use serde::Serialize;
+
+use crate::allocate::{self, BackendChoice};
+use crate::claims;
+use crate::diff;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::memory::Memory;
+use crate::observe::{KernelView, Sysctls};
+use crate::plan::NetworkPlan;
+use crate::rollback::{self, NodeLock};
+use crate::step::Changes;
+use crate::verify::Verification;
+
+/// What one session sees of the node, under the node lock when it changes anything.
+#[derive(Debug)]
+pub struct Session<'e> {
+    engine: &'e Engine,
+    pub view: KernelView,
+    /// The memory as loaded for `view`: planning, ownership and converging all see the same
+    /// memory (nothing writes it in between).
+    pub memory: Memory,
+    lock: Option<NodeLock>,
+}
+
+/// What to apply: `plans` with their `specs` and validated `networks` (same order), and the
+/// networks to `remove`.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub plans: &'a [NetworkPlan],
+    pub specs: &'a [&'a MirrorNetworkSpec],
+    pub networks: &'a [&'a ValidNetwork],
+    pub remove: &'a [String],
+    /// Endpoints the node must still reach afterwards (the API server in a cluster).
+    pub endpoints: &'a [SocketAddr],
+}
+
+/// The result of an apply or delete.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// Kernel writes made (netlink requests, sysctl writes, nft transactions).
+    pub writes: usize,
+    pub steps: Vec<String>,
+    pub networks: Vec<NetworkSummary>,
+}
+
+/// What a network got on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSummary {
+    pub name: String,
+    pub backend: BackendKind,
+    pub allocation: Allocation,
+}
+
+/// A converge and, when it changed what a network is, the checks that kept it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifiedOutcome {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// `None` when no network's spec changed (a converged node, or a repair of drift back to
+    /// specs already verified).
+    pub verification: Option<Verification>,
+    /// The networks whose spec changed.
+    pub changed: Vec<String>,
+}
+
+impl<'e> Session<'e> {
+    /// A change from the command line: a change a dead agent left armed is rolled back first,
+    /// then the node is locked and observed.
+    pub async fn begin(engine: &'e Engine) -> Result<Self> {
+        rollback::recover(engine).await?;
+        Self::locked(engine).await
+    }
+
+    /// Locks the node, then observes it and loads the memory.
+    pub async fn locked(engine: &'e Engine) -> Result<Self> {
+        let lock = NodeLock::acquire().await?;
+        let mut session = Self::read(engine).await?;
+        session.lock = Some(lock);
+        Ok(session)
+    }
+
+    /// Observes the node and loads the memory without locking: to look (`plan`, `show`), or
+    /// for a caller that holds the lock already (a rollback).
+    pub async fn read(engine: &'e Engine) -> Result<Self> {
+        let view = engine.observe().await?;
+        let memory = Memory::load(&view)?;
+        Ok(Self {
+            engine,
+            view,
+            memory,
+            lock: None,
+        })
+    }
+
+    pub fn engine(&self) -> &'e Engine {
+        self.engine
+    }
+
+    /// Lets go of the node before the session ends: what follows (probes that wait for silent
+    /// hosts) must not hold up a CLI `apply` or a guard.
+    pub fn unlock(&mut self) {
+        self.lock = None;
+    }
+
+    /// Plans `networks`, with ids recorded on the node or fresh from the engine's ranges.
+    pub fn plans(
+        &self,
+        networks: &[LoadedNetwork],
+        choice: BackendChoice,
+    ) -> Result<Vec<NetworkPlan>> {
+        allocate::plans(
+            &self.view,
+            &self.memory,
+            self.engine.ranges(),
+            networks,
+            choice,
+        )
+    }
+
+    /// One allocator for a pass that plans networks one at a time.
+    pub fn allocator(&self) -> Allocator {
+        allocate::allocator(&self.view, &self.memory, self.engine.ranges())
+    }
+
+    /// Plans one network with ids allocated already.
+    pub fn plan_with(
+        &self,
+        network: &LoadedNetwork,
+        allocation: &Allocation,
+        choice: BackendChoice,
+    ) -> Result<NetworkPlan> {
+        allocate::plan_with(&self.view, network, allocation, choice)
+    }
+
+    /// Networks mirrornet holds on this node: in the kernel, or remembered.
+    pub fn held_networks(&self) -> std::collections::BTreeSet<String> {
+        self.view.held_networks(Some(&self.memory))
+    }
+
+    /// The steps from the node to `plans`, removing `remove`: the sysctls they concern are
+    /// read here, the rest was observed.
+    pub fn diff(&self, plans: &[NetworkPlan], remove: &[String]) -> Changes {
+        let sysctls = Sysctls::read(&self.view, plans, &self.memory);
+        diff::changes(&self.view, &sysctls, plans, remove, &self.memory)
+    }
+
+    /// Makes the node hold exactly `plans` (and nothing of `remove`), rolling back on failure,
+    /// without checks: what a rollback converges with.
+    pub async fn converge(
+        &self,
+        plans: &[NetworkPlan],
+        specs: &[&MirrorNetworkSpec],
+        remove: &[String],
+    ) -> Result<Outcome> {
+        let changes = self.diff(plans, remove);
+        self.apply(plans, specs, remove, &changes).await
+    }
+
+    /// Converges; a change to what a network is gets armed, checked and, if a check fails,
+    /// reverted ([`rollback::verified`]).
+    pub async fn converge_verified(&self, change: Change<'_>) -> Result<VerifiedOutcome> {
+        rollback::verified(self, change).await
+    }
+
+    /// Applies `changes` (the diff of `plans` and `remove` on this session's view) with the
+    /// memory written around them: the intent before the first write, the result after, the
+    /// memory of before again if the change was rolled back. `specs` are the specs of
+    /// `plans`, in the same order, remembered for `show`.
+    pub async fn apply(
+        &self,
+        plans: &[NetworkPlan],
+        specs: &[&MirrorNetworkSpec],
+        remove: &[String],
+        changes: &Changes,
+    ) -> Result<Outcome> {
+        claims::check_preconditions(&self.view, plans, remove)?;
+        if changes.is_empty() {
+            let current = self.memory.recording(plans, specs, remove);
+            if current != self.memory {
+                current.save()?;
+            }
+            return Ok(outcome(0, changes, plans));
+        }
+        let intent = self.memory.intent(changes, plans, specs);
+        intent.save()?;
+        let writes = match self.engine.execute(changes).await {
+            Ok(writes) => writes,
+            Err(e) => {
+                // Rolled back (or not): the memory of before is the truth again.
+                self.memory.save()?;
+                return Err(e);
+            }
+        };
+        intent.done(changes, plans, remove).save()?;
+        Ok(outcome(writes, changes, plans))
+    }
+}
+
+fn outcome(writes: usize, changes: &Changes, plans: &[NetworkPlan]) -> Outcome {
+    Outcome {
+        writes,
+        steps: changes.steps.iter().map(ToString::to_string).collect(),
+        networks: plans
+            .iter()
+            .map(|p| NetworkSummary {
+                name: p.name.clone(),
+                backend: p.backend,
+                allocation: p.allocation(),
+            })
+            .collect(),
+    }
+}
