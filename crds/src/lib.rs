@@ -1,5 +1,6 @@
 //! The MirrorNetwork API: its types, the CRD generated from them, the spec validation that the
-//! operator and the agent share, and the names of conditions and reasons both report.
+//! operator and the agent share, and the vocabulary both report in: conditions, their reasons
+//! and the rule that stamps them, and events.
 //!
 //! ```text
 //! user YAML ──> v1alpha1::MirrorNetwork ──validate()──> ValidNetwork ──> operator / agent
@@ -9,6 +10,7 @@
 
 pub mod allocation;
 pub mod conditions;
+pub mod events;
 pub mod file;
 #[cfg(feature = "testing")]
 pub mod mock_api;

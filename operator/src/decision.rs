@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use mirrornet_api::allocation::Allocator;
 use mirrornet_api::conditions::{self as c, reason};
+use mirrornet_api::events::Notice;
 use mirrornet_api::{Allocation, MirrorNetwork, MirrorNetworkStatus};
 
 use crate::conflict;
@@ -31,16 +32,6 @@ pub struct Observed<'a> {
     pub networks: &'a [Arc<MirrorNetwork>],
     pub nodes: &'a [NodeFacts],
     pub now: Timestamp,
-}
-
-/// Something to tell the user as a Kubernetes Event on the network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub warning: bool,
-    pub reason: String,
-    pub note: String,
-    /// What the operator was doing (the event's `action`).
-    pub action: &'static str,
 }
 
 /// The outcome of deciding about a live network.

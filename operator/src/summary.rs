@@ -7,10 +7,10 @@
 //! validation / conflict ───┘                                          (times kept unless flipped)
 //! ```
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use mirrornet_api::NodeStatus;
-use mirrornet_api::conditions::{self as c, NodeFailure, reason};
+use mirrornet_api::conditions::{self as c, Decided, NodeReason, reason};
 
 use crate::selection::NodeFacts;
 
@@ -27,14 +27,9 @@ pub enum NodeState {
     NotReady,
 }
 
-fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-// A node has failed (not merely "not yet") when a condition is False for one of the
-// `NodeFailure` reasons the agent writes.
-
-/// Judges one selected node from its Node facts and the agent's entry.
+/// Judges one selected node from its Node facts and the agent's entry. A node has failed (not
+/// merely "not yet") when a condition is False for a reason whose
+/// [`NodeReason::is_failure`] is true.
 pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
     if !facts.is_ready() {
         return NodeState::NotReady;
@@ -45,10 +40,10 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     if entry.observed_generation != Some(generation) {
         return NodeState::Pending;
     }
-    let programmed = condition(&entry.conditions, c::PROGRAMMED);
+    let programmed = c::find(&entry.conditions, c::PROGRAMMED);
     if programmed.is_some_and(|p| p.status == "True") {
         // Programmed but its path does not answer: never Ready, and the check is named.
-        return match condition(&entry.conditions, c::DATA_PATH_VERIFIED) {
+        return match c::find(&entry.conditions, c::DATA_PATH_VERIFIED) {
             Some(v) if v.status == "False" => NodeState::Failed {
                 reason: v.reason.clone(),
                 message: v.message.clone(),
@@ -58,8 +53,11 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     }
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
         .iter()
-        .filter_map(|t| condition(&entry.conditions, t))
-        .find(|c| c.status == "False" && NodeFailure::from_reason(&c.reason).is_some());
+        .filter_map(|t| c::find(&entry.conditions, t))
+        .find(|c| {
+            c.status == "False"
+                && NodeReason::from_reason(&c.reason).is_some_and(NodeReason::is_failure)
+        });
     match failure {
         Some(f) => NodeState::Failed {
             reason: f.reason.clone(),
@@ -131,10 +129,7 @@ pub fn name_list(names: &[String]) -> String {
     text
 }
 
-/// One condition before timestamps: (type, status, reason, message).
-type Rendered = (&'static str, bool, &'static str, String);
-
-fn render(health: &Health) -> [Rendered; 3] {
+fn render(health: &Health) -> [Decided<&'static str>; 3] {
     let blocked = |why: &'static str, message: &String| {
         [
             (c::READY, false, why, message.clone()),
@@ -289,24 +284,7 @@ pub fn conditions(
     previous: &[Condition],
     now: Timestamp,
 ) -> Vec<Condition> {
-    render(health)
-        .into_iter()
-        .map(|(type_, status, why, message)| {
-            let status = if status { "True" } else { "False" };
-            let since = condition(previous, type_)
-                .filter(|p| p.status == status)
-                .map(|p| p.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: why.into(),
-                message,
-                observed_generation: generation,
-                last_transition_time: since,
-            }
-        })
-        .collect()
+    c::stamp(render(health), generation, previous, now)
 }
 
 /// The backend the nodes report: one name when all agree, `Mixed` otherwise.
@@ -323,6 +301,7 @@ pub fn backend<'a>(entries: impl IntoIterator<Item = &'a NodeStatus>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mirrornet_api::BackendKind;
 
     fn facts(name: &str, ready: bool) -> NodeFacts {
@@ -354,52 +333,95 @@ mod tests {
     }
 
     /// Every reason the agent writes for a node that cannot program the network (conflict,
-    /// node interface, missing backend, ...) makes that node Failed, not forever Pending.
+    /// node interface, missing backend, ...) makes that node Failed, not forever Pending; every
+    /// other reason of Programmed=False (a wait) leaves it Pending.
     #[test]
     fn every_agent_failure_reason_fails_the_node() {
         let facts = facts("n", true);
-        for failure in NodeFailure::ALL {
-            let e = entry(3, vec![cond(c::PROGRAMMED, "False", failure.as_str())]);
-            assert!(
-                matches!(node_state(&facts, Some(&e), 3), NodeState::Failed { ref reason, .. } if reason == failure.as_str()),
-                "{failure:?}"
-            );
+        for why in NodeReason::ALL {
+            let e = entry(3, vec![cond(c::PROGRAMMED, "False", why.as_str())]);
+            let state = node_state(&facts, Some(&e), 3);
+            if why.is_failure() {
+                assert!(
+                    matches!(state, NodeState::Failed { ref reason, .. } if reason == why.as_str()),
+                    "{why:?}"
+                );
+            } else {
+                assert_eq!(state, NodeState::Pending, "{why:?}");
+            }
         }
     }
 
     #[test]
     fn node_states() {
-        let programmed = entry(3, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
-        let stale = entry(2, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
-        let failed = entry(3, vec![cond(c::PROGRAMMED, "False", reason::APPLY_FAILED)]);
+        let programmed = entry(
+            3,
+            vec![cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str())],
+        );
+        let stale = entry(
+            2,
+            vec![cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str())],
+        );
+        let failed = entry(
+            3,
+            vec![cond(
+                c::PROGRAMMED,
+                "False",
+                NodeReason::ApplyFailed.as_str(),
+            )],
+        );
         let missing = entry(
             3,
             vec![
-                cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION),
-                cond(c::INTERFACES_PRESENT, "False", reason::INTERFACE_MISSING),
+                cond(
+                    c::PROGRAMMED,
+                    "False",
+                    NodeReason::WaitingForAllocation.as_str(),
+                ),
+                cond(
+                    c::INTERFACES_PRESENT,
+                    "False",
+                    NodeReason::InterfaceMissing.as_str(),
+                ),
             ],
         );
         let waiting = entry(
             3,
-            vec![cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION)],
+            vec![cond(
+                c::PROGRAMMED,
+                "False",
+                NodeReason::WaitingForAllocation.as_str(),
+            )],
         );
         let verified = entry(
             3,
             vec![
-                cond(c::PROGRAMMED, "True", reason::APPLIED),
-                cond(c::DATA_PATH_VERIFIED, "True", reason::CHECKS_PASSED),
+                cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str()),
+                cond(
+                    c::DATA_PATH_VERIFIED,
+                    "True",
+                    NodeReason::ChecksPassed.as_str(),
+                ),
             ],
         );
         let probe_failing = entry(
             3,
             vec![
-                cond(c::PROGRAMMED, "True", reason::APPLIED),
-                cond(c::DATA_PATH_VERIFIED, "False", reason::CHECK_FAILED),
+                cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str()),
+                cond(
+                    c::DATA_PATH_VERIFIED,
+                    "False",
+                    NodeReason::CheckFailed.as_str(),
+                ),
             ],
         );
         let rolled_back = entry(
             3,
-            vec![cond(c::PROGRAMMED, "False", reason::VERIFICATION_FAILED)],
+            vec![cond(
+                c::PROGRAMMED,
+                "False",
+                NodeReason::VerificationFailed.as_str(),
+            )],
         );
         let table = [
             ("verified", true, Some(&verified), NodeState::Programmed),
@@ -408,7 +430,7 @@ mod tests {
                 true,
                 Some(&probe_failing),
                 NodeState::Failed {
-                    reason: reason::CHECK_FAILED.into(),
+                    reason: NodeReason::CheckFailed.as_str().into(),
                     message: "m".into(),
                 },
             ),
@@ -417,7 +439,7 @@ mod tests {
                 true,
                 Some(&rolled_back),
                 NodeState::Failed {
-                    reason: reason::VERIFICATION_FAILED.into(),
+                    reason: NodeReason::VerificationFailed.as_str().into(),
                     message: "m".into(),
                 },
             ),
@@ -429,7 +451,7 @@ mod tests {
                 true,
                 Some(&failed),
                 NodeState::Failed {
-                    reason: reason::APPLY_FAILED.into(),
+                    reason: NodeReason::ApplyFailed.as_str().into(),
                     message: "m".into(),
                 },
             ),
@@ -438,7 +460,7 @@ mod tests {
                 true,
                 Some(&missing),
                 NodeState::Failed {
-                    reason: reason::INTERFACE_MISSING.into(),
+                    reason: NodeReason::InterfaceMissing.as_str().into(),
                     message: "m".into(),
                 },
             ),
