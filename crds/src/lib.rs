@@ -13,6 +13,8 @@ pub mod conditions;
 pub mod events;
 pub mod file;
 #[cfg(feature = "testing")]
+pub mod fixtures;
+#[cfg(feature = "testing")]
 pub mod mock_api;
 pub mod selection;
 pub mod v1alpha1;
@@ -30,6 +32,9 @@ pub use validation::{
 
 /// API group of every mirrornet resource.
 pub const GROUP: &str = "mirrornet.io";
+
+/// The operator's finalizer: it holds a network until every node removed its kernel state.
+pub const FINALIZER: &str = "mirrornet.io/teardown";
 
 /// Where the generated CRD is committed, relative to the workspace root.
 pub const CRD_PATH: &str = "crds/mirrornetwork.yaml";

@@ -33,8 +33,7 @@ use crate::error::{Backoff, Error, Result};
 use crate::metrics::Metrics;
 use crate::selection::NodeFacts;
 
-/// Finalizer that holds a network until every node removed its kernel state.
-pub const FINALIZER: &str = "mirrornet.io/teardown";
+pub use mirrornet_api::FINALIZER;
 
 /// What every reconcile shares.
 pub struct Context {

@@ -260,10 +260,11 @@ pub fn repair_notice(node: &str, repairs: u64) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::fixtures::{interface_missing, now, programmed};
+    use crate::cluster::fixtures::{interface_missing, programmed};
     use crate::cluster::index::Release;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mirrornet_api::BackendKind;
+    use mirrornet_api::fixtures::now;
 
     fn placement(role: Role, owes_entry: bool) -> Placement {
         Placement {

@@ -10,9 +10,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::cluster::fixtures::{NetworkExt, interface_missing, network, now, programmed};
+use crate::cluster::fixtures::{interface_missing, programmed};
 use crate::cluster::index::Index;
 use crate::reconciler::NetworkReport;
+use mirrornet_api::fixtures::{NetworkExt, network, now};
 use mirrornet_api::mock_api::{self, Exchange, Handle, assert_idle, expect, fail, serve};
 
 const NODE: &str = "node-a";
@@ -293,11 +294,12 @@ async fn leaving_the_selector_reports_removed_and_a_node_never_selected_writes_n
     let mut writer = StatusWriter::new(client, NODE);
     let plain: BTreeMap<String, String> = [("zone".to_string(), "b".to_string())].into();
     let left = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated().entry(
-            NODE,
-            "Programmed",
-            "True",
-        )],
+        vec![
+            network("a")
+                .selector(&[("gw", "true")])
+                .allocated()
+                .node_entry(NODE, "Programmed", "True"),
+        ],
         &plain,
     );
     sync(
