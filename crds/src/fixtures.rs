@@ -19,6 +19,14 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(1_000_000).unwrap()
 }
 
+/// Labels (of a node, or for a selector) from `(key, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A side on `interface` with the seed's alias prefix and no explicit ids.
 pub fn side(name: &str, interface: &str) -> Side {
     Side {
@@ -85,12 +93,7 @@ pub trait NetworkExt: Sized {
 impl NetworkExt for MirrorNetwork {
     fn selector(mut self, labels: &[(&str, &str)]) -> Self {
         self.spec.node_selector = Some(LabelSelector {
-            match_labels: (!labels.is_empty()).then(|| {
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            }),
+            match_labels: (!labels.is_empty()).then(|| self::labels(labels)),
             match_expressions: None,
         });
         self
@@ -187,12 +190,7 @@ fn node_with(name: &str, labels: &[(&str, &str)], ready: &str, since: i64) -> No
     Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
+            labels: Some(self::labels(labels)),
             ..Default::default()
         },
         spec: None,

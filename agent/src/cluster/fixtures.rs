@@ -4,7 +4,7 @@
 use mirrornet_api::BackendKind;
 use mirrornet_api::conditions::NodeReason;
 
-use crate::reconciler::NetworkReport;
+use crate::reconciler::{NetworkReport, NodeReport};
 
 /// The loop's report of a network programmed with policy routing.
 pub fn programmed(name: &str, generation: i64) -> NetworkReport {
@@ -33,5 +33,15 @@ pub fn interface_missing(name: &str, generation: i64) -> NetworkReport {
         message: "interface(s) eth2 (side outer, absent) on this node; programming resumes when they are present and up".into(),
         verified: None,
         verification: String::new(),
+    }
+}
+
+/// A synced report of `networks`, the loop holding kernel state of the networks in `held`.
+pub fn report(networks: Vec<NetworkReport>, held: &[&str]) -> NodeReport {
+    NodeReport {
+        synced: true,
+        networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        removed: vec![],
+        held: held.iter().map(|s| s.to_string()).collect(),
     }
 }

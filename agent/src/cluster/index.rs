@@ -202,14 +202,7 @@ fn strip_status(net: &MirrorNetwork) -> MirrorNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mirrornet_api::fixtures::{NetworkExt, network};
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use mirrornet_api::fixtures::{NetworkExt, labels, network};
 
     fn roles(view: &View) -> Vec<(String, Role, bool)> {
         view.placements

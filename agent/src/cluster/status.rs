@@ -260,7 +260,7 @@ pub fn repair_notice(node: &str, repairs: u64) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::fixtures::{interface_missing, programmed};
+    use crate::cluster::fixtures::{interface_missing, programmed, report};
     use crate::cluster::index::Release;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mirrornet_api::BackendKind;
@@ -274,15 +274,6 @@ mod tests {
             role,
             owes_entry,
             entry: None,
-        }
-    }
-
-    fn report(networks: Vec<NetworkReport>, held: &[&str]) -> NodeReport {
-        NodeReport {
-            synced: true,
-            networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
-            removed: vec![],
-            held: held.iter().map(|s| s.to_string()).collect(),
         }
     }
 
