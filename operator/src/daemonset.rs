@@ -378,11 +378,26 @@ mod tests {
     use super::*;
     use mirrornet_api::fixtures::{NetworkExt, network, node};
 
+    /// One allocated network for the gateways.
+    fn gateway_networks() -> Vec<Arc<MirrorNetwork>> {
+        vec![Arc::new(
+            network("a")
+                .created(1)
+                .selector(&[("gw", "true")])
+                .allocated(),
+        )]
+    }
+
     fn facts(nodes: &[(&str, &[(&str, &str)])]) -> Vec<NodeFacts> {
         nodes
             .iter()
             .map(|(n, l)| NodeFacts::of(&node(n, l, true)))
             .collect()
+    }
+
+    fn requirement(prefix: &str, r: &NodeSelectorRequirement) -> String {
+        let values = r.values.clone().unwrap_or_default();
+        format!("{prefix}{} {} {values:?}", r.key, r.operator)
     }
 
     fn keys(p: &Placement) -> Vec<String> {
@@ -392,22 +407,16 @@ mod tests {
             Placement::Terms(t) => t
                 .iter()
                 .map(|t| {
-                    let e = t.match_expressions.iter().flatten().map(|r| {
-                        format!(
-                            "{} {} {:?}",
-                            r.key,
-                            r.operator,
-                            r.values.clone().unwrap_or_default()
-                        )
-                    });
-                    let f = t.match_fields.iter().flatten().map(|r| {
-                        format!(
-                            "field {} {} {:?}",
-                            r.key,
-                            r.operator,
-                            r.values.clone().unwrap_or_default()
-                        )
-                    });
+                    let e = t
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|r| requirement("", r));
+                    let f = t
+                        .match_fields
+                        .iter()
+                        .flatten()
+                        .map(|r| requirement("field ", r));
                     e.chain(f).collect::<Vec<_>>().join(" && ")
                 })
                 .collect(),
@@ -485,12 +494,7 @@ mod tests {
 
     #[test]
     fn desired_shape() {
-        let nets = vec![Arc::new(
-            network("a")
-                .created(1)
-                .selector(&[("gw", "true")])
-                .allocated(),
-        )];
+        let nets = gateway_networks();
         let ds = desired(&nets, &[], &AgentConfig::default()).unwrap();
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.host_network, Some(true));
@@ -525,12 +529,7 @@ mod tests {
 
     #[test]
     fn drift_detection() {
-        let nets = vec![Arc::new(
-            network("a")
-                .created(1)
-                .selector(&[("gw", "true")])
-                .allocated(),
-        )];
+        let nets = gateway_networks();
         let want = desired(&nets, &[], &AgentConfig::default()).unwrap();
         assert!(drifted(&want, None));
         // The server adds defaults and status: not drift.

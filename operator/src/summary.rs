@@ -312,23 +312,23 @@ mod tests {
         }
     }
 
-    fn cond(type_: &str, status: &str, why: &str) -> Condition {
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: why.into(),
-            message: "m".into(),
-            observed_generation: Some(3),
-            last_transition_time: Time(Timestamp::UNIX_EPOCH),
-        }
-    }
-
-    fn entry(generation: i64, conditions: Vec<Condition>) -> NodeStatus {
+    /// An agent's entry for `generation` with these (type, status, reason) conditions.
+    fn entry(generation: i64, conditions: &[(&str, &str, NodeReason)]) -> NodeStatus {
         NodeStatus {
             node_name: "n".into(),
             backend: Some(BackendKind::PolicyRouting),
             observed_generation: Some(generation),
-            conditions,
+            conditions: conditions
+                .iter()
+                .map(|(type_, status, why)| Condition {
+                    type_: (*type_).into(),
+                    status: (*status).into(),
+                    reason: why.as_str().into(),
+                    message: "m".into(),
+                    observed_generation: Some(generation),
+                    last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                })
+                .collect(),
         }
     }
 
@@ -339,7 +339,7 @@ mod tests {
     fn every_agent_failure_reason_fails_the_node() {
         let facts = facts("n", true);
         for why in NodeReason::ALL {
-            let e = entry(3, vec![cond(c::PROGRAMMED, "False", why.as_str())]);
+            let e = entry(3, &[(c::PROGRAMMED, "False", why)]);
             let state = node_state(&facts, Some(&e), 3);
             if why.is_failure() {
                 assert!(
@@ -354,126 +354,101 @@ mod tests {
 
     #[test]
     fn node_states() {
-        let programmed = entry(
-            3,
-            vec![cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str())],
+        use NodeReason::*;
+        let failed = |why: NodeReason| NodeState::Failed {
+            reason: why.as_str().into(),
+            message: "m".into(),
+        };
+        let programmed = [(c::PROGRAMMED, "True", Applied)];
+        /// (case, kubelet Ready, entry: generation and conditions, state)
+        type Row<'a> = (
+            &'a str,
+            bool,
+            Option<(i64, &'a [(&'a str, &'a str, NodeReason)])>,
+            NodeState,
         );
-        let stale = entry(
-            2,
-            vec![cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str())],
-        );
-        let failed = entry(
-            3,
-            vec![cond(
-                c::PROGRAMMED,
-                "False",
-                NodeReason::ApplyFailed.as_str(),
-            )],
-        );
-        let missing = entry(
-            3,
-            vec![
-                cond(
-                    c::PROGRAMMED,
-                    "False",
-                    NodeReason::WaitingForAllocation.as_str(),
-                ),
-                cond(
-                    c::INTERFACES_PRESENT,
-                    "False",
-                    NodeReason::InterfaceMissing.as_str(),
-                ),
-            ],
-        );
-        let waiting = entry(
-            3,
-            vec![cond(
-                c::PROGRAMMED,
-                "False",
-                NodeReason::WaitingForAllocation.as_str(),
-            )],
-        );
-        let verified = entry(
-            3,
-            vec![
-                cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str()),
-                cond(
-                    c::DATA_PATH_VERIFIED,
-                    "True",
-                    NodeReason::ChecksPassed.as_str(),
-                ),
-            ],
-        );
-        let probe_failing = entry(
-            3,
-            vec![
-                cond(c::PROGRAMMED, "True", NodeReason::Applied.as_str()),
-                cond(
-                    c::DATA_PATH_VERIFIED,
-                    "False",
-                    NodeReason::CheckFailed.as_str(),
-                ),
-            ],
-        );
-        let rolled_back = entry(
-            3,
-            vec![cond(
-                c::PROGRAMMED,
-                "False",
-                NodeReason::VerificationFailed.as_str(),
-            )],
-        );
-        let table = [
-            ("verified", true, Some(&verified), NodeState::Programmed),
+        let table: [Row; 10] = [
+            (
+                "verified",
+                true,
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "True", Applied),
+                        (c::DATA_PATH_VERIFIED, "True", ChecksPassed),
+                    ],
+                )),
+                NodeState::Programmed,
+            ),
             (
                 "programmed, probe failing",
                 true,
-                Some(&probe_failing),
-                NodeState::Failed {
-                    reason: NodeReason::CheckFailed.as_str().into(),
-                    message: "m".into(),
-                },
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "True", Applied),
+                        (c::DATA_PATH_VERIFIED, "False", CheckFailed),
+                    ],
+                )),
+                failed(CheckFailed),
             ),
             (
                 "change rolled back",
                 true,
-                Some(&rolled_back),
-                NodeState::Failed {
-                    reason: NodeReason::VerificationFailed.as_str().into(),
-                    message: "m".into(),
-                },
+                Some((3, &[(c::PROGRAMMED, "False", VerificationFailed)])),
+                failed(VerificationFailed),
             ),
-            ("programmed", true, Some(&programmed), NodeState::Programmed),
-            ("older generation", true, Some(&stale), NodeState::Pending),
+            (
+                "programmed",
+                true,
+                Some((3, &programmed)),
+                NodeState::Programmed,
+            ),
+            (
+                "older generation",
+                true,
+                Some((2, &programmed)),
+                NodeState::Pending,
+            ),
             ("no entry", true, None, NodeState::Pending),
             (
                 "apply failed",
                 true,
-                Some(&failed),
-                NodeState::Failed {
-                    reason: NodeReason::ApplyFailed.as_str().into(),
-                    message: "m".into(),
-                },
+                Some((3, &[(c::PROGRAMMED, "False", ApplyFailed)])),
+                failed(ApplyFailed),
             ),
             (
                 "interface missing",
                 true,
-                Some(&missing),
-                NodeState::Failed {
-                    reason: NodeReason::InterfaceMissing.as_str().into(),
-                    message: "m".into(),
-                },
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "False", WaitingForAllocation),
+                        (c::INTERFACES_PRESENT, "False", InterfaceMissing),
+                    ],
+                )),
+                failed(InterfaceMissing),
             ),
-            ("waiting for ids", true, Some(&waiting), NodeState::Pending),
+            (
+                "waiting for ids",
+                true,
+                Some((3, &[(c::PROGRAMMED, "False", WaitingForAllocation)])),
+                NodeState::Pending,
+            ),
             (
                 "kubelet NotReady",
                 false,
-                Some(&programmed),
+                Some((3, &programmed)),
                 NodeState::NotReady,
             ),
         ];
         for (name, ready, e, expected) in table {
-            assert_eq!(node_state(&facts("n", ready), e, 3), expected, "{name}");
+            let e = e.map(|(generation, conditions)| entry(generation, conditions));
+            assert_eq!(
+                node_state(&facts("n", ready), e.as_ref(), 3),
+                expected,
+                "{name}"
+            );
         }
     }
 
