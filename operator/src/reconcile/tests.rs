@@ -159,6 +159,15 @@ fn owners(body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A network for the gateways, created first, already carrying the finalizer: the state every
+/// scenario past the first reconcile starts from.
+fn gateway_network(name: &str) -> MirrorNetwork {
+    network(name)
+        .created(1)
+        .selector(&[("gw", "true")])
+        .finalized()
+}
+
 /// A network as it looks once the operator settled it: ids and the status it would write.
 fn settled(net: MirrorNetwork, world: &World) -> MirrorNetwork {
     let networks: Vec<_> = world.networks.iter().cloned().map(Arc::new).collect();
@@ -224,10 +233,7 @@ async fn a_new_network_first_gets_the_finalizer() {
 
 #[tokio::test]
 async fn a_valid_network_gets_ids_status_and_agents() {
-    let net = network("a")
-        .created(1)
-        .selector(&[("gw", "true")])
-        .finalized();
+    let net = gateway_network("a");
     let answer = net.clone();
     let (result, ctx) = scenario(
         World::gateways(),
@@ -299,13 +305,7 @@ async fn a_valid_network_gets_ids_status_and_agents() {
 #[tokio::test]
 async fn an_unchanged_network_makes_no_request() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a")
-            .created(1)
-            .selector(&[("gw", "true")])
-            .finalized(),
-        &world,
-    );
+    let net = settled(gateway_network("a"), &world);
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     world.networks = vec![net.clone()];
     for _ in 0..3 {
@@ -412,13 +412,7 @@ async fn a_newer_network_on_the_same_interface_is_refused() {
 #[tokio::test]
 async fn the_daemonset_follows_networks_added_and_removed() {
     let mut world = World::gateways();
-    let a = settled(
-        network("a")
-            .created(1)
-            .selector(&[("gw", "true")])
-            .finalized(),
-        &world,
-    );
+    let a = settled(gateway_network("a"), &world);
     world.networks = vec![a.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&a), &world));
     let gw_term = r#"{"matchExpressions":[{"key":"gw","operator":"In","values":["true"]}]}"#;
@@ -495,15 +489,9 @@ async fn the_daemonset_follows_networks_added_and_removed() {
 #[tokio::test]
 async fn deletion_waits_for_every_node_to_report_removal() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a")
-            .created(1)
-            .selector(&[("gw", "true")])
-            .finalized(),
-        &world,
-    )
-    .generation(2)
-    .deleting();
+    let net = settled(gateway_network("a"), &world)
+        .generation(2)
+        .deleting();
     world.networks = vec![net.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     let answer = net.clone();
@@ -547,16 +535,10 @@ async fn deletion_waits_for_every_node_to_report_removal() {
 #[tokio::test]
 async fn deletion_releases_a_vanished_node_with_a_warning() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a")
-            .created(1)
-            .selector(&[("gw", "true")])
-            .finalized(),
-        &world,
-    )
-    .node_entry("n1", c::REMOVED, "True")
-    .node_entry("gone", c::PROGRAMMED, "True")
-    .deleting();
+    let net = settled(gateway_network("a"), &world)
+        .node_entry("n1", c::REMOVED, "True")
+        .node_entry("gone", c::PROGRAMMED, "True")
+        .deleting();
     world.networks = vec![net.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     let answer = net.clone();
@@ -582,10 +564,7 @@ async fn deletion_releases_a_vanished_node_with_a_warning() {
 
 #[tokio::test]
 async fn a_409_on_status_is_retried_with_backoff() {
-    let net = network("a")
-        .created(1)
-        .selector(&[("gw", "true")])
-        .finalized();
+    let net = gateway_network("a");
     let (result, ctx) = scenario(
         World::gateways(),
         net.clone(),
@@ -614,10 +593,7 @@ async fn a_409_on_status_is_retried_with_backoff() {
 
 #[tokio::test]
 async fn a_5xx_on_the_daemonset_is_retried_and_recovers() {
-    let net = network("a")
-        .created(1)
-        .selector(&[("gw", "true")])
-        .finalized();
+    let net = gateway_network("a");
     let answer = net.clone();
     let (result, ctx) = scenario(
         World::gateways(),
