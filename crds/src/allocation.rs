@@ -623,7 +623,8 @@ fn pick<T: Ord + Copy + Into<u64> + std::fmt::Debug>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1alpha1::{MirrorNetworkSpec, Side, SideKernelIds};
+    use crate::fixtures;
+    use crate::v1alpha1::{Side, SideKernelIds};
 
     fn ranges(rule_priorities: RangeInclusive<u32>) -> IdRanges {
         IdRanges {
@@ -634,32 +635,20 @@ mod tests {
 
     /// A two-sided network on interfaces `<tag>a`, `<tag>b`, with optional explicit priorities.
     fn network(tag: &str, priorities: [Option<u32>; 2]) -> ValidNetwork {
-        let spec = MirrorNetworkSpec {
-            node_selector: None,
-            subnet: "192.168.2.0/24".into(),
-            gateway_address: "192.168.2.1".into(),
-            sides: ["a", "b"]
-                .iter()
-                .zip(priorities)
-                .enumerate()
-                .map(|(i, (side, rule_priority))| Side {
-                    name: (*side).into(),
-                    interface: format!("{tag}{side}"),
-                    alias_prefix: format!("192.168.{}.0/24", 10 + i),
-                    kernel_ids: rule_priority.map(|p| SideKernelIds {
-                        rule_priority: Some(p),
-                        ..Default::default()
-                    }),
-                    take_over_node_interface: false,
-                })
-                .collect(),
-            backend: Default::default(),
-            direction: Default::default(),
-            answer_only: Vec::new(),
-            allow: Vec::new(),
-            suspend: false,
-            verify: None,
-        };
+        let sides = ["a", "b"]
+            .iter()
+            .zip(priorities)
+            .enumerate()
+            .map(|(i, (side, rule_priority))| Side {
+                alias_prefix: format!("192.168.{}.0/24", 10 + i),
+                kernel_ids: rule_priority.map(|p| SideKernelIds {
+                    rule_priority: Some(p),
+                    ..Default::default()
+                }),
+                ..fixtures::side(side, &format!("{tag}{side}"))
+            })
+            .collect();
+        let spec = fixtures::spec(sides);
         crate::validate(&spec).unwrap()
     }
 

@@ -1,5 +1,6 @@
 //! The MirrorNetwork API: its types, the CRD generated from them, the spec validation that the
-//! operator and the agent share, and the names of conditions and reasons both report.
+//! operator and the agent share, and the vocabulary both report in: conditions, their reasons
+//! and the rule that stamps them, and events.
 //!
 //! ```text
 //! user YAML ──> v1alpha1::MirrorNetwork ──validate()──> ValidNetwork ──> operator / agent
@@ -9,7 +10,10 @@
 
 pub mod allocation;
 pub mod conditions;
+pub mod events;
 pub mod file;
+#[cfg(feature = "testing")]
+pub mod fixtures;
 #[cfg(feature = "testing")]
 pub mod mock_api;
 pub mod selection;
@@ -28,6 +32,9 @@ pub use validation::{
 
 /// API group of every mirrornet resource.
 pub const GROUP: &str = "mirrornet.io";
+
+/// The operator's finalizer: it holds a network until every node removed its kernel state.
+pub const FINALIZER: &str = "mirrornet.io/teardown";
 
 /// Where the generated CRD is committed, relative to the workspace root.
 pub const CRD_PATH: &str = "crds/mirrornetwork.yaml";

@@ -35,14 +35,8 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::labels;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
         LabelSelectorRequirement {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mirrornet_api::allocation::{AllocationError, Allocator, IdRanges};
+use mirrornet_api::fixtures;
 use mirrornet_api::{Allocation, MirrorNetworkSpec, Side, SideKernelIds, validate};
 use proptest::prelude::*;
 
@@ -44,29 +45,18 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn spec(sides: u8, explicit_table: Option<u32>) -> MirrorNetworkSpec {
-    MirrorNetworkSpec {
-        node_selector: None,
-        subnet: "192.168.2.0/24".into(),
-        gateway_address: "192.168.2.1".into(),
-        sides: (0..sides)
+    fixtures::spec(
+        (0..sides)
             .map(|i| Side {
-                name: format!("s{i}"),
-                interface: format!("eth{i}"),
                 alias_prefix: format!("192.168.{}.0/24", 10 + i),
                 kernel_ids: (i == 0 && explicit_table.is_some()).then(|| SideKernelIds {
                     table: explicit_table,
                     ..Default::default()
                 }),
-                take_over_node_interface: false,
+                ..fixtures::side(&format!("s{i}"), &format!("eth{i}"))
             })
             .collect(),
-        backend: Default::default(),
-        direction: Default::default(),
-        answer_only: Vec::new(),
-        allow: Vec::new(),
-        suspend: false,
-        verify: None,
-    }
+    )
 }
 
 /// Panics if two sides (of any networks) share a table, mark or zone, or a priority lies

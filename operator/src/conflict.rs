@@ -85,7 +85,7 @@ pub fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NetworkExt, network, node};
+    use mirrornet_api::fixtures::{NetworkExt, network, node};
 
     #[test]
     fn conflicts() {
@@ -94,13 +94,24 @@ mod tests {
             NodeFacts::of(&node("n1", &gw, true)),
             NodeFacts::of(&node("n2", &[("other", "true")], true)),
         ];
-        let a = network("a", 1).selector(&gw).interfaces("eth1", "eth2");
-        let same_if = network("b", 2).selector(&gw).interfaces("eth2", "eth3");
-        let other_ifs = network("c", 3).selector(&gw).interfaces("eth3", "eth4");
-        let other_node = network("d", 4)
+        let a = network("a")
+            .created(1)
+            .selector(&gw)
+            .interfaces("eth1", "eth2");
+        let same_if = network("b")
+            .created(2)
+            .selector(&gw)
+            .interfaces("eth2", "eth3");
+        let other_ifs = network("c")
+            .created(3)
+            .selector(&gw)
+            .interfaces("eth3", "eth4");
+        let other_node = network("d")
+            .created(4)
             .selector(&[("other", "true")])
             .interfaces("eth1", "eth2");
-        let invalid_older = network("e", 0)
+        let invalid_older = network("e")
+            .created(0)
             .selector(&gw)
             .interfaces("eth1", "eth2")
             .subnet("nonsense");

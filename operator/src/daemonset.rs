@@ -376,13 +376,28 @@ pub fn terms(ds: &DaemonSet) -> Option<&Vec<NodeSelectorTerm>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NetworkExt, network, node};
+    use mirrornet_api::fixtures::{NetworkExt, network, node};
+
+    /// One allocated network for the gateways.
+    fn gateway_networks() -> Vec<Arc<MirrorNetwork>> {
+        vec![Arc::new(
+            network("a")
+                .created(1)
+                .selector(&[("gw", "true")])
+                .allocated(),
+        )]
+    }
 
     fn facts(nodes: &[(&str, &[(&str, &str)])]) -> Vec<NodeFacts> {
         nodes
             .iter()
             .map(|(n, l)| NodeFacts::of(&node(n, l, true)))
             .collect()
+    }
+
+    fn requirement(prefix: &str, r: &NodeSelectorRequirement) -> String {
+        let values = r.values.clone().unwrap_or_default();
+        format!("{prefix}{} {} {values:?}", r.key, r.operator)
     }
 
     fn keys(p: &Placement) -> Vec<String> {
@@ -392,22 +407,16 @@ mod tests {
             Placement::Terms(t) => t
                 .iter()
                 .map(|t| {
-                    let e = t.match_expressions.iter().flatten().map(|r| {
-                        format!(
-                            "{} {} {:?}",
-                            r.key,
-                            r.operator,
-                            r.values.clone().unwrap_or_default()
-                        )
-                    });
-                    let f = t.match_fields.iter().flatten().map(|r| {
-                        format!(
-                            "field {} {} {:?}",
-                            r.key,
-                            r.operator,
-                            r.values.clone().unwrap_or_default()
-                        )
-                    });
+                    let e = t
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|r| requirement("", r));
+                    let f = t
+                        .match_fields
+                        .iter()
+                        .flatten()
+                        .map(|r| requirement("field ", r));
                     e.chain(f).collect::<Vec<_>>().join(" && ")
                 })
                 .collect(),
@@ -417,17 +426,28 @@ mod tests {
     #[test]
     fn placement_is_the_union_of_selectors() {
         let nodes = facts(&[("n1", &[("gw", "true")]), ("n2", &[("lab", "x")])]);
-        let gw = network("a", 1).selector(&[("gw", "true")]).allocated();
-        let lab = network("b", 2).selector(&[("lab", "x")]).allocated();
-        let gw_again = network("c", 3).selector(&[("gw", "true")]).allocated();
-        let everything = network("d", 4).selector(&[]).allocated();
-        let none = network("e", 5).no_selector().allocated();
-        let without_ids = network("h", 8).selector(&[("lab", "z")]);
-        let moved_away = network("f", 6)
+        let gw = network("a")
+            .created(1)
+            .selector(&[("gw", "true")])
+            .allocated();
+        let lab = network("b")
+            .created(2)
+            .selector(&[("lab", "x")])
+            .allocated();
+        let gw_again = network("c")
+            .created(3)
+            .selector(&[("gw", "true")])
+            .allocated();
+        let everything = network("d").created(4).selector(&[]).allocated();
+        let none = network("e").created(5).no_selector().allocated();
+        let without_ids = network("h").created(8).selector(&[("lab", "z")]);
+        let moved_away = network("f")
+            .created(6)
             .selector(&[("lab", "y")])
             .allocated()
             .node_entry("n2", mirrornet_api::conditions::PROGRAMMED, "True");
-        let moved_and_removed = network("g", 7)
+        let moved_and_removed = network("g")
+            .created(7)
             .selector(&[("lab", "y")])
             .allocated()
             .node_entry("n2", mirrornet_api::conditions::REMOVED, "True");
@@ -474,9 +494,7 @@ mod tests {
 
     #[test]
     fn desired_shape() {
-        let nets = vec![Arc::new(
-            network("a", 1).selector(&[("gw", "true")]).allocated(),
-        )];
+        let nets = gateway_networks();
         let ds = desired(&nets, &[], &AgentConfig::default()).unwrap();
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.host_network, Some(true));
@@ -511,9 +529,7 @@ mod tests {
 
     #[test]
     fn drift_detection() {
-        let nets = vec![Arc::new(
-            network("a", 1).selector(&[("gw", "true")]).allocated(),
-        )];
+        let nets = gateway_networks();
         let want = desired(&nets, &[], &AgentConfig::default()).unwrap();
         assert!(drifted(&want, None));
         // The server adds defaults and status: not drift.
@@ -545,12 +561,17 @@ mod tests {
         // A network was added: drift (owners and terms differ).
         let more = vec![
             nets[0].clone(),
-            Arc::new(network("b", 2).selector(&[("lab", "x")]).allocated()),
+            Arc::new(
+                network("b")
+                    .created(2)
+                    .selector(&[("lab", "x")])
+                    .allocated(),
+            ),
         ];
         let want_more = desired(&more, &[], &AgentConfig::default()).unwrap();
         assert!(drifted(&want_more, Some(&have)));
         // Everywhere after a selector: the old affinity must go.
-        let all = vec![Arc::new(network("c", 3).selector(&[]).allocated())];
+        let all = vec![Arc::new(network("c").created(3).selector(&[]).allocated())];
         let want_all = desired(&all, &[], &AgentConfig::default()).unwrap();
         let mut have_all = have.clone();
         have_all.metadata.owner_references = want_all.metadata.owner_references.clone();

@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use mirrornet_api::allocation::Allocator;
 use mirrornet_api::conditions::{self as c, reason};
+use mirrornet_api::events::Notice;
 use mirrornet_api::{Allocation, MirrorNetwork, MirrorNetworkStatus};
 
 use crate::conflict;
@@ -31,16 +32,6 @@ pub struct Observed<'a> {
     pub networks: &'a [Arc<MirrorNetwork>],
     pub nodes: &'a [NodeFacts],
     pub now: Timestamp,
-}
-
-/// Something to tell the user as a Kubernetes Event on the network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub warning: bool,
-    pub reason: String,
-    pub note: String,
-    /// What the operator was doing (the event's `action`).
-    pub action: &'static str,
 }
 
 /// The outcome of deciding about a live network.
@@ -285,8 +276,8 @@ pub fn decide_teardown(observed: Observed<'_>, grace: Duration) -> Teardown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NetworkExt, first_allocation, network, node};
     use mirrornet_api::allocation::IdRanges;
+    use mirrornet_api::fixtures::{NetworkExt, first_allocation, network, node};
 
     fn ready_of(status: &MirrorNetworkStatus) -> (String, String) {
         let r = status
@@ -322,16 +313,17 @@ mod tests {
     #[test]
     fn live_decisions() {
         let gw = [("gw", "true")];
-        let older = network("older", 1).selector(&gw).allocated();
+        let older = network("older").created(1).selector(&gw).allocated();
         let taken = {
-            let mut n = network("explicit", 2).selector(&gw);
+            let mut n = network("explicit").created(2).selector(&gw);
             n.spec.sides[0].kernel_ids = Some(mirrornet_api::SideKernelIds {
                 table: Some(20000),
                 ..Default::default()
             });
             n
         };
-        let all_programmed = network("fine", 1)
+        let all_programmed = network("fine")
+            .created(1)
             .selector(&gw)
             .node_entry("n1", c::PROGRAMMED, "True")
             .node_entry("n2", c::PROGRAMMED, "True");
@@ -346,14 +338,17 @@ mod tests {
         let table: Vec<Row> = vec![
             (
                 "invalid spec: no ids",
-                network("bad", 2).selector(&gw).subnet("192.168.2.1/24"),
+                network("bad")
+                    .created(2)
+                    .selector(&gw)
+                    .subnet("192.168.2.1/24"),
                 vec![],
                 ("False", reason::INVALID_SPEC),
                 false,
             ),
             (
                 "conflict with an older network",
-                network("newer", 2).selector(&gw),
+                network("newer").created(2).selector(&gw),
                 vec![older.clone()],
                 ("False", reason::CONFLICT),
                 false,
@@ -367,14 +362,14 @@ mod tests {
             ),
             (
                 "no node selected",
-                network("nowhere", 2).selector(&[("none", "x")]),
+                network("nowhere").created(2).selector(&[("none", "x")]),
                 vec![],
                 ("False", reason::NO_NODES_SELECTED),
                 true,
             ),
             (
                 "waiting for agents",
-                network("new", 2).selector(&gw),
+                network("new").created(2).selector(&gw),
                 vec![],
                 ("False", reason::WAITING_FOR_NODES),
                 true,
@@ -419,7 +414,7 @@ mod tests {
     fn unchanged_network_is_not_rewritten() {
         let gw = [("gw", "true")];
         let mut allocator = Allocator::new(IdRanges::default());
-        let net = network("a", 1).selector(&gw);
+        let net = network("a").created(1).selector(&gw);
         let first = decide(&net, &[], &mut allocator);
         assert_eq!(first.status.allocation, Some(first_allocation()));
         let settled = net.clone().with_status(first.status.clone());
@@ -433,10 +428,10 @@ mod tests {
     fn conflict_releases_ids_of_the_newer_network() {
         let gw = [("gw", "true")];
         let mut allocator = Allocator::new(IdRanges::default());
-        let newer = network("newer", 5).selector(&gw);
+        let newer = network("newer").created(5).selector(&gw);
         let first = decide(&newer, &[], &mut allocator);
         assert!(first.status.allocation.is_some());
-        let older = network("older", 1).selector(&gw);
+        let older = network("older").created(1).selector(&gw);
         let held = newer.with_status(first.status);
         let second = decide(&held, &[older], &mut allocator);
         assert_eq!(second.status.allocation, None);
@@ -452,7 +447,8 @@ mod tests {
     fn teardown_waits_then_releases() {
         let gw = [("gw", "true")];
         let nodes = vec![NodeFacts::of(&node("n1", &gw, true))];
-        let net = network("a", 1)
+        let net = network("a")
+            .created(1)
             .selector(&gw)
             .allocated()
             .deleting()

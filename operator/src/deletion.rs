@@ -84,7 +84,7 @@ pub fn gate(net: &MirrorNetwork, nodes: &[NodeFacts], now: Timestamp, grace: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NetworkExt, network, node, node_not_ready_since};
+    use mirrornet_api::fixtures::{NetworkExt, network, node, node_not_ready_since};
 
     #[test]
     fn deletion_gate() {
@@ -97,7 +97,7 @@ mod tests {
             NodeFacts::of(&node_not_ready_since("long-down", &gw, 1_000)),
             NodeFacts::of(&node("unselected", &[], true)),
         ];
-        let allocated = network("n", 1).selector(&gw).allocated().deleting();
+        let allocated = network("n").created(1).selector(&gw).allocated().deleting();
         /// (case, network, nodes waited for, nodes released)
         type Row<'a> = (
             &'a str,
@@ -140,7 +140,7 @@ mod tests {
             ),
             (
                 "a network that never had ids waits for nobody",
-                network("n", 1).selector(&gw).deleting(),
+                network("n").created(1).selector(&gw).deleting(),
                 vec![],
                 vec![],
             ),

@@ -30,9 +30,6 @@ pub mod run;
 pub mod selection;
 pub mod summary;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
-
 pub use error::{Error, Result};
 
 /// Field manager of everything the operator writes by server-side apply.

@@ -16,24 +16,24 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use mirrornet_api::allocation::Allocator;
 use mirrornet_api::conditions as c;
+use mirrornet_api::events::{self, Notice};
 use mirrornet_api::{MirrorNetwork, MirrorNetworkStatus};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
 use crate::daemonset;
-use crate::decision::{self, Notice, Observed};
+use crate::decision::{self, Observed};
 use crate::error::{Backoff, Error, Result};
 use crate::metrics::Metrics;
 use crate::selection::NodeFacts;
 
-/// Finalizer that holds a network until every node removed its kernel state.
-pub const FINALIZER: &str = "mirrornet.io/teardown";
+pub use mirrornet_api::FINALIZER;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -139,24 +139,7 @@ impl Context {
     }
 
     async fn publish(&self, net: &MirrorNetwork, notices: &[Notice]) {
-        let reference = net.object_ref(&());
-        for n in notices {
-            let event = Event {
-                type_: if n.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: n.reason.clone(),
-                note: Some(n.note.chars().take(1000).collect()),
-                action: n.action.into(),
-                secondary: None,
-            };
-            // Events are for people; failing to publish one must not fail the reconcile.
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
-                warn!(reason = %n.reason, error = %e, "could not publish event");
-            }
-        }
+        events::publish(&self.recorder, &net.object_ref(&()), notices).await;
     }
 
     /// Writes the summary status by server-side apply under the operator's field manager.

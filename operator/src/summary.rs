@@ -7,10 +7,10 @@
 //! validation / conflict ───┘                                          (times kept unless flipped)
 //! ```
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use mirrornet_api::NodeStatus;
-use mirrornet_api::conditions::{self as c, NodeFailure, reason};
+use mirrornet_api::conditions::{self as c, Decided, NodeReason, reason};
 
 use crate::selection::NodeFacts;
 
@@ -27,14 +27,9 @@ pub enum NodeState {
     NotReady,
 }
 
-fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-// A node has failed (not merely "not yet") when a condition is False for one of the
-// `NodeFailure` reasons the agent writes.
-
-/// Judges one selected node from its Node facts and the agent's entry.
+/// Judges one selected node from its Node facts and the agent's entry. A node has failed (not
+/// merely "not yet") when a condition is False for a reason whose
+/// [`NodeReason::is_failure`] is true.
 pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
     if !facts.is_ready() {
         return NodeState::NotReady;
@@ -45,10 +40,10 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     if entry.observed_generation != Some(generation) {
         return NodeState::Pending;
     }
-    let programmed = condition(&entry.conditions, c::PROGRAMMED);
+    let programmed = c::find(&entry.conditions, c::PROGRAMMED);
     if programmed.is_some_and(|p| p.status == "True") {
         // Programmed but its path does not answer: never Ready, and the check is named.
-        return match condition(&entry.conditions, c::DATA_PATH_VERIFIED) {
+        return match c::find(&entry.conditions, c::DATA_PATH_VERIFIED) {
             Some(v) if v.status == "False" => NodeState::Failed {
                 reason: v.reason.clone(),
                 message: v.message.clone(),
@@ -58,8 +53,11 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
     }
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
         .iter()
-        .filter_map(|t| condition(&entry.conditions, t))
-        .find(|c| c.status == "False" && NodeFailure::from_reason(&c.reason).is_some());
+        .filter_map(|t| c::find(&entry.conditions, t))
+        .find(|c| {
+            c.status == "False"
+                && NodeReason::from_reason(&c.reason).is_some_and(NodeReason::is_failure)
+        });
     match failure {
         Some(f) => NodeState::Failed {
             reason: f.reason.clone(),
@@ -131,10 +129,7 @@ pub fn name_list(names: &[String]) -> String {
     text
 }
 
-/// One condition before timestamps: (type, status, reason, message).
-type Rendered = (&'static str, bool, &'static str, String);
-
-fn render(health: &Health) -> [Rendered; 3] {
+fn render(health: &Health) -> [Decided<&'static str>; 3] {
     let blocked = |why: &'static str, message: &String| {
         [
             (c::READY, false, why, message.clone()),
@@ -289,24 +284,7 @@ pub fn conditions(
     previous: &[Condition],
     now: Timestamp,
 ) -> Vec<Condition> {
-    render(health)
-        .into_iter()
-        .map(|(type_, status, why, message)| {
-            let status = if status { "True" } else { "False" };
-            let since = condition(previous, type_)
-                .filter(|p| p.status == status)
-                .map(|p| p.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: why.into(),
-                message,
-                observed_generation: generation,
-                last_transition_time: since,
-            }
-        })
-        .collect()
+    c::stamp(render(health), generation, previous, now)
 }
 
 /// The backend the nodes report: one name when all agree, `Mixed` otherwise.
@@ -323,6 +301,7 @@ pub fn backend<'a>(entries: impl IntoIterator<Item = &'a NodeStatus>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mirrornet_api::BackendKind;
 
     fn facts(name: &str, ready: bool) -> NodeFacts {
@@ -333,125 +312,143 @@ mod tests {
         }
     }
 
-    fn cond(type_: &str, status: &str, why: &str) -> Condition {
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: why.into(),
-            message: "m".into(),
-            observed_generation: Some(3),
-            last_transition_time: Time(Timestamp::UNIX_EPOCH),
-        }
-    }
-
-    fn entry(generation: i64, conditions: Vec<Condition>) -> NodeStatus {
+    /// An agent's entry for `generation` with these (type, status, reason) conditions.
+    fn entry(generation: i64, conditions: &[(&str, &str, NodeReason)]) -> NodeStatus {
         NodeStatus {
             node_name: "n".into(),
             backend: Some(BackendKind::PolicyRouting),
             observed_generation: Some(generation),
-            conditions,
+            conditions: conditions
+                .iter()
+                .map(|(type_, status, why)| Condition {
+                    type_: (*type_).into(),
+                    status: (*status).into(),
+                    reason: why.as_str().into(),
+                    message: "m".into(),
+                    observed_generation: Some(generation),
+                    last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                })
+                .collect(),
         }
     }
 
     /// Every reason the agent writes for a node that cannot program the network (conflict,
-    /// node interface, missing backend, ...) makes that node Failed, not forever Pending.
+    /// node interface, missing backend, ...) makes that node Failed, not forever Pending; every
+    /// other reason of Programmed=False (a wait) leaves it Pending.
     #[test]
     fn every_agent_failure_reason_fails_the_node() {
         let facts = facts("n", true);
-        for failure in NodeFailure::ALL {
-            let e = entry(3, vec![cond(c::PROGRAMMED, "False", failure.as_str())]);
-            assert!(
-                matches!(node_state(&facts, Some(&e), 3), NodeState::Failed { ref reason, .. } if reason == failure.as_str()),
-                "{failure:?}"
-            );
+        for why in NodeReason::ALL {
+            let e = entry(3, &[(c::PROGRAMMED, "False", why)]);
+            let state = node_state(&facts, Some(&e), 3);
+            if why.is_failure() {
+                assert!(
+                    matches!(state, NodeState::Failed { ref reason, .. } if reason == why.as_str()),
+                    "{why:?}"
+                );
+            } else {
+                assert_eq!(state, NodeState::Pending, "{why:?}");
+            }
         }
     }
 
     #[test]
     fn node_states() {
-        let programmed = entry(3, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
-        let stale = entry(2, vec![cond(c::PROGRAMMED, "True", reason::APPLIED)]);
-        let failed = entry(3, vec![cond(c::PROGRAMMED, "False", reason::APPLY_FAILED)]);
-        let missing = entry(
-            3,
-            vec![
-                cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION),
-                cond(c::INTERFACES_PRESENT, "False", reason::INTERFACE_MISSING),
-            ],
+        use NodeReason::*;
+        let failed = |why: NodeReason| NodeState::Failed {
+            reason: why.as_str().into(),
+            message: "m".into(),
+        };
+        let programmed = [(c::PROGRAMMED, "True", Applied)];
+        /// (case, kubelet Ready, entry: generation and conditions, state)
+        type Row<'a> = (
+            &'a str,
+            bool,
+            Option<(i64, &'a [(&'a str, &'a str, NodeReason)])>,
+            NodeState,
         );
-        let waiting = entry(
-            3,
-            vec![cond(c::PROGRAMMED, "False", reason::WAITING_FOR_ALLOCATION)],
-        );
-        let verified = entry(
-            3,
-            vec![
-                cond(c::PROGRAMMED, "True", reason::APPLIED),
-                cond(c::DATA_PATH_VERIFIED, "True", reason::CHECKS_PASSED),
-            ],
-        );
-        let probe_failing = entry(
-            3,
-            vec![
-                cond(c::PROGRAMMED, "True", reason::APPLIED),
-                cond(c::DATA_PATH_VERIFIED, "False", reason::CHECK_FAILED),
-            ],
-        );
-        let rolled_back = entry(
-            3,
-            vec![cond(c::PROGRAMMED, "False", reason::VERIFICATION_FAILED)],
-        );
-        let table = [
-            ("verified", true, Some(&verified), NodeState::Programmed),
+        let table: [Row; 10] = [
+            (
+                "verified",
+                true,
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "True", Applied),
+                        (c::DATA_PATH_VERIFIED, "True", ChecksPassed),
+                    ],
+                )),
+                NodeState::Programmed,
+            ),
             (
                 "programmed, probe failing",
                 true,
-                Some(&probe_failing),
-                NodeState::Failed {
-                    reason: reason::CHECK_FAILED.into(),
-                    message: "m".into(),
-                },
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "True", Applied),
+                        (c::DATA_PATH_VERIFIED, "False", CheckFailed),
+                    ],
+                )),
+                failed(CheckFailed),
             ),
             (
                 "change rolled back",
                 true,
-                Some(&rolled_back),
-                NodeState::Failed {
-                    reason: reason::VERIFICATION_FAILED.into(),
-                    message: "m".into(),
-                },
+                Some((3, &[(c::PROGRAMMED, "False", VerificationFailed)])),
+                failed(VerificationFailed),
             ),
-            ("programmed", true, Some(&programmed), NodeState::Programmed),
-            ("older generation", true, Some(&stale), NodeState::Pending),
+            (
+                "programmed",
+                true,
+                Some((3, &programmed)),
+                NodeState::Programmed,
+            ),
+            (
+                "older generation",
+                true,
+                Some((2, &programmed)),
+                NodeState::Pending,
+            ),
             ("no entry", true, None, NodeState::Pending),
             (
                 "apply failed",
                 true,
-                Some(&failed),
-                NodeState::Failed {
-                    reason: reason::APPLY_FAILED.into(),
-                    message: "m".into(),
-                },
+                Some((3, &[(c::PROGRAMMED, "False", ApplyFailed)])),
+                failed(ApplyFailed),
             ),
             (
                 "interface missing",
                 true,
-                Some(&missing),
-                NodeState::Failed {
-                    reason: reason::INTERFACE_MISSING.into(),
-                    message: "m".into(),
-                },
+                Some((
+                    3,
+                    &[
+                        (c::PROGRAMMED, "False", WaitingForAllocation),
+                        (c::INTERFACES_PRESENT, "False", InterfaceMissing),
+                    ],
+                )),
+                failed(InterfaceMissing),
             ),
-            ("waiting for ids", true, Some(&waiting), NodeState::Pending),
+            (
+                "waiting for ids",
+                true,
+                Some((3, &[(c::PROGRAMMED, "False", WaitingForAllocation)])),
+                NodeState::Pending,
+            ),
             (
                 "kubelet NotReady",
                 false,
-                Some(&programmed),
+                Some((3, &programmed)),
                 NodeState::NotReady,
             ),
         ];
         for (name, ready, e, expected) in table {
-            assert_eq!(node_state(&facts("n", ready), e, 3), expected, "{name}");
+            let e = e.map(|(generation, conditions)| entry(generation, conditions));
+            assert_eq!(
+                node_state(&facts("n", ready), e.as_ref(), 3),
+                expected,
+                "{name}"
+            );
         }
     }
 

@@ -202,14 +202,7 @@ fn strip_status(net: &MirrorNetwork) -> MirrorNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::fixtures::{NetworkExt, network};
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use mirrornet_api::fixtures::{NetworkExt, labels, network};
 
     fn roles(view: &View) -> Vec<(String, Role, bool)> {
         view.placements
@@ -272,7 +265,7 @@ mod tests {
                 network("a")
                     .selector(&gw)
                     .allocated()
-                    .entry("node-a", "Programmed", "True"),
+                    .node_entry("node-a", "Programmed", "True"),
                 &plain,
                 Role::Release(Release::NotSelected),
                 true,
@@ -282,7 +275,7 @@ mod tests {
                 network("a")
                     .selector(&gw)
                     .allocated()
-                    .entry("node-b", "Programmed", "True"),
+                    .node_entry("node-b", "Programmed", "True"),
                 &plain,
                 Role::Release(Release::NotSelected),
                 false,
@@ -305,7 +298,7 @@ mod tests {
                 "ids withdrawn after programming: wait, entry owed",
                 network("a")
                     .selector(&gw)
-                    .entry("node-a", "Programmed", "True"),
+                    .node_entry("node-a", "Programmed", "True"),
                 &gateway,
                 Role::WaitForAllocation,
                 true,
@@ -376,7 +369,7 @@ mod tests {
         let node = labels(&[("gw", "true")]);
         let mut index = Index::new("node-a");
         let plain = network("a").selector(&gw).allocated();
-        let reported = plain.clone().entry("node-b", "Programmed", "True");
+        let reported = plain.clone().node_entry("node-b", "Programmed", "True");
         let before = index.view(&[Arc::new(plain.clone())], &node).desired_key();
         let after = index.view(&[Arc::new(reported)], &node).desired_key();
         assert_eq!(before, after);

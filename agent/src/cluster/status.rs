@@ -10,10 +10,10 @@
 //! A condition keeps its `lastTransitionTime` unless its status flips, so an unchanged state
 //! renders identically and is never written twice.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
-use mirrornet_api::conditions::{self as c, reason};
+use mirrornet_api::conditions::{self as c, Decided, NodeReason, reason};
+use mirrornet_api::events::Notice;
 use mirrornet_api::{MirrorNetwork, NodeStatus};
 
 use super::index::{Placement, Role};
@@ -41,9 +41,6 @@ pub fn patch_body(entry: &NodeStatus) -> serde_json::Value {
         "status": { "nodes": [entry] },
     })
 }
-
-/// One condition before its timestamp: (type, status, reason, message).
-type Rendered = (&'static str, bool, String, String);
 
 /// The entry this node should have for `placement`, or `None` when there is nothing to say
 /// (yet): the loop has not reported the network, a teardown is not finished, or the network
@@ -73,11 +70,11 @@ pub fn entry(
             }
             let (why, message) = match placement.role {
                 Role::Release(r) => (
-                    reason::TORN_DOWN,
+                    NodeReason::TornDown,
                     format!("removed from this node: {}", r.describe()),
                 ),
                 _ => (
-                    reason::WAITING_FOR_ALLOCATION,
+                    NodeReason::WaitingForAllocation,
                     "removed from this node: the network has no allocated kernel ids".to_owned(),
                 ),
             };
@@ -85,31 +82,24 @@ pub fn entry(
                 placement.generation,
                 None,
                 vec![
-                    (c::PROGRAMMED, false, why.to_owned(), message.clone()),
-                    (c::REMOVED, true, reason::TORN_DOWN.to_owned(), message),
+                    (
+                        c::PROGRAMMED,
+                        false,
+                        why.as_str().to_owned(),
+                        message.clone(),
+                    ),
+                    (
+                        c::REMOVED,
+                        true,
+                        NodeReason::TornDown.as_str().to_owned(),
+                        message,
+                    ),
                 ],
             )
         }
     };
-    let conditions = rendered
-        .into_iter()
-        .map(|(type_, status, why, message)| {
-            let status = if status { "True" } else { "False" };
-            let since = previous
-                .and_then(|p| condition(&p.conditions, type_))
-                .filter(|p| p.status == status)
-                .map(|p| p.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: why,
-                message,
-                observed_generation: generation,
-                last_transition_time: since,
-            }
-        })
-        .collect();
+    let previous = previous.map_or(&[][..], |p| p.conditions.as_slice());
+    let conditions = c::stamp(rendered, generation, previous, now);
     Some(NodeStatus {
         node_name: node.into(),
         backend,
@@ -121,15 +111,20 @@ pub fn entry(
 /// The conditions of a network the node holds (or tries to). `Removed` is left out: under
 /// server-side apply, leaving out a condition this manager wrote before removes it, so a
 /// network that comes back to the node loses its old `Removed=True`.
-fn held(network: &NetworkReport) -> Vec<Rendered> {
+fn held(network: &NetworkReport) -> Vec<Decided<String>> {
     let programmed = if network.programmed {
         // Suspended, "programmed" means withdrawn as the spec asks; the reason says so.
-        let why = if network.reason == reason::SUSPENDED {
-            reason::SUSPENDED
+        let why = if NodeReason::from_reason(&network.reason) == Some(NodeReason::Suspended) {
+            NodeReason::Suspended
         } else {
-            reason::APPLIED
+            NodeReason::Applied
         };
-        (c::PROGRAMMED, true, why.to_owned(), network.message.clone())
+        (
+            c::PROGRAMMED,
+            true,
+            why.as_str().to_owned(),
+            network.message.clone(),
+        )
     } else {
         (
             c::PROGRAMMED,
@@ -142,14 +137,14 @@ fn held(network: &NetworkReport) -> Vec<Rendered> {
         (
             c::INTERFACES_PRESENT,
             true,
-            reason::ALL_PRESENT.to_owned(),
+            NodeReason::AllPresent.as_str().to_owned(),
             "every side's interface is present and up".to_owned(),
         )
     } else {
         (
             c::INTERFACES_PRESENT,
             false,
-            reason::INTERFACE_MISSING.to_owned(),
+            NodeReason::InterfaceMissing.as_str().to_owned(),
             network.message.clone(),
         )
     };
@@ -161,10 +156,11 @@ fn held(network: &NetworkReport) -> Vec<Rendered> {
             c::DATA_PATH_VERIFIED,
             passed,
             if passed {
-                reason::CHECKS_PASSED
+                NodeReason::ChecksPassed
             } else {
-                reason::CHECK_FAILED
+                NodeReason::CheckFailed
             }
+            .as_str()
             .to_owned(),
             network.verification.clone(),
         ));
@@ -172,13 +168,9 @@ fn held(network: &NetworkReport) -> Vec<Rendered> {
     conditions
 }
 
-fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
 fn is_true(entry: Option<&NodeStatus>, type_: &str) -> bool {
     entry
-        .and_then(|e| condition(&e.conditions, type_))
+        .and_then(|e| c::find(&e.conditions, type_))
         .is_some_and(|c| c.status == "True")
 }
 
@@ -195,24 +187,11 @@ pub fn changed(previous: Option<&NodeStatus>, new: &NodeStatus) -> bool {
     sorted(previous) != sorted(new)
 }
 
-/// An event to publish about a network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub warning: bool,
-    pub reason: String,
-    pub note: String,
-    /// What the agent did, as Events ask (`action`).
-    pub action: &'static str,
-}
-
-/// Reasons of `Programmed=False` that are waits, not failures worth a Warning.
-const WAITS: [&str; 2] = [reason::WAITING_FOR_ALLOCATION, reason::TORN_DOWN];
-
 /// The events a change of this node's entry from `previous` to `new` deserves: programmed,
 /// failed (once per new reason, not per message), torn down.
 pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> Vec<Notice> {
     let mut out = Vec::new();
-    let programmed = condition(&new.conditions, c::PROGRAMMED);
+    let programmed = c::find(&new.conditions, c::PROGRAMMED);
     if let Some(p) = programmed {
         if p.status == "True" && !is_true(previous, c::PROGRAMMED) {
             let backend = new
@@ -221,14 +200,15 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
                 .unwrap_or_default();
             out.push(Notice {
                 warning: false,
-                reason: reason::APPLIED.into(),
+                reason: NodeReason::Applied.as_str().into(),
                 note: format!("programmed on node {node}{backend}"),
                 action: "Program",
             });
         }
-        let before = previous.and_then(|e| condition(&e.conditions, c::PROGRAMMED));
+        let before = previous.and_then(|e| c::find(&e.conditions, c::PROGRAMMED));
         let new_failure = p.status == "False"
-            && !WAITS.contains(&p.reason.as_str())
+            // Waits (for ids, or nothing more after teardown) are not worth a Warning.
+            && !NodeReason::from_reason(&p.reason).is_some_and(NodeReason::is_wait)
             && before.is_none_or(|b| b.status == "True" || b.reason != p.reason);
         if new_failure {
             out.push(Notice {
@@ -239,24 +219,24 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
             });
         }
     }
-    if let Some(v) = condition(&new.conditions, c::DATA_PATH_VERIFIED) {
-        let was = previous.and_then(|e| condition(&e.conditions, c::DATA_PATH_VERIFIED));
+    if let Some(v) = c::find(&new.conditions, c::DATA_PATH_VERIFIED) {
+        let was = previous.and_then(|e| c::find(&e.conditions, c::DATA_PATH_VERIFIED));
         if v.status == "False" && was.is_none_or(|w| w.status == "True") {
             out.push(Notice {
                 warning: true,
-                reason: reason::CHECK_FAILED.into(),
+                reason: NodeReason::CheckFailed.as_str().into(),
                 note: format!("node {node}: {}", v.message),
                 action: "Verify",
             });
         }
     }
     if is_true(Some(new), c::REMOVED) && !is_true(previous, c::REMOVED) {
-        let message = condition(&new.conditions, c::REMOVED)
+        let message = c::find(&new.conditions, c::REMOVED)
             .map(|r| r.message.clone())
             .unwrap_or_default();
         out.push(Notice {
             warning: false,
-            reason: reason::TORN_DOWN.into(),
+            reason: NodeReason::TornDown.as_str().into(),
             note: format!("node {node}: {message}"),
             action: "Teardown",
         });
@@ -269,7 +249,7 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
 pub fn repair_notice(node: &str, repairs: u64) -> Notice {
     Notice {
         warning: false,
-        reason: "Repaired".into(),
+        reason: reason::REPAIRED.into(),
         note: format!(
             "node {node}: rewrote kernel state changed outside mirrornet ({repairs} repair(s) on this node since the agent started)"
         ),
@@ -280,9 +260,11 @@ pub fn repair_notice(node: &str, repairs: u64) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::fixtures::{interface_missing, now, programmed};
+    use crate::cluster::fixtures::{interface_missing, programmed, report};
     use crate::cluster::index::Release;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mirrornet_api::BackendKind;
+    use mirrornet_api::fixtures::now;
 
     fn placement(role: Role, owes_entry: bool) -> Placement {
         Placement {
@@ -292,15 +274,6 @@ mod tests {
             role,
             owes_entry,
             entry: None,
-        }
-    }
-
-    fn report(networks: Vec<NetworkReport>, held: &[&str]) -> NodeReport {
-        NodeReport {
-            synced: true,
-            networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
-            removed: vec![],
-            held: held.iter().map(|s| s.to_string()).collect(),
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tower_test::mock::SendResponse;
 
 use super::*;
-use crate::cluster::fixtures::{NetworkExt, network};
+use mirrornet_api::fixtures::{NetworkExt, network};
 use mirrornet_api::mock_api;
 
 /// Watch requests not answered yet, with their URIs.

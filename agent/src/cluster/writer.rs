@@ -15,15 +15,16 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource};
+use mirrornet_api::events::{self, Notice};
 use mirrornet_api::{MirrorNetwork, NodeStatus};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ClusterError;
 use super::index::{Placement, Role};
-use super::status::{self, Notice};
+use super::status;
 use crate::reconciler::{Metrics, NodeReport};
 
 /// How often the writer looks at the repair counter, which raises no wake-up of its own.
@@ -166,23 +167,7 @@ impl StatusWriter {
             uid: p.uid.clone(),
             ..Default::default()
         };
-        for n in notices {
-            let event = Event {
-                type_: if n.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: n.reason.clone(),
-                note: Some(n.note.chars().take(1000).collect()),
-                action: n.action.into(),
-                secondary: None,
-            };
-            // Events are for people; failing to publish one must not hold up status.
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
-                warn!(reason = %n.reason, error = %e, "could not publish event");
-            }
-        }
+        events::publish(&self.recorder, &reference, notices).await;
     }
 
     /// Forgets what this run wrote, so the next sync compares with the cache again.

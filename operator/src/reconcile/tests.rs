@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::Config;
 use crate::error::Class;
-use crate::fixtures::{NetworkExt, first_allocation, network, node};
+use mirrornet_api::fixtures::{NetworkExt, first_allocation, network, node};
 
 use mirrornet_api::mock_api::{Exchange, Handle, expect, fail, serve};
 
@@ -159,6 +159,15 @@ fn owners(body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A network for the gateways, created first, already carrying the finalizer: the state every
+/// scenario past the first reconcile starts from.
+fn gateway_network(name: &str) -> MirrorNetwork {
+    network(name)
+        .created(1)
+        .selector(&[("gw", "true")])
+        .finalized()
+}
+
 /// A network as it looks once the operator settled it: ids and the status it would write.
 fn settled(net: MirrorNetwork, world: &World) -> MirrorNetwork {
     let networks: Vec<_> = world.networks.iter().cloned().map(Arc::new).collect();
@@ -198,7 +207,7 @@ fn daemonset_for(networks: &[MirrorNetwork], world: &World) -> DaemonSet {
 
 #[tokio::test]
 async fn a_new_network_first_gets_the_finalizer() {
-    let net = network("a", 1).selector(&[("gw", "true")]);
+    let net = network("a").created(1).selector(&[("gw", "true")]);
     let answer = net.clone().finalized();
     let (result, _) = scenario(
         World::gateways(),
@@ -224,7 +233,7 @@ async fn a_new_network_first_gets_the_finalizer() {
 
 #[tokio::test]
 async fn a_valid_network_gets_ids_status_and_agents() {
-    let net = network("a", 1).selector(&[("gw", "true")]).finalized();
+    let net = gateway_network("a");
     let answer = net.clone();
     let (result, ctx) = scenario(
         World::gateways(),
@@ -296,10 +305,7 @@ async fn a_valid_network_gets_ids_status_and_agents() {
 #[tokio::test]
 async fn an_unchanged_network_makes_no_request() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a", 1).selector(&[("gw", "true")]).finalized(),
-        &world,
-    );
+    let net = settled(gateway_network("a"), &world);
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     world.networks = vec![net.clone()];
     for _ in 0..3 {
@@ -315,7 +321,8 @@ async fn an_unchanged_network_makes_no_request() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_touches_no_node() {
-    let net = network("bad", 1)
+    let net = network("bad")
+        .created(1)
         .selector(&[("gw", "true")])
         .subnet("192.168.2.7/24")
         .finalized();
@@ -361,12 +368,18 @@ async fn an_invalid_spec_is_reported_and_touches_no_node() {
 async fn a_newer_network_on_the_same_interface_is_refused() {
     let mut world = World::gateways();
     let older = settled(
-        network("older", 1).selector(&[("gw", "true")]).finalized(),
+        network("older")
+            .created(1)
+            .selector(&[("gw", "true")])
+            .finalized(),
         &world,
     );
     world.networks = vec![older.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&older), &world));
-    let newer = network("newer", 2).selector(&[("gw", "true")]).finalized();
+    let newer = network("newer")
+        .created(2)
+        .selector(&[("gw", "true")])
+        .finalized();
     let answer = newer.clone();
     let (result, ctx) = scenario(
         world,
@@ -399,17 +412,15 @@ async fn a_newer_network_on_the_same_interface_is_refused() {
 #[tokio::test]
 async fn the_daemonset_follows_networks_added_and_removed() {
     let mut world = World::gateways();
-    let a = settled(
-        network("a", 1).selector(&[("gw", "true")]).finalized(),
-        &world,
-    );
+    let a = settled(gateway_network("a"), &world);
     world.networks = vec![a.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&a), &world));
     let gw_term = r#"{"matchExpressions":[{"key":"gw","operator":"In","values":["true"]}]}"#;
     let lab_term = r#"{"matchExpressions":[{"key":"lab","operator":"In","values":["x"]}]}"#;
 
     // Adding b (another interface, other nodes): the affinity becomes gw OR lab.
-    let b = network("b", 2)
+    let b = network("b")
+        .created(2)
         .selector(&[("lab", "x")])
         .interfaces("eth5", "eth6")
         .finalized();
@@ -478,12 +489,9 @@ async fn the_daemonset_follows_networks_added_and_removed() {
 #[tokio::test]
 async fn deletion_waits_for_every_node_to_report_removal() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a", 1).selector(&[("gw", "true")]).finalized(),
-        &world,
-    )
-    .generation(2)
-    .deleting();
+    let net = settled(gateway_network("a"), &world)
+        .generation(2)
+        .deleting();
     world.networks = vec![net.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     let answer = net.clone();
@@ -527,13 +535,10 @@ async fn deletion_waits_for_every_node_to_report_removal() {
 #[tokio::test]
 async fn deletion_releases_a_vanished_node_with_a_warning() {
     let mut world = World::gateways();
-    let net = settled(
-        network("a", 1).selector(&[("gw", "true")]).finalized(),
-        &world,
-    )
-    .node_entry("n1", c::REMOVED, "True")
-    .node_entry("gone", c::PROGRAMMED, "True")
-    .deleting();
+    let net = settled(gateway_network("a"), &world)
+        .node_entry("n1", c::REMOVED, "True")
+        .node_entry("gone", c::PROGRAMMED, "True")
+        .deleting();
     world.networks = vec![net.clone()];
     world.daemonset = Some(daemonset_for(std::slice::from_ref(&net), &world));
     let answer = net.clone();
@@ -559,7 +564,7 @@ async fn deletion_releases_a_vanished_node_with_a_warning() {
 
 #[tokio::test]
 async fn a_409_on_status_is_retried_with_backoff() {
-    let net = network("a", 1).selector(&[("gw", "true")]).finalized();
+    let net = gateway_network("a");
     let (result, ctx) = scenario(
         World::gateways(),
         net.clone(),
@@ -588,7 +593,7 @@ async fn a_409_on_status_is_retried_with_backoff() {
 
 #[tokio::test]
 async fn a_5xx_on_the_daemonset_is_retried_and_recovers() {
-    let net = network("a", 1).selector(&[("gw", "true")]).finalized();
+    let net = gateway_network("a");
     let answer = net.clone();
     let (result, ctx) = scenario(
         World::gateways(),

@@ -2,6 +2,7 @@
 //! lists the exact requests a sync must make, in order, with their bodies; a sync that should
 //! write nothing is checked to leave no request behind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +11,9 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::cluster::fixtures::{NetworkExt, interface_missing, network, now, programmed};
+use crate::cluster::fixtures::{interface_missing, programmed, report};
 use crate::cluster::index::Index;
-use crate::reconciler::NetworkReport;
+use mirrornet_api::fixtures::{NetworkExt, labels, network, now};
 use mirrornet_api::mock_api::{self, Exchange, Handle, assert_idle, expect, fail, serve};
 
 const NODE: &str = "node-a";
@@ -20,23 +21,28 @@ const STATUS_A: &str = "/apis/mirrornet.io/v1alpha1/mirrornetworks/a/status?&for
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events?";
 
 fn gw() -> BTreeMap<String, String> {
-    [("gw".to_string(), "true".to_string())].into()
+    labels(&[("gw", "true")])
 }
-
-use std::collections::BTreeMap;
 
 fn placements(nets: Vec<MirrorNetwork>, labels: &BTreeMap<String, String>) -> Vec<Placement> {
     let nets: Vec<_> = nets.into_iter().map(Arc::new).collect();
     Index::new(NODE).view(&nets, labels).placements
 }
 
-fn report(networks: Vec<NetworkReport>, held: &[&str]) -> NodeReport {
-    NodeReport {
-        synced: true,
-        networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
-        removed: vec![],
-        held: held.iter().map(|s| s.to_string()).collect(),
-    }
+/// Network `a` for the gateways, with its ids.
+fn gateway_network() -> MirrorNetwork {
+    network("a").selector(&[("gw", "true")]).allocated()
+}
+
+/// Network `a` as a gateway node places it.
+fn placed() -> Vec<Placement> {
+    placements(vec![gateway_network()], &gw())
+}
+
+/// Network `a` placed, its cached entry exactly what `report` renders: as after a restart.
+fn placed_as_reported(report: &NodeReport) -> Vec<Placement> {
+    let cached = status::entry(NODE, &placed()[0], report, None, Timestamp::UNIX_EPOCH).unwrap();
+    placements(vec![gateway_network().with_entry(cached)], &gw())
 }
 
 /// What the API server answers a status patch with: the object, carrying the patched status.
@@ -100,10 +106,7 @@ fn time(t: Timestamp) -> String {
 async fn programmed_network_is_reported_by_server_side_apply() {
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
-    let nets = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
+    let nets = placed();
     let t = time(now());
     let done = sync(
         &mut writer,
@@ -157,20 +160,7 @@ async fn programmed_network_is_reported_by_server_side_apply() {
 async fn an_entry_already_in_the_cache_is_not_rewritten() {
     // As after a restart: the cache holds exactly what this report renders.
     let report = report(vec![programmed("a", 1)], &["a"]);
-    let bare = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
-    let cached = status::entry(NODE, &bare[0], &report, None, Timestamp::UNIX_EPOCH).unwrap();
-    let nets = placements(
-        vec![
-            network("a")
-                .selector(&[("gw", "true")])
-                .allocated()
-                .with_entry(cached),
-        ],
-        &gw(),
-    );
+    let nets = placed_as_reported(&report);
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
     let done = sync(&mut writer, &mut handle, &nets, &report, 0, vec![]).await;
@@ -181,10 +171,7 @@ async fn an_entry_already_in_the_cache_is_not_rewritten() {
 async fn failure_is_reported_with_a_warning_once() {
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
-    let nets = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
+    let nets = placed();
     let missing = report(vec![interface_missing("a", 1)], &[]);
     sync(
         &mut writer,
@@ -225,7 +212,7 @@ async fn failure_is_reported_with_a_warning_once() {
 async fn deletion_reports_removed_only_after_teardown() {
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
-    let selected = network("a").selector(&[("gw", "true")]).allocated();
+    let selected = gateway_network();
     let programmed_entry = status::entry(
         NODE,
         &placements(vec![selected.clone()], &gw())[0],
@@ -293,11 +280,7 @@ async fn leaving_the_selector_reports_removed_and_a_node_never_selected_writes_n
     let mut writer = StatusWriter::new(client, NODE);
     let plain: BTreeMap<String, String> = [("zone".to_string(), "b".to_string())].into();
     let left = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated().entry(
-            NODE,
-            "Programmed",
-            "True",
-        )],
+        vec![gateway_network().node_entry(NODE, "Programmed", "True")],
         &plain,
     );
     sync(
@@ -321,10 +304,7 @@ async fn leaving_the_selector_reports_removed_and_a_node_never_selected_writes_n
         ],
     )
     .await;
-    let never = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &plain,
-    );
+    let never = placements(vec![gateway_network()], &plain);
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
     sync(
@@ -342,10 +322,7 @@ async fn leaving_the_selector_reports_removed_and_a_node_never_selected_writes_n
 async fn a_failed_write_is_retried_and_its_event_sent_once() {
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
-    let nets = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
+    let nets = placed();
     let ok = report(vec![programmed("a", 1)], &["a"]);
     let done = sync(
         &mut writer,
@@ -382,10 +359,7 @@ async fn a_failed_write_is_retried_and_its_event_sent_once() {
 async fn a_network_gone_before_its_write_is_dropped_quietly() {
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
-    let nets = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
+    let nets = placed();
     let done = sync(
         &mut writer,
         &mut handle,
@@ -401,20 +375,7 @@ async fn a_network_gone_before_its_write_is_dropped_quietly() {
 #[tokio::test]
 async fn repairs_are_announced_on_programmed_networks() {
     let report = report(vec![programmed("a", 1)], &["a"]);
-    let bare = placements(
-        vec![network("a").selector(&[("gw", "true")]).allocated()],
-        &gw(),
-    );
-    let cached = status::entry(NODE, &bare[0], &report, None, Timestamp::UNIX_EPOCH).unwrap();
-    let nets = placements(
-        vec![
-            network("a")
-                .selector(&[("gw", "true")])
-                .allocated()
-                .with_entry(cached),
-        ],
-        &gw(),
-    );
+    let nets = placed_as_reported(&report);
     let (client, mut handle) = mock_api::client();
     let mut writer = StatusWriter::new(client, NODE);
     sync(

@@ -1,5 +1,6 @@
-//! Test fixtures: builders for networks and nodes that read as the scenario they set up
-//! (`network("a", 1).selector(&gw).allocated().deleting()`).
+//! Test fixtures for the operator's, the agent's and this crate's tests (feature `testing`):
+//! networks and nodes that read as the scenario they set up
+//! (`network("a").created(1).selector(&gw).allocated().deleting()`).
 
 use std::collections::BTreeMap;
 
@@ -7,48 +8,62 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus as K8sNodeStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
-use mirrornet_api::{
-    Allocation, MirrorNetwork, MirrorNetworkSpec, MirrorNetworkStatus, NodeStatus, Side,
-    SideAllocation,
+
+use crate::{
+    Allocation, BackendKind, FINALIZER, MirrorNetwork, MirrorNetworkSpec, MirrorNetworkStatus,
+    NodeStatus, Side, SideAllocation,
 };
 
-/// A valid two-sided network (inner eth1 / outer eth2, the seed's addresses), created at
-/// `created` seconds after the epoch, generation 1, with a uid.
-pub fn network(name: &str, created: i64) -> MirrorNetwork {
+/// The time tests call "now".
+pub fn now() -> Timestamp {
+    Timestamp::from_second(1_000_000).unwrap()
+}
+
+/// Labels (of a node, or for a selector) from `(key, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A side on `interface` with the seed's alias prefix and no explicit ids.
+pub fn side(name: &str, interface: &str) -> Side {
+    Side {
+        name: name.into(),
+        interface: interface.into(),
+        alias_prefix: "192.168.3.0/24".into(),
+        kernel_ids: None,
+        take_over_node_interface: false,
+    }
+}
+
+/// A valid spec with `sides` on the seed's subnet, selecting every node, all else default.
+pub fn spec(sides: Vec<Side>) -> MirrorNetworkSpec {
+    MirrorNetworkSpec {
+        node_selector: Some(LabelSelector::default()),
+        subnet: "192.168.2.0/24".into(),
+        gateway_address: "192.168.2.1".into(),
+        sides,
+        backend: Default::default(),
+        direction: Default::default(),
+        answer_only: Vec::new(),
+        allow: Vec::new(),
+        suspend: false,
+        verify: None,
+    }
+}
+
+/// A valid two-sided network (inner eth1 / outer eth2, the seed's addresses), generation 1,
+/// with a uid and a resource version.
+pub fn network(name: &str) -> MirrorNetwork {
     let mut net = MirrorNetwork::new(
         name,
-        MirrorNetworkSpec {
-            node_selector: Some(LabelSelector::default()),
-            subnet: "192.168.2.0/24".into(),
-            gateway_address: "192.168.2.1".into(),
-            sides: vec![
-                Side {
-                    name: "inner".into(),
-                    interface: "eth1".into(),
-                    alias_prefix: "192.168.3.0/24".into(),
-                    kernel_ids: None,
-                    take_over_node_interface: false,
-                },
-                Side {
-                    name: "outer".into(),
-                    interface: "eth2".into(),
-                    alias_prefix: "192.168.3.0/24".into(),
-                    kernel_ids: None,
-                    take_over_node_interface: false,
-                },
-            ],
-            backend: Default::default(),
-            direction: Default::default(),
-            answer_only: Vec::new(),
-            allow: Vec::new(),
-            suspend: false,
-            verify: None,
-        },
+        spec(vec![side("inner", "eth1"), side("outer", "eth2")]),
     );
     net.metadata.uid = Some(format!("uid-{name}"));
     net.metadata.generation = Some(1);
     net.metadata.resource_version = Some("1".into());
-    net.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
     net
 }
 
@@ -58,25 +73,27 @@ pub trait NetworkExt: Sized {
     fn no_selector(self) -> Self;
     fn interfaces(self, a: &str, b: &str) -> Self;
     fn subnet(self, subnet: &str) -> Self;
+    /// Created `seconds` after the epoch (older networks win conflicts).
+    fn created(self, seconds: i64) -> Self;
+    /// Carries the operator's finalizer.
     fn finalized(self) -> Self;
+    /// Being deleted. The API server deletes an object without finalizers at once, so a
+    /// deleting network always carries the operator's finalizer.
     fn deleting(self) -> Self;
     fn generation(self, g: i64) -> Self;
     /// Gives it the ids the default ranges hand the first network.
     fn allocated(self) -> Self;
     fn with_status(self, status: MirrorNetworkStatus) -> Self;
-    /// Adds (or extends) the agent entry of `node` with one condition.
+    /// Adds (or extends) the agent entry of `node` with one condition, as its agent wrote it.
     fn node_entry(self, node: &str, type_: &str, status: &str) -> Self;
+    /// Replaces the agent entry of `node`.
+    fn with_entry(self, entry: NodeStatus) -> Self;
 }
 
 impl NetworkExt for MirrorNetwork {
     fn selector(mut self, labels: &[(&str, &str)]) -> Self {
         self.spec.node_selector = Some(LabelSelector {
-            match_labels: (!labels.is_empty()).then(|| {
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            }),
+            match_labels: (!labels.is_empty()).then(|| self::labels(labels)),
             match_expressions: None,
         });
         self
@@ -94,16 +111,20 @@ impl NetworkExt for MirrorNetwork {
         self.spec.subnet = subnet.into();
         self
     }
+    fn created(mut self, seconds: i64) -> Self {
+        self.metadata.creation_timestamp = Some(Time(Timestamp::from_second(seconds).unwrap()));
+        self
+    }
     fn finalized(mut self) -> Self {
-        self.metadata
-            .finalizers
-            .get_or_insert_with(Vec::new)
-            .push(crate::reconcile::FINALIZER.into());
+        let finalizers = self.metadata.finalizers.get_or_insert_with(Vec::new);
+        if !finalizers.iter().any(|f| f == FINALIZER) {
+            finalizers.push(FINALIZER.into());
+        }
         self
     }
     fn deleting(mut self) -> Self {
         self.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(5000).unwrap()));
-        self
+        self.finalized()
     }
     fn generation(mut self, g: i64) -> Self {
         self.metadata.generation = Some(g);
@@ -125,7 +146,7 @@ impl NetworkExt for MirrorNetwork {
             None => {
                 nodes.push(NodeStatus {
                     node_name: node.into(),
-                    backend: Some(mirrornet_api::BackendKind::PolicyRouting),
+                    backend: Some(BackendKind::PolicyRouting),
                     observed_generation: generation,
                     conditions: vec![],
                 });
@@ -142,28 +163,26 @@ impl NetworkExt for MirrorNetwork {
         });
         self
     }
+    fn with_entry(mut self, entry: NodeStatus) -> Self {
+        let nodes = &mut self.status.get_or_insert_with(Default::default).nodes;
+        nodes.retain(|e| e.node_name != entry.node_name);
+        nodes.push(entry);
+        self
+    }
 }
 
 /// What the default ranges give the first network with sides inner and outer.
 pub fn first_allocation() -> Allocation {
+    let side = |side: &str, i: u32| SideAllocation {
+        side: side.into(),
+        table: 20000 + i,
+        mark: (i + 1) << 24,
+        zone: 40000 + i as u16,
+        rule_priority: 500 + i,
+    };
     Allocation {
         mark_mask: 0xff00_0000,
-        sides: vec![
-            SideAllocation {
-                side: "inner".into(),
-                table: 20000,
-                mark: 0x0100_0000,
-                zone: 40000,
-                rule_priority: 500,
-            },
-            SideAllocation {
-                side: "outer".into(),
-                table: 20001,
-                mark: 0x0200_0000,
-                zone: 40001,
-                rule_priority: 501,
-            },
-        ],
+        sides: vec![side("inner", 0), side("outer", 1)],
     }
 }
 
@@ -171,12 +190,7 @@ fn node_with(name: &str, labels: &[(&str, &str)], ready: &str, since: i64) -> No
     Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
+            labels: Some(self::labels(labels)),
             ..Default::default()
         },
         spec: None,
