@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
-use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
+use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario, wait_for};
 use mirrornet_agent::nfnetlink::Nfnetlink;
 use mirrornet_agent::nft::ObservedNft;
 use mirrornet_api::file::{LoadedNetwork, load_str};
@@ -321,22 +322,12 @@ pub fn serve(scenario: &mut Scenario, ns: &str, port: u16, hold_ms: u64) {
             ],
         )
         .expect("starting probe server");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let listening = scenario
-            .lab
-            .stdout(ns, &["ss", "-Htln"])
-            .expect("ss")
-            .contains(&format!(":{port} "));
-        if listening {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "probe server in {ns} did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let listening = || {
+        let sockets = scenario.lab.stdout(ns, &["ss", "-Htln"]).expect("ss");
+        sockets.contains(&format!(":{port} ")).then_some(())
+    };
+    wait_for(Duration::from_secs(5), Duration::from_millis(10), listening)
+        .unwrap_or_else(|| panic!("probe server in {ns} did not start"));
 }
 
 /// What a probe client got: the server's identity and the client address the server saw.
@@ -344,6 +335,33 @@ pub fn serve(scenario: &mut Scenario, ns: &str, port: u16, hold_ms: u64) {
 pub struct Answer {
     pub server: String,
     pub seen_as: String,
+}
+
+impl Answer {
+    /// The probe client's line, `<server identity> <address:port it saw>`.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let (server, seen_as) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("unexpected probe answer {line:?}"))?;
+        Ok(Self {
+            server: server.into(),
+            seen_as: seen_as.into(),
+        })
+    }
+}
+
+/// The original-direction conntrack zone (`zone-orig=`, where mirrornet sets it) of each entry
+/// of a `conntrack -L` listing, in listing order; an entry without one yields nothing.
+pub fn conntrack_zones(listing: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .filter_map(|entry| {
+            entry
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix("zone-orig=")?.parse().ok())
+        })
+        .collect()
 }
 
 /// Connects from `ns` to `to` (optionally from a fixed port) and returns the answer.
@@ -379,14 +397,7 @@ pub fn connect_within(
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (server, seen_as) = line
-        .split_once(' ')
-        .ok_or_else(|| format!("unexpected probe answer {line:?}"))?;
-    Ok(Answer {
-        server: server.into(),
-        seen_as: seen_as.into(),
-    })
+    Answer::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Pings `to` once from `ns`; true when a reply came back.
@@ -483,14 +494,10 @@ impl RunningAgent {
 
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&self, lab: &Lab) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if self.get(lab, "/readyz").0 == 200 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let ready = || (self.get(lab, "/readyz").0 == 200).then_some(());
+        if wait_for(Duration::from_secs(10), Duration::from_millis(20), ready).is_none() {
+            panic!("the agent did not become ready:\n{}", self.log_text());
         }
-        panic!("the agent did not become ready:\n{}", self.log_text());
     }
 
     /// `GET path` on the agent's endpoints: status and body (status 0 when unreachable).
@@ -562,18 +569,11 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Polls `check` every millisecond until it holds; the time it took, or `None` after `limit`.
-pub fn time_until(
-    limit: std::time::Duration,
-    mut check: impl FnMut() -> bool,
-) -> Option<std::time::Duration> {
+pub fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        if check() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    None
+    wait_for(limit, Duration::from_millis(1), || {
+        check().then(|| started.elapsed())
+    })
 }
 
 /// Every host of each seed side reaches every host of the other by its alias, on `port`,
@@ -648,14 +648,11 @@ pub fn identical_tuples_land_in_two_zones(
         .unwrap();
     let lines: Vec<&str> = entries.lines().collect();
     assert_eq!(lines.len(), 2, "two conntrack entries expected:\n{entries}");
-    for zone in [zones.0, zones.1] {
-        let tag = format!("zone-orig={zone}");
-        assert_eq!(
-            lines.iter().filter(|l| l.contains(&tag)).count(),
-            1,
-            "one entry in {tag}:\n{entries}"
-        );
-    }
+    let mut seen = conntrack_zones(&entries);
+    seen.sort_unstable();
+    let mut want = [zones.0, zones.1];
+    want.sort_unstable();
+    assert_eq!(seen, want, "one entry in each side's zone:\n{entries}");
     let tuple = format!("src=192.168.2.10 dst=192.168.3.11 sport={client_port} dport={port}");
     for line in lines {
         assert!(
