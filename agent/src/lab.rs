@@ -451,7 +451,7 @@ impl Scenario {
 }
 
 /// `address` with `subnet`'s prefix length.
-fn with_prefix(address: IpAddr, subnet: IpNet) -> IpNet {
+pub fn with_prefix(address: IpAddr, subnet: IpNet) -> IpNet {
     IpNet::new(address, subnet.prefix_len()).expect("a subnet's prefix length fits its address")
 }
 

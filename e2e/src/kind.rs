@@ -236,17 +236,8 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
 // --- checks ---------------------------------------------------------------------------------
 
 fn check_one_leader(kube: &Kube) -> Result<()> {
-    let pods = kube.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=operator",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
-    ])?;
-    let pods: Vec<&str> = pods.lines().filter(|l| !l.is_empty()).collect();
+    let pods = kube.pods_of("operator", ".metadata.name")?;
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
     if pods.len() != 2 {
         return Err(differs(format!(
             "expected two operator replicas, observed {pods:?}"
@@ -277,17 +268,7 @@ fn check_one_leader(kube: &Kube) -> Result<()> {
 }
 
 fn check_agents_only_on_gateway(kube: &Kube) -> Result<()> {
-    let nodes = kube.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=agent",
-        "-o",
-        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
-    ])?;
-    let nodes: Vec<&str> = nodes.lines().filter(|l| !l.is_empty()).collect();
+    let nodes = kube.pods_of("agent", ".spec.nodeName")?;
     if nodes != [GATEWAY] {
         return Err(differs(format!(
             "expected one agent, on {GATEWAY}; observed agents on {nodes:?}"
@@ -713,6 +694,21 @@ impl Kube {
         let mut full = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap_or_default()];
         full.extend_from_slice(args);
         sh("kubectl", &full)
+    }
+
+    /// `field` (a JSONPath such as `.spec.nodeName`) of each pod of the chart's `component`
+    /// (`operator`, `agent`).
+    fn pods_of(&self, component: &str, field: &str) -> Result<Vec<String>> {
+        let selector = format!("app.kubernetes.io/component={component}");
+        let output = format!("jsonpath={{range .items[*]}}{{{field}}}{{\"\\n\"}}{{end}}");
+        let text = self.kubectl(&[
+            "get", "pods", "-n", NAMESPACE, "-l", &selector, "-o", &output,
+        ])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
     fn helm(&self, args: &[&str]) -> Result<String> {

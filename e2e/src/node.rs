@@ -179,8 +179,6 @@ pub fn nft_table_both_ways(lab: &Lab) -> (ObservedNft, ObservedNft) {
 /// side's interface, and hosts `<tag>-<side>-<n>` at `.n` of the subnet, routed via the
 /// gateway.
 pub fn add_network(lab: &mut Lab, network: &mirrornet_api::ValidNetwork, tag: &str, hosts: &[u32]) {
-    let family = if network.is_ipv6() { "-6" } else { "-4" };
-    let gateway = network.gateway.to_string();
     for side in &network.sides {
         let lan = format!("{tag}-{}-lan", side.name.as_str());
         lab.add_namespace(&lan).expect("adding a LAN");
@@ -198,17 +196,9 @@ pub fn add_network(lab: &mut Lab, network: &mirrornet_api::ValidNetwork, tag: &s
                 .expect("joining the host");
             ip(lab, &lan, &format!("link set {port} master br0"));
             let address = mirrornet_agent::lab::nth(network.subnet, n);
-            let with_len = format!("{address}/{}", network.subnet.prefix_len());
-            let mut add = vec![family, "addr", "add", &with_len, "dev", "eth0"];
-            if network.is_ipv6() {
-                add.push("nodad");
-            }
-            run_ip(lab, &host, &add);
-            run_ip(
-                lab,
-                &host,
-                &[family, "route", "add", "default", "via", &gateway],
-            );
+            let address = mirrornet_agent::lab::with_prefix(address, network.subnet);
+            lab.host(&host, address, network.gateway)
+                .unwrap_or_else(|e| panic!("in {host}: {e}"));
         }
     }
 }
@@ -222,31 +212,6 @@ fn run_ip(lab: &Lab, ns: &str, args: &[&str]) {
     full.extend(args);
     lab.exec(ns, &full)
         .unwrap_or_else(|e| panic!("in {ns}: {e}"));
-}
-
-/// Runs an `ip -batch` script inside `ns`: one process for many objects (a few hundred veth
-/// pairs take a second this way, against ~3 ms per `ip` command).
-pub fn ip_batch(lab: &Lab, ns: &str, script: &str) {
-    use std::io::Write;
-    let mut child = lab
-        .command(ns, &["ip", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting ip -batch");
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .expect("writing the batch");
-    let out = child.wait_with_output().expect("ip -batch");
-    assert!(
-        out.status.success(),
-        "ip -batch in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// How many steps `apply` would take now (`plan -o json`): how tests enumerate failure points.
@@ -598,6 +563,36 @@ pub fn crosses_both_ways_to_every_host(s: &mut Scenario, port: u16) {
                 assert_eq!(host_of(&answer.seen_as), format!("192.168.3.{client}"));
             }
         }
+    }
+}
+
+/// Host .10 of each side of a two-sided scenario pings host .11 of the other side by its alias,
+/// and connects to it on `port`: the other side's .11 answers, and sees .10 by its alias, not
+/// by its real (colliding) address.
+pub fn tens_reach_the_other_sides_elevens(s: &mut Scenario, port: u16) {
+    let net = s.network.clone();
+    for side in &net.sides {
+        serve(s, &format!("{}-11", side.name.as_str()), port, 0);
+    }
+    for (from, to) in [("inner", "outer"), ("outer", "inner")] {
+        let target = alias_of(&net, to, 11);
+        let client = format!("{from}-10");
+        assert!(
+            ping(&s.lab, &client, &target.to_string()),
+            "{client} pings {target}"
+        );
+        let answer = connect(
+            &s.lab,
+            &client,
+            &std::net::SocketAddr::new(target, port).to_string(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{client} -> {target}: {e}"));
+        assert_eq!(answer.server, format!("{to}-11"));
+        assert_eq!(
+            host_of(&answer.seen_as),
+            alias_of(&net, from, 10).to_string()
+        );
     }
 }
 
