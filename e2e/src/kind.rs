@@ -199,14 +199,7 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
         "--wait=true",
         "--timeout=180s",
     ])?;
-    wait_until(
-        "the agent DaemonSet to be removed",
-        Duration::from_secs(120),
-        || {
-            let names = kube.kubectl(&["get", "daemonsets", "-n", NAMESPACE, "-o", "name"])?;
-            Ok(names.trim().is_empty().then_some(()).ok_or(names))
-        },
-    )?;
+    kube.wait_until_none("daemonsets", "the agent DaemonSet to be removed")?;
     let after = node_snapshot()?;
     compare_snapshots(&before, &after)?;
     unwire_sides()?;
@@ -221,14 +214,7 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
         "--timeout",
         "3m",
     ])?;
-    wait_until(
-        "the operator pods to terminate",
-        Duration::from_secs(120),
-        || {
-            let pods = kube.kubectl(&["get", "pods", "-n", NAMESPACE, "-o", "name"])?;
-            Ok(pods.trim().is_empty().then_some(()).ok_or(pods))
-        },
-    )?;
+    kube.wait_until_none("pods", "the operator pods to terminate")?;
     check_no_leftovers(kube)?;
     Ok(())
 }
@@ -709,6 +695,14 @@ impl Kube {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect())
+    }
+
+    /// Waits up to two minutes for [`NAMESPACE`] to hold no object of `kind`.
+    fn wait_until_none(&self, kind: &str, what: &str) -> Result<()> {
+        wait_until(what, Duration::from_secs(120), || {
+            let names = self.kubectl(&["get", kind, "-n", NAMESPACE, "-o", "name"])?;
+            Ok(names.trim().is_empty().then_some(()).ok_or(names))
+        })
     }
 
     fn helm(&self, args: &[&str]) -> Result<String> {

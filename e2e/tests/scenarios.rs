@@ -58,23 +58,23 @@ fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
     }
 }
 
+/// What mirrornet must leave alone on the middleman's unrelated `eth9`: its addresses, its
+/// routes and its forwarding setting.
+fn eth9_state(s: &Scenario) -> Vec<String> {
+    [
+        &["ip", "addr", "show", "dev", "eth9"][..],
+        &["ip", "route", "show", "dev", "eth9"],
+        &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
+    ]
+    .iter()
+    .map(|args| s.lab.stdout(MIDDLEMAN, args).unwrap())
+    .collect()
+}
+
 #[test]
 fn unrelated_interface_is_unaffected() {
     let (mut s, spec) = seed_scenario("third", true);
-    let before_eth9 = (
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(
-                MIDDLEMAN,
-                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
-            )
-            .unwrap(),
-    );
+    let before_eth9 = eth9_state(&s);
     apply(&s.lab, &spec, &[]);
     assert!(ping(&s.lab, MIDDLEMAN, "192.0.2.10"));
     assert!(ping(&s.lab, "other-10", "192.0.2.1"));
@@ -88,20 +88,7 @@ fn unrelated_interface_is_unaffected() {
     // A host on the unrelated LAN cannot use the mirrored path.
     assert!(!ping(&s.lab, "other-10", "192.168.3.11"));
     assert!(!ping(&s.lab, "other-10", "192.168.2.11"));
-    let after_eth9 = (
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(
-                MIDDLEMAN,
-                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
-            )
-            .unwrap(),
-    );
+    let after_eth9 = eth9_state(&s);
     assert_eq!(before_eth9, after_eth9);
 }
 
