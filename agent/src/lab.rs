@@ -12,9 +12,11 @@
 //! [`Lab`] is dropped, on success and on failure. Nothing is configured in the namespace the
 //! lab was created from: veth ends are created directly inside their namespaces.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use mirrornet_api::ValidNetwork;
@@ -72,7 +74,12 @@ impl Lab {
     /// An empty lab; `tag` makes its namespaces recognisable in `ip netns`.
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let id = format!("mn-{tag}-{}-{n}", std::process::id());
+        Self::named(format!("mn-{tag}-{}-{n}", std::process::id()))
+    }
+
+    /// An empty lab whose namespaces are all named `<id>-<short>`; `id` must be unique to the
+    /// lab (the bench's `mnb-<pid>-<tag>`, which lets it sweep what a killed run left).
+    pub fn named(id: String) -> Self {
         Self {
             state_dir: std::env::temp_dir().join(format!("{id}-state")),
             id,
@@ -106,12 +113,12 @@ impl Lab {
         Ok(name)
     }
 
-    /// A command that runs `args` inside namespace `short`.
     /// The agent's state directory in this lab.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
     }
 
+    /// A command that runs `args` inside namespace `short`.
     pub fn command(&self, short: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(short)]).args(args);
@@ -129,8 +136,9 @@ impl Lab {
         Ok(String::from_utf8_lossy(&self.exec(short, args)?.stdout).into_owned())
     }
 
-    /// Starts `args` in the background inside `short`; killed when the lab goes.
-    pub fn spawn(&mut self, short: &str, args: &[&str]) -> Result<()> {
+    /// Starts `args` in the background inside `short`; killed when the lab goes. Returns its
+    /// process id, for [`Lab::stop`].
+    pub fn spawn(&mut self, short: &str, args: &[&str]) -> Result<u32> {
         let mut command = self.command(short, args);
         command
             .stdin(Stdio::null())
@@ -140,8 +148,55 @@ impl Lab {
             command: args.join(" "),
             source,
         })?;
+        let pid = child.id();
         self.children.push(child);
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Hands a child started from [`Lab::command`] to the lab, so it is killed with it.
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
+    /// Stops the background process `pid`: SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop(&mut self, pid: u32) {
+        let Some(i) = self.children.iter().position(|c| c.id() == pid) else {
+            return;
+        };
+        let mut child = self.children.remove(i);
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let exited = wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
+            child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs an `ip -batch` script inside `short`: one process for many objects (a few hundred
+    /// veth pairs take a second this way, against ~3 ms per `ip` command).
+    pub fn ip_batch(&self, short: &str, script: &str) -> Result<()> {
+        batch(&mut self.command(short, &["ip", "-batch", "-"]), script)
+    }
+
+    /// A veth pair per name in `names` between `a` and `b`, each named the same at both ends,
+    /// all up: many links in three `ip -batch` processes.
+    pub fn veth_pairs(&self, a: &str, b: &str, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let peer_ns = self.ns(b);
+        let (mut create, mut up) = (String::new(), String::new());
+        for name in names {
+            create.push_str(&format!(
+                "link add {name} type veth peer name {name} netns {peer_ns}\n"
+            ));
+            up.push_str(&format!("link set {name} up\n"));
+        }
+        self.ip_batch(a, &create)?;
+        self.ip_batch(a, &up)?;
+        self.ip_batch(b, &up)
     }
 
     /// A veth pair with one end in each namespace, both up.
@@ -155,6 +210,88 @@ impl Lab {
         self.exec(b, &["ip", "link", "set", b_name, "up"])?;
         Ok(())
     }
+
+    /// Makes `short` a host: `address` (with its prefix length) on its `eth0`, default route
+    /// via `gateway`.
+    pub fn host(&self, short: &str, address: IpNet, gateway: IpAddr) -> Result<()> {
+        let (family, with_len, gw) = (
+            family(address.addr()),
+            address.to_string(),
+            gateway.to_string(),
+        );
+        let mut add = vec!["ip", family, "addr", "add", &with_len, "dev", "eth0"];
+        if address.addr().is_ipv6() {
+            add.push("nodad");
+        }
+        self.exec(short, &add)?;
+        self.exec(
+            short,
+            &["ip", family, "route", "add", "default", "via", &gw],
+        )?;
+        Ok(())
+    }
+}
+
+/// `ip`'s family flag for `address`.
+fn family(address: IpAddr) -> &'static str {
+    if address.is_ipv6() { "-6" } else { "-4" }
+}
+
+/// Feeds `script` to `command` (an `ip -batch -`) on its stdin; fails with its stderr.
+fn batch(command: &mut Command, script: &str) -> Result<()> {
+    let text = format!("{command:?}").replace('"', "");
+    let spawned = |source| LabError::Spawn {
+        command: text.clone(),
+        source,
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawned)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(spawned)?;
+    }
+    let output = child.wait_with_output().map_err(spawned)?;
+    if !output.status.success() {
+        return Err(LabError::Failed {
+            command: text,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes network namespace `name` (its full name), first killing every process in it (e.g.
+/// processes a probe forked), which would otherwise keep it.
+pub fn remove_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
+/// Checks `check` every `every` until it yields a value; `None` once `limit` has passed. How
+/// labs, tests and the bench wait for a condition: with a deadline, never a bare sleep.
+pub fn wait_for<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
 }
 
 impl Drop for Lab {
@@ -164,13 +301,7 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for ns in self.namespaces.iter().rev() {
-            // Kill stragglers (e.g. processes a probe forked) so the namespace can go.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            remove_namespace(ns);
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
@@ -272,7 +403,7 @@ impl Scenario {
                 lab.veth(&ns, "eth0", &lan, &port)?;
                 lab.exec(&lan, &["ip", "link", "set", &port, "master", "br0"])?;
                 let address = nth(network.subnet, n);
-                configure_host(&lab, &ns, address, network.subnet, network.gateway, v6)?;
+                lab.host(&ns, with_prefix(address, network.subnet), network.gateway)?;
                 hosts.push(Host { ns, address });
             }
             sides.push(SideLan {
@@ -302,7 +433,7 @@ impl Scenario {
                 args.push("nodad");
             }
             lab.exec(MIDDLEMAN, &args)?;
-            configure_host(&lab, "other-10", nth(net, 10), net, gw, v6)?;
+            lab.host("other-10", with_prefix(nth(net, 10), net), gw)?;
         }
         Ok(Self {
             lab,
@@ -319,27 +450,9 @@ impl Scenario {
     }
 }
 
-fn configure_host(
-    lab: &Lab,
-    ns: &str,
-    address: IpAddr,
-    subnet: IpNet,
-    gateway: IpAddr,
-    v6: bool,
-) -> Result<()> {
-    let with_len = format!("{address}/{}", subnet.prefix_len());
-    let gw = gateway.to_string();
-    if v6 {
-        lab.exec(
-            ns,
-            &["ip", "-6", "addr", "add", &with_len, "dev", "eth0", "nodad"],
-        )?;
-        lab.exec(ns, &["ip", "-6", "route", "add", "default", "via", &gw])?;
-    } else {
-        lab.exec(ns, &["ip", "addr", "add", &with_len, "dev", "eth0"])?;
-        lab.exec(ns, &["ip", "route", "add", "default", "via", &gw])?;
-    }
-    Ok(())
+/// `address` with `subnet`'s prefix length.
+pub fn with_prefix(address: IpAddr, subnet: IpNet) -> IpNet {
+    IpNet::new(address, subnet.prefix_len()).expect("a subnet's prefix length fits its address")
 }
 
 /// The ruleset as one JSON object per line, without what carries no state: handles (renumbered

@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
-use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
+use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario, wait_for};
 use mirrornet_agent::nfnetlink::Nfnetlink;
 use mirrornet_agent::nft::ObservedNft;
 use mirrornet_api::file::{LoadedNetwork, load_str};
@@ -178,8 +179,6 @@ pub fn nft_table_both_ways(lab: &Lab) -> (ObservedNft, ObservedNft) {
 /// side's interface, and hosts `<tag>-<side>-<n>` at `.n` of the subnet, routed via the
 /// gateway.
 pub fn add_network(lab: &mut Lab, network: &mirrornet_api::ValidNetwork, tag: &str, hosts: &[u32]) {
-    let family = if network.is_ipv6() { "-6" } else { "-4" };
-    let gateway = network.gateway.to_string();
     for side in &network.sides {
         let lan = format!("{tag}-{}-lan", side.name.as_str());
         lab.add_namespace(&lan).expect("adding a LAN");
@@ -197,17 +196,9 @@ pub fn add_network(lab: &mut Lab, network: &mirrornet_api::ValidNetwork, tag: &s
                 .expect("joining the host");
             ip(lab, &lan, &format!("link set {port} master br0"));
             let address = mirrornet_agent::lab::nth(network.subnet, n);
-            let with_len = format!("{address}/{}", network.subnet.prefix_len());
-            let mut add = vec![family, "addr", "add", &with_len, "dev", "eth0"];
-            if network.is_ipv6() {
-                add.push("nodad");
-            }
-            run_ip(lab, &host, &add);
-            run_ip(
-                lab,
-                &host,
-                &[family, "route", "add", "default", "via", &gateway],
-            );
+            let address = mirrornet_agent::lab::with_prefix(address, network.subnet);
+            lab.host(&host, address, network.gateway)
+                .unwrap_or_else(|e| panic!("in {host}: {e}"));
         }
     }
 }
@@ -221,31 +212,6 @@ fn run_ip(lab: &Lab, ns: &str, args: &[&str]) {
     full.extend(args);
     lab.exec(ns, &full)
         .unwrap_or_else(|e| panic!("in {ns}: {e}"));
-}
-
-/// Runs an `ip -batch` script inside `ns`: one process for many objects (a few hundred veth
-/// pairs take a second this way, against ~3 ms per `ip` command).
-pub fn ip_batch(lab: &Lab, ns: &str, script: &str) {
-    use std::io::Write;
-    let mut child = lab
-        .command(ns, &["ip", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting ip -batch");
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .expect("writing the batch");
-    let out = child.wait_with_output().expect("ip -batch");
-    assert!(
-        out.status.success(),
-        "ip -batch in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// How many steps `apply` would take now (`plan -o json`): how tests enumerate failure points.
@@ -321,22 +287,12 @@ pub fn serve(scenario: &mut Scenario, ns: &str, port: u16, hold_ms: u64) {
             ],
         )
         .expect("starting probe server");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let listening = scenario
-            .lab
-            .stdout(ns, &["ss", "-Htln"])
-            .expect("ss")
-            .contains(&format!(":{port} "));
-        if listening {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "probe server in {ns} did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let listening = || {
+        let sockets = scenario.lab.stdout(ns, &["ss", "-Htln"]).expect("ss");
+        sockets.contains(&format!(":{port} ")).then_some(())
+    };
+    wait_for(Duration::from_secs(5), Duration::from_millis(10), listening)
+        .unwrap_or_else(|| panic!("probe server in {ns} did not start"));
 }
 
 /// What a probe client got: the server's identity and the client address the server saw.
@@ -344,6 +300,33 @@ pub fn serve(scenario: &mut Scenario, ns: &str, port: u16, hold_ms: u64) {
 pub struct Answer {
     pub server: String,
     pub seen_as: String,
+}
+
+impl Answer {
+    /// The probe client's line, `<server identity> <address:port it saw>`.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let (server, seen_as) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("unexpected probe answer {line:?}"))?;
+        Ok(Self {
+            server: server.into(),
+            seen_as: seen_as.into(),
+        })
+    }
+}
+
+/// The original-direction conntrack zone (`zone-orig=`, where mirrornet sets it) of each entry
+/// of a `conntrack -L` listing, in listing order; an entry without one yields nothing.
+pub fn conntrack_zones(listing: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .filter_map(|entry| {
+            entry
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix("zone-orig=")?.parse().ok())
+        })
+        .collect()
 }
 
 /// Connects from `ns` to `to` (optionally from a fixed port) and returns the answer.
@@ -379,14 +362,7 @@ pub fn connect_within(
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (server, seen_as) = line
-        .split_once(' ')
-        .ok_or_else(|| format!("unexpected probe answer {line:?}"))?;
-    Ok(Answer {
-        server: server.into(),
-        seen_as: seen_as.into(),
-    })
+    Answer::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Pings `to` once from `ns`; true when a reply came back.
@@ -483,14 +459,10 @@ impl RunningAgent {
 
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&self, lab: &Lab) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if self.get(lab, "/readyz").0 == 200 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let ready = || (self.get(lab, "/readyz").0 == 200).then_some(());
+        if wait_for(Duration::from_secs(10), Duration::from_millis(20), ready).is_none() {
+            panic!("the agent did not become ready:\n{}", self.log_text());
         }
-        panic!("the agent did not become ready:\n{}", self.log_text());
     }
 
     /// `GET path` on the agent's endpoints: status and body (status 0 when unreachable).
@@ -562,18 +534,11 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Polls `check` every millisecond until it holds; the time it took, or `None` after `limit`.
-pub fn time_until(
-    limit: std::time::Duration,
-    mut check: impl FnMut() -> bool,
-) -> Option<std::time::Duration> {
+pub fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        if check() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    None
+    wait_for(limit, Duration::from_millis(1), || {
+        check().then(|| started.elapsed())
+    })
 }
 
 /// Every host of each seed side reaches every host of the other by its alias, on `port`,
@@ -598,6 +563,36 @@ pub fn crosses_both_ways_to_every_host(s: &mut Scenario, port: u16) {
                 assert_eq!(host_of(&answer.seen_as), format!("192.168.3.{client}"));
             }
         }
+    }
+}
+
+/// Host .10 of each side of a two-sided scenario pings host .11 of the other side by its alias,
+/// and connects to it on `port`: the other side's .11 answers, and sees .10 by its alias, not
+/// by its real (colliding) address.
+pub fn tens_reach_the_other_sides_elevens(s: &mut Scenario, port: u16) {
+    let net = s.network.clone();
+    for side in &net.sides {
+        serve(s, &format!("{}-11", side.name.as_str()), port, 0);
+    }
+    for (from, to) in [("inner", "outer"), ("outer", "inner")] {
+        let target = alias_of(&net, to, 11);
+        let client = format!("{from}-10");
+        assert!(
+            ping(&s.lab, &client, &target.to_string()),
+            "{client} pings {target}"
+        );
+        let answer = connect(
+            &s.lab,
+            &client,
+            &std::net::SocketAddr::new(target, port).to_string(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{client} -> {target}: {e}"));
+        assert_eq!(answer.server, format!("{to}-11"));
+        assert_eq!(
+            host_of(&answer.seen_as),
+            alias_of(&net, from, 10).to_string()
+        );
     }
 }
 
@@ -648,14 +643,11 @@ pub fn identical_tuples_land_in_two_zones(
         .unwrap();
     let lines: Vec<&str> = entries.lines().collect();
     assert_eq!(lines.len(), 2, "two conntrack entries expected:\n{entries}");
-    for zone in [zones.0, zones.1] {
-        let tag = format!("zone-orig={zone}");
-        assert_eq!(
-            lines.iter().filter(|l| l.contains(&tag)).count(),
-            1,
-            "one entry in {tag}:\n{entries}"
-        );
-    }
+    let mut seen = conntrack_zones(&entries);
+    seen.sort_unstable();
+    let mut want = [zones.0, zones.1];
+    want.sort_unstable();
+    assert_eq!(seen, want, "one entry in each side's zone:\n{entries}");
     let tuple = format!("src=192.168.2.10 dst=192.168.3.11 sport={client_port} dport={port}");
     for line in lines {
         assert!(

@@ -92,23 +92,36 @@ fn cap_net_admin_is_all_the_agent_needs() {
         "no capabilities",
     );
     // With CAP_NET_ADMIN only: apply, traffic, show, delete all work.
-    let out = agent_with_caps(&s, ",+net_admin", &["apply", "--file", spec.path()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let with_net_admin =
+        |verb: &str| agent_with_caps(&s, ",+net_admin", &[verb, "--file", spec.path()]);
+    applies_crosses_and_deletes(&s, &before, with_net_admin, || {
+        let out = agent_with_caps(&s, ",+net_admin", &["show"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
+    });
+}
+
+/// The seed applied through `agent` (`apply` or `delete` under some restriction) succeeds and
+/// carries traffic, `meanwhile` runs, and the delete leaves the middleman as it was (`before`).
+fn applies_crosses_and_deletes(
+    s: &Scenario,
+    before: &str,
+    agent: impl Fn(&str) -> std::process::Output,
+    meanwhile: impl FnOnce(),
+) {
+    let succeeds = |verb: &str| {
+        let out = agent(verb);
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    succeeds("apply");
     assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
-    let out = agent_with_caps(&s, ",+net_admin", &["show"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"));
-    let out = agent_with_caps(&s, ",+net_admin", &["delete", "--file", spec.path()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    meanwhile();
+    succeeds("delete");
     assert_same(
-        &before,
+        before,
         &snapshot(&s.lab, MIDDLEMAN).unwrap(),
         "after delete",
     );
@@ -134,30 +147,14 @@ fn a_read_only_proc_sys_is_worked_around_over_netlink() {
             .output()
             .unwrap()
     };
-    let out = in_container("apply");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let forwarding = s
-        .lab
-        .stdout(
-            MIDDLEMAN,
-            &["sysctl", "-n", "net.ipv4.conf.eth1.forwarding"],
-        )
-        .unwrap();
-    assert_eq!(forwarding.trim(), "1");
-    assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
-    let out = in_container("delete");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_same(
-        &before,
-        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
-        "after delete",
-    );
+    applies_crosses_and_deletes(&s, &before, in_container, || {
+        let forwarding = s
+            .lab
+            .stdout(
+                MIDDLEMAN,
+                &["sysctl", "-n", "net.ipv4.conf.eth1.forwarding"],
+            )
+            .unwrap();
+        assert_eq!(forwarding.trim(), "1");
+    });
 }

@@ -4,8 +4,8 @@
 
 use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    SEED, SpecFile, add_network, agent, apply, assert_same, connect, delete, host_of, ip_batch,
-    ping, require_root, second_seed, serve, snapshot,
+    SEED, SpecFile, add_network, agent, apply, assert_same, connect, delete, host_of, ping,
+    require_root, second_seed, serve, snapshot,
 };
 use serde_json::Value;
 
@@ -198,19 +198,11 @@ fn a_wide_mark_mask_holds_more_than_127_networks() {
     let mut lab = Lab::new("wide-mask");
     lab.add_namespace(MIDDLEMAN).unwrap();
     lab.add_namespace("sink").unwrap();
-    let sink = lab.ns("sink");
-    let (mut create, mut up) = (String::new(), String::new());
-    for i in 0..N {
-        for side in ["a", "b"] {
-            create.push_str(&format!(
-                "link add n{i}{side} type veth peer name n{i}{side} netns {sink}\n\
-                 link set n{i}{side} up\n"
-            ));
-            up.push_str(&format!("link set n{i}{side} up\n"));
-        }
-    }
-    ip_batch(&lab, MIDDLEMAN, &create);
-    ip_batch(&lab, "sink", &up);
+    let names: Vec<String> = (0..N)
+        .flat_map(|i| ["a", "b"].map(|side| format!("n{i}{side}")))
+        .collect();
+    lab.veth_pairs(MIDDLEMAN, "sink", &names)
+        .expect("the networks' interfaces");
     let spec = SpecFile::new("wide-mask", &many(N));
     let before = snapshot(&lab, MIDDLEMAN).unwrap();
 

@@ -6,7 +6,7 @@ use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
     SEED, SpecFile, agent, alias_of, apply, assert_same, connect, crosses_both_ways_to_every_host,
     delete, host_of, identical_tuples_land_in_two_zones, nft_table_both_ways, ping, require_root,
-    scenario_of, seed_scenario, serve, snapshot, vrf, zone_of,
+    scenario_of, seed_scenario, serve, snapshot, tens_reach_the_other_sides_elevens, vrf, zone_of,
 };
 
 const THREE: &str = include_str!("../../examples/three-sides.yaml");
@@ -15,7 +15,6 @@ const IPV6: &str = include_str!("../../examples/ipv6.yaml");
 #[test]
 fn ping_crosses_both_ways_with_translated_addresses() {
     let (mut s, spec) = seed_scenario("ping", false);
-    let net = spec.networks[0].valid.clone();
     // Nothing crosses before the network is applied.
     assert!(!ping(&s.lab, "inner-10", "192.168.3.11"));
     // That failed ARP for the gateway leaves an entry that would drop the next packet for
@@ -24,26 +23,7 @@ fn ping_crosses_both_ways_with_translated_addresses() {
         .exec("inner-10", &["ip", "neigh", "flush", "dev", "eth0"])
         .unwrap();
     apply(&s.lab, &spec, &[]);
-    assert!(ping(
-        &s.lab,
-        "inner-10",
-        &alias_of(&net, "outer", 11).to_string()
-    ));
-    assert!(ping(
-        &s.lab,
-        "outer-10",
-        &alias_of(&net, "inner", 11).to_string()
-    ));
-    // The receiver sees the sender by its alias, not by its real (colliding) address.
-    for side in ["inner", "outer"] {
-        serve(&mut s, &format!("{side}-11"), 7001, 0);
-    }
-    let a = connect(&s.lab, "inner-10", "192.168.3.11:7001", None).unwrap();
-    assert_eq!(a.server, "outer-11");
-    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
-    let b = connect(&s.lab, "outer-10", "192.168.3.11:7001", None).unwrap();
-    assert_eq!(b.server, "inner-11");
-    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
+    tens_reach_the_other_sides_elevens(&mut s, 7001);
     // A host still reaches its own LAN neighbour directly, untouched by mirrornet.
     assert!(ping(&s.lab, "inner-10", "192.168.2.11"));
     let own = connect(&s.lab, "inner-10", "192.168.2.11:7001", None).unwrap();
@@ -78,23 +58,23 @@ fn identical_five_tuple_from_both_sides_uses_two_conntrack_zones() {
     }
 }
 
+/// What mirrornet must leave alone on the middleman's unrelated `eth9`: its addresses, its
+/// routes and its forwarding setting.
+fn eth9_state(s: &Scenario) -> Vec<String> {
+    [
+        &["ip", "addr", "show", "dev", "eth9"][..],
+        &["ip", "route", "show", "dev", "eth9"],
+        &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
+    ]
+    .iter()
+    .map(|args| s.lab.stdout(MIDDLEMAN, args).unwrap())
+    .collect()
+}
+
 #[test]
 fn unrelated_interface_is_unaffected() {
     let (mut s, spec) = seed_scenario("third", true);
-    let before_eth9 = (
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(
-                MIDDLEMAN,
-                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
-            )
-            .unwrap(),
-    );
+    let before_eth9 = eth9_state(&s);
     apply(&s.lab, &spec, &[]);
     assert!(ping(&s.lab, MIDDLEMAN, "192.0.2.10"));
     assert!(ping(&s.lab, "other-10", "192.0.2.1"));
@@ -108,20 +88,7 @@ fn unrelated_interface_is_unaffected() {
     // A host on the unrelated LAN cannot use the mirrored path.
     assert!(!ping(&s.lab, "other-10", "192.168.3.11"));
     assert!(!ping(&s.lab, "other-10", "192.168.2.11"));
-    let after_eth9 = (
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "addr", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(MIDDLEMAN, &["ip", "route", "show", "dev", "eth9"])
-            .unwrap(),
-        s.lab
-            .stdout(
-                MIDDLEMAN,
-                &["sysctl", "-n", "net.ipv4.conf.eth9.forwarding"],
-            )
-            .unwrap(),
-    );
+    let after_eth9 = eth9_state(&s);
     assert_eq!(before_eth9, after_eth9);
 }
 
@@ -276,27 +243,8 @@ fn ipv6_network() {
     let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let report = apply(&s.lab, &spec, &[]);
     assert_ne!(zone_of(&report, "inner"), zone_of(&report, "outer"));
-    assert!(ping(
-        &s.lab,
-        "inner-10",
-        &alias_of(&net, "outer", 11).to_string()
-    ));
-    assert!(ping(
-        &s.lab,
-        "outer-10",
-        &alias_of(&net, "inner", 11).to_string()
-    ));
-    for side in ["inner", "outer"] {
-        serve(&mut s, &format!("{side}-11"), 7006, 0);
-    }
-    let a = connect(&s.lab, "inner-10", "[fd00:3::b]:7006", None);
-    // Host numbers are decimal in names, hex in IPv6 addresses: host 11 is ::b.
-    let a = a.unwrap();
-    assert_eq!(a.server, "outer-11");
-    assert_eq!(host_of(&a.seen_as), "fd00:3::a");
-    let b = connect(&s.lab, "outer-10", "[fd00:3::b]:7006", None).unwrap();
-    assert_eq!(b.server, "inner-11");
-    assert_eq!(host_of(&b.seen_as), "fd00:3::a");
+    // Host numbers are decimal in names, hex in IPv6 addresses: host 11 is fd00:3::b.
+    tens_reach_the_other_sides_elevens(&mut s, 7006);
     // The unrelated IPv6 LAN still works.
     assert!(ping(&s.lab, "other-10", "2001:db8::1"));
     assert_eq!(apply(&s.lab, &spec, &[])["writes"], 0);

@@ -3,7 +3,9 @@
 //! whether the agent that made the change lives to see the probe fail or dies part-way (its
 //! guard process reverts). The run loop does the same and then leaves the rejected spec alone.
 
-use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
+use std::time::Duration;
+
+use mirrornet_agent::lab::{MIDDLEMAN, Scenario, wait_for};
 use mirrornet_e2e::node::{
     RunningAgent, SEED, SpecFile, agent, apply, assert_same, backend, connect, host_of, ping,
     planned_steps, scenario_of, serve, snapshot,
@@ -187,19 +189,17 @@ fn the_run_loop_rolls_back_once_and_keeps_the_previous_spec() {
     let previous = snapshot(&s.lab, MIDDLEMAN).unwrap();
     let bad = moved_outer(&seed_probing("192.168.2.99", 2));
     std::fs::write(&spec.path, &bad).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (_, body) = running.get(&s.lab, "/readyz");
-        if body.contains("plant-twin: VerificationFailed") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no VerificationFailed report: {body}\n{}",
-            running.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut body = String::new();
+    let reported = wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        body = running.get(&s.lab, "/readyz").1;
+        body.contains("plant-twin: VerificationFailed")
+            .then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "no VerificationFailed report: {body}\n{}",
+        running.log_text()
+    );
     // Let a few more passes run (a drift event, a resync): the rejected spec is not retried.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_same(
@@ -218,15 +218,14 @@ fn the_run_loop_rolls_back_once_and_keeps_the_previous_spec() {
     // A spec that works is taken.
     let good = moved_outer(&seed_probing("192.168.2.10", 5));
     std::fs::write(&spec.path, &good).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while connect(&s.lab, "inner-10", "192.168.4.11:7000", None).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the good spec was not applied:\n{}",
-            running.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let taken = wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        connect(&s.lab, "inner-10", "192.168.4.11:7000", None).ok()
+    });
+    assert!(
+        taken.is_some(),
+        "the good spec was not applied:\n{}",
+        running.log_text()
+    );
 }
 
 /// The probe is made inside its side: with outer's host .11 gone, inner's host .11 (the same

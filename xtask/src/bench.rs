@@ -325,7 +325,7 @@ fn measure_all(agent_bin: &Path, work: &Path, s: &Settings, skip: &[String]) -> 
     let skipped = |part: &str| skip.iter().any(|p| p == part);
     if !skipped("paths") {
         eprintln!("\x1b[1mpaths: mirror, plain, recipe\x1b[0m");
-        let mut lab = lab::Lab::new("paths");
+        let mut lab = lab::new("paths");
         let built = paths::build(&mut lab, agent_bin, work)?;
         let measured = paths::measure(&lab, &built, s)?;
         results["paths"] = serde_json::to_value(measured)?;
@@ -337,7 +337,7 @@ fn measure_all(agent_bin: &Path, work: &Path, s: &Settings, skip: &[String]) -> 
     let capacity = *counts_dedup.iter().max().unwrap_or(&1) + 1;
     let need_scale = !skipped("scale") || !skipped("control");
     if need_scale {
-        let mut lab = lab::Lab::new("scale");
+        let mut lab = lab::new("scale");
         let scale = scale::ScaleLab::build(&mut lab, agent_bin, work, capacity)?;
         // Record what the agent says about networks beyond the id ranges.
         let mut limits = Vec::new();

@@ -4,7 +4,6 @@
 
 mod bench;
 mod chart;
-mod kind;
 mod prerequisites;
 
 use std::path::{Path, PathBuf};
@@ -49,7 +48,18 @@ fn main() -> Result<()> {
         Task::Demo => demo(),
         Task::Crdgen => crdgen(&root),
         Task::Prerequisites => prerequisites::ensure(prerequisites::TEST),
-        Task::E2eKind => kind::run(&root),
+        // The kind e2e lives with the other scenario code in the e2e crate (e2e/src/kind.rs).
+        Task::E2eKind => run(
+            "cargo",
+            &[
+                "run",
+                "--quiet",
+                "--package",
+                "mirrornet-e2e",
+                "--bin",
+                "e2e-kind",
+            ],
+        ),
         Task::Bench(options) => {
             prerequisites::ensure(prerequisites::BENCH)?;
             prerequisites::require_root("the bench builds network namespaces")?;

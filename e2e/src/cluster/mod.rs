@@ -44,6 +44,9 @@ pub enum ClusterError {
         after: Duration,
         detail: String,
     },
+    /// What a scenario observed where it wanted something else.
+    #[error("{0}")]
+    Observed(String),
     #[error(transparent)]
     Kube(#[from] kube::Error),
     #[error(transparent)]

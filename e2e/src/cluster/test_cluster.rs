@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use mirrornet_agent::lab::wait_for;
 use serde_json::Value;
 
 use super::control_plane::ControlPlane;
@@ -124,13 +125,9 @@ impl TestCluster {
     /// (`key=value` pairs for `--set`). The namespace is made first and labelled for the
     /// Pod Security level the agents need, as the chart README tells users.
     pub fn install_chart(&self, values: &[&str]) -> String {
-        self.kubectl_ok(&["create", "namespace", NAMESPACE]);
-        self.kubectl_ok(&[
-            "label",
-            "namespace",
-            NAMESPACE,
-            "pod-security.kubernetes.io/enforce=privileged",
-        ]);
+        for args in namespace_for_agents() {
+            self.kubectl_ok(&args);
+        }
         self.helm_ok("install", values)
     }
 
@@ -140,26 +137,8 @@ impl TestCluster {
     }
 
     fn helm_ok(&self, verb: &str, values: &[&str]) -> String {
-        let chart = chart_dir();
-        let chart = chart.to_str().expect("utf-8 path");
-        let mut args = vec![
-            verb,
-            RELEASE,
-            chart,
-            "--namespace",
-            NAMESPACE,
-            "--wait",
-            "--timeout",
-            "180s",
-            // The images are this tree's binaries: never pulled.
-            "--set",
-            "operator.image.pullPolicy=Never",
-            "--set",
-            "agent.image.pullPolicy=Never",
-        ];
-        for value in values {
-            args.extend(["--set", value]);
-        }
+        let args = chart_release(verb, values, "180s");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.plane.helm(&args).output().expect("running helm");
         self.expect_success(&format!("helm {}", args.join(" ")), out)
     }
@@ -232,22 +211,23 @@ impl TestCluster {
         mut check: impl FnMut(&Self) -> Option<T>,
     ) -> T {
         let started = Instant::now();
-        loop {
-            if let Some(value) = check(self) {
-                eprintln!("[cluster] {what}: after {:.1?}", started.elapsed());
-                return value;
-            }
-            if let Err(e) = self.plane.check_running() {
+        let found = wait_for(limit, Duration::from_millis(250), || {
+            let value = check(self);
+            if value.is_none()
+                && let Err(e) = self.plane.check_running()
+            {
                 panic!("while waiting for {what}: {e}\n{}", self.diagnostics());
             }
-            if started.elapsed() > limit {
-                panic!(
-                    "timed out after {limit:?} waiting for {what}\n{}",
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+            value
+        });
+        let Some(value) = found else {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                self.diagnostics()
+            );
+        };
+        eprintln!("[cluster] {what}: after {:.1?}", started.elapsed());
+        value
     }
 
     /// Pods in [`NAMESPACE`] with label `component` (`operator` or `agent`).
@@ -316,12 +296,7 @@ impl TestCluster {
     /// What a failing test prints: objects, events, the pods' logs and the control plane's.
     pub fn diagnostics(&self) -> String {
         let mut text = String::from("===== cluster diagnostics =====\n");
-        for args in [
-            &["get", "nodes,mirrornetworks", "-o", "wide"][..],
-            &["get", "all,leases", "-n", NAMESPACE, "-o", "wide"][..],
-            &["get", "mirrornetworks", "-o", "yaml"][..],
-            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
-        ] {
+        for args in DIAGNOSTIC_QUERIES {
             let out = self.kubectl(args);
             text.push_str(&format!(
                 "$ kubectl {}\n{}{}\n",
@@ -374,6 +349,57 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// The `kubectl` commands that make [`NAMESPACE`], labelled for the Pod Security level the
+/// agents need (hostNetwork, NET_ADMIN), as the chart README tells users.
+pub fn namespace_for_agents() -> [Vec<&'static str>; 2] {
+    [
+        vec!["create", "namespace", NAMESPACE],
+        vec![
+            "label",
+            "namespace",
+            NAMESPACE,
+            "pod-security.kubernetes.io/enforce=privileged",
+        ],
+    ]
+}
+
+/// `helm <verb>` (`install`, `upgrade`) of this tree's chart as release [`RELEASE`] in
+/// [`NAMESPACE`], waiting up to `timeout`, never pulling the images (they are this tree's
+/// binaries, or images loaded into the cluster), with `values` as `--set key=value`.
+pub fn chart_release(verb: &str, values: &[&str], timeout: &str) -> Vec<String> {
+    let chart = chart_dir();
+    let mut args: Vec<String> = [
+        verb,
+        RELEASE,
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        timeout,
+        "--set",
+        "operator.image.pullPolicy=Never",
+        "--set",
+        "agent.image.pullPolicy=Never",
+    ]
+    .map(str::to_owned)
+    .into();
+    for value in values {
+        args.extend(["--set".to_owned(), (*value).to_owned()]);
+    }
+    args
+}
+
+/// What a failing cluster scenario prints first: nodes, networks, the release's objects and
+/// the events, as `kubectl` arguments.
+pub const DIAGNOSTIC_QUERIES: [&[&str]; 5] = [
+    &["get", "nodes,mirrornetworks", "-o", "wide"],
+    &["get", "all,leases", "-n", NAMESPACE, "-o", "wide"],
+    &["get", "mirrornetworks", "-o", "yaml"],
+    &["get", "daemonsets", "-n", NAMESPACE, "-o", "yaml"],
+    &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+];
 
 /// The chart in this tree.
 pub fn chart_dir() -> PathBuf {

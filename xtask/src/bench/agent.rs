@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use mirrornet_agent::lab::wait_for;
 use serde_json::Value;
 
 use super::lab::Lab;
@@ -154,29 +155,22 @@ impl Agent {
             .spawn()?;
         let pid = child.id();
         lab.adopt(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
         let bin = self.binary.to_string_lossy().into_owned();
-        loop {
-            let ok = lab
-                .command(&self.ns, &[&bin, "probe", "http-get", &address, "/readyz"])
+        let ready = || {
+            lab.command(&self.ns, &[&bin, "probe", "http-get", &address, "/readyz"])
                 .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                return Ok(pid);
-            }
-            if Instant::now() > deadline {
-                bail!("agent run did not become ready within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                .is_ok_and(|o| o.status.success())
+                .then_some(pid)
+        };
+        wait_for(Duration::from_secs(120), Duration::from_millis(100), ready)
+            .context("agent run did not become ready within 120 s")
     }
 
     /// Fetches `/metrics` of a running agent.
     pub fn metrics(&self, lab: &Lab, port: u16) -> Result<String> {
         let bin = self.binary.to_string_lossy().into_owned();
         let address = format!("127.0.0.1:{port}");
-        lab.stdout(&self.ns, &[&bin, "probe", "http-get", &address, "/metrics"])
+        Ok(lab.stdout(&self.ns, &[&bin, "probe", "http-get", &address, "/metrics"])?)
     }
 }
 

@@ -66,23 +66,23 @@ pub fn build(lab: &mut Lab, agent_bin: &FsPath, dir: &FsPath) -> Result<Vec<Path
     for (tag, name) in ["a", "b", "c"].iter().zip(NAMES) {
         let (c, m, s) = (format!("{tag}c"), format!("{tag}m"), format!("{tag}s"));
         for ns in [&c, &m, &s] {
-            lab.add(ns)?;
+            lab.add_namespace(ns)?;
         }
         let (ia, ib) = (format!("{tag}-a"), format!("{tag}-b"));
         lab.veth(&c, "eth0", &m, &ia)?;
         lab.veth(&m, &ib, &s, "eth0")?;
         let target = match name {
             "plain" => {
-                lab.host(&c, "eth0", "10.1.0.10/24", "10.1.0.1")?;
-                lab.host(&s, "eth0", "10.2.0.10/24", "10.2.0.1")?;
+                lab.host(&c, "10.1.0.10/24".parse()?, "10.1.0.1".parse()?)?;
+                lab.host(&s, "10.2.0.10/24".parse()?, "10.2.0.1".parse()?)?;
                 lab.exec(&m, &["ip", "addr", "add", "10.1.0.1/24", "dev", &ia])?;
                 lab.exec(&m, &["ip", "addr", "add", "10.2.0.1/24", "dev", &ib])?;
                 lab.exec(&m, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
                 "10.2.0.10".to_owned()
             }
             _ => {
-                lab.host(&c, "eth0", "10.0.0.10/24", "10.0.0.1")?;
-                lab.host(&s, "eth0", "10.0.0.10/24", "10.0.0.1")?;
+                lab.host(&c, "10.0.0.10/24".parse()?, "10.0.0.1".parse()?)?;
+                lab.host(&s, "10.0.0.10/24".parse()?, "10.0.0.1".parse()?)?;
                 if name == "recipe" {
                     recipe(lab, &m, &ia, &ib)?;
                 } else {

@@ -33,10 +33,13 @@ pub struct ScaleLab {
 
 pub const MM: &str = "mm";
 
+/// How long a freshly applied network may take to pass its first ping.
+const REACHABLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ScaleLab {
     pub fn build(lab: &mut Lab, agent_bin: &FsPath, dir: &FsPath, capacity: usize) -> Result<Self> {
         for ns in [MM, "sink", "c0", "s0", "cl", "sl", "cu", "su"] {
-            lab.add(ns)?;
+            lab.add_namespace(ns)?;
         }
         lab.veth("c0", "eth0", MM, "f-a")?;
         lab.veth(MM, "f-b", "s0", "eth0")?;
@@ -51,15 +54,13 @@ impl ScaleLab {
         };
         lab.host(
             "c0",
-            "eth0",
-            &format!("{}/24", first.host(10)),
-            &first.host(1),
+            format!("{}/24", first.host(10)).parse()?,
+            first.host(1).parse()?,
         )?;
         lab.host(
             "s0",
-            "eth0",
-            &format!("{}/24", first.host(10)),
-            &first.host(1),
+            format!("{}/24", first.host(10)).parse()?,
+            first.host(1).parse()?,
         )?;
         // Unrelated traffic: forwarding enabled on just these two interfaces, as the agent
         // does for its sides, so the node forwards nothing else.
@@ -74,28 +75,13 @@ impl ScaleLab {
                 "net.ipv4.conf.u-b.forwarding=1",
             ],
         )?;
-        lab.host("cu", "eth0", "172.16.1.10/24", "172.16.1.1")?;
-        lab.host("su", "eth0", "172.16.2.10/24", "172.16.2.1")?;
-        // The programmed-only networks' interfaces, in one ip process per namespace.
-        let (mm, sink) = (lab.ns(MM), lab.ns("sink"));
-        let mut create = String::new();
-        let mut up_mm = String::new();
-        let mut up_sink = String::new();
-        for i in 1..capacity {
-            for side in ["a", "b"] {
-                let name = format!("n{i}{side}");
-                create.push_str(&format!(
-                    "link add name {name} netns {mm} type veth peer name {name} netns {sink}\n"
-                ));
-                up_mm.push_str(&format!("link set {name} up\n"));
-                up_sink.push_str(&format!("link set {name} up\n"));
-            }
-        }
-        if !create.is_empty() {
-            run_batch_root(&create)?;
-            lab.ip_batch(MM, &up_mm)?;
-            lab.ip_batch("sink", &up_sink)?;
-        }
+        lab.host("cu", "172.16.1.10/24".parse()?, "172.16.1.1".parse()?)?;
+        lab.host("su", "172.16.2.10/24".parse()?, "172.16.2.1".parse()?)?;
+        // The programmed-only networks' interfaces, a few ip processes for all of them.
+        let names: Vec<String> = (1..capacity)
+            .flat_map(|i| ["a", "b"].map(|side| format!("n{i}{side}")))
+            .collect();
+        lab.veth_pairs(MM, "sink", &names)?;
         let agent = Agent {
             binary: agent_bin.to_path_buf(),
             ns: MM.to_owned(),
@@ -149,7 +135,11 @@ impl ScaleLab {
     fn address_last(&self, lab: &Lab, last: &Net) -> Result<Path> {
         for ns in ["cl", "sl"] {
             lab.exec(ns, &["ip", "addr", "flush", "dev", "eth0"])?;
-            lab.host(ns, "eth0", &format!("{}/24", last.host(10)), &last.host(1))?;
+            lab.host(
+                ns,
+                format!("{}/24", last.host(10)).parse()?,
+                last.host(1).parse()?,
+            )?;
         }
         Ok(Path {
             client: "cl".into(),
@@ -157,27 +147,6 @@ impl ScaleLab {
             target: last.alias_host(10),
         })
     }
-}
-
-fn run_batch_root(script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["-force", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "creating veth pairs: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// For each count in `counts` (0 = no networks): apply that many networks, then measure the
@@ -205,10 +174,10 @@ pub fn measure(
             paths.push(("first", scale.first.clone()));
             if n > 1 {
                 let last = scale.address_last(lab, &nets[n - 1])?;
-                wait_reachable(lab, &last)?;
+                traffic::wait_reachable(lab, &last, REACHABLE)?;
                 paths.push(("last", last));
             }
-            wait_reachable(lab, &scale.first)?;
+            traffic::wait_reachable(lab, &scale.first, REACHABLE)?;
         }
         paths.push(("unrelated", scale.unrelated.clone()));
         let k = paths.len();
@@ -240,22 +209,4 @@ pub fn measure(
         scale.agent.delete(lab, &file)?;
     }
     Ok(results)
-}
-
-fn wait_reachable(lab: &Lab, path: &Path) -> Result<()> {
-    for _ in 0..50 {
-        let ok = lab
-            .command(
-                &path.client,
-                &["ping", "-c", "1", "-W", "1", "-q", &path.target],
-            )
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    anyhow::bail!("{} cannot reach {}", path.client, path.target)
 }

@@ -2,6 +2,9 @@
 //! packet rate) and ping (round-trip time percentiles).
 
 use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
+use mirrornet_agent::lab::wait_for;
 use serde_json::Value;
 
 use super::lab::Lab;
@@ -17,30 +20,24 @@ pub struct Path {
 /// Starts an iperf3 server in the path's server namespace and waits until it answers.
 pub fn serve(lab: &mut Lab, path: &Path) -> Result<()> {
     lab.spawn(&path.server, &["iperf3", "-s"])?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        // A short ping proves the path and that the server's namespace is ready.
-        let ok = lab
-            .command(
-                &path.client,
-                &["ping", "-c", "1", "-W", "1", "-q", &path.target],
-            )
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "{} cannot reach {} from {}",
-                path.server,
-                path.target,
-                path.client
-            );
-        }
-    }
+    wait_reachable(lab, path, Duration::from_secs(10))
+        .with_context(|| format!("the iperf3 server in {}", path.server))
+}
+
+/// Waits until the path's client pings its target (proving the path, and that the server's
+/// namespace is ready), for up to `limit`.
+pub fn wait_reachable(lab: &Lab, path: &Path, limit: Duration) -> Result<()> {
+    let pings = || {
+        lab.command(
+            &path.client,
+            &["ping", "-c", "1", "-W", "1", "-q", &path.target],
+        )
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(())
+    };
+    wait_for(limit, Duration::from_millis(100), pings)
+        .with_context(|| format!("{} cannot reach {}", path.client, path.target))
 }
 
 fn iperf(lab: &Lab, path: &Path, args: &[&str]) -> Result<Value> {

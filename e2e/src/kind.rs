@@ -1,4 +1,4 @@
-//! `cargo xtask e2e-kind`: mirrornet on a real Kubernetes cluster in kind — images, chart,
+//! The kind e2e (`cargo xtask e2e-kind`, which runs the `e2e-kind` binary): mirrornet on a real Kubernetes cluster in kind — images, chart,
 //! operator, agent and the seed scenario end to end (e2e/README.md describes the steps).
 //!
 //! ```text
@@ -17,19 +17,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use mirrornet_agent::lab::wait_for;
+
+use crate::cluster::ClusterError;
+use crate::cluster::test_cluster::{self, GATEWAY_LABEL, NAMESPACE, RELEASE};
+use crate::node::Answer;
+
+type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// What the scenario observed where it wanted something else.
+fn differs(what: String) -> ClusterError {
+    ClusterError::Observed(what)
+}
 
 const CLUSTER: &str = "mirrornet-e2e";
 /// kind names the first worker `<cluster>-worker`.
 const GATEWAY: &str = "mirrornet-e2e-worker";
-const NAMESPACE: &str = "mirrornet-system";
-const RELEASE: &str = "mirrornet";
 const TAG: &str = "e2e";
 const OPERATOR_IMAGE: &str = "mirrornet/mirrornet-operator";
 const AGENT_IMAGE: &str = "mirrornet/mirrornet-agent";
 /// examples/seed.yaml's network, its label, and its addresses.
 const NETWORK: &str = "plant-twin";
-const GATEWAY_LABEL: &str = "mirrornet.io/gateway=true";
 const HOST: &str = "192.168.2.10";
 const ALIAS_OF_HOST: &str = "192.168.3.10";
 const TOOLS: &[&str] = &["docker", "kind", "kubectl", "helm"];
@@ -67,7 +75,7 @@ nodes:
 pub fn run(root: &Path) -> Result<()> {
     require_tools()?;
     let work = root.join("target").join("e2e-kind");
-    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&work).map_err(|e| ClusterError::io(&work, e))?;
     let kube = Kube {
         kubeconfig: work.join("kubeconfig"),
     };
@@ -99,7 +107,7 @@ pub fn run(root: &Path) -> Result<()> {
         }
         Ok(()) => eprintln!("MIRRORNET_E2E_KEEP is set: cluster {CLUSTER} kept"),
         Err(e) => {
-            eprintln!("\x1b[1;31me2e-kind failed:\x1b[0m {e:#}");
+            eprintln!("\x1b[1;31me2e-kind failed:\x1b[0m {e}");
             diagnostics(&kube);
             eprintln!(
                 "cluster kept for inspection: export KUBECONFIG={}; delete it with `kind delete cluster --name {CLUSTER}`",
@@ -131,29 +139,16 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
     }
 
     step("helm install the chart");
-    kube.kubectl(&["create", "namespace", NAMESPACE])?;
-    // The agents need hostNetwork and NET_ADMIN (NOTES.txt tells users the same).
-    kube.kubectl(&[
-        "label",
-        "namespace",
-        NAMESPACE,
-        "pod-security.kubernetes.io/enforce=privileged",
-    ])?;
-    let chart = root.join("charts/mirrornet");
-    kube.helm(&[
-        "install",
-        RELEASE,
-        &chart.to_string_lossy(),
-        "--namespace",
-        NAMESPACE,
-        "--set",
-        &format!("operator.image.tag={TAG},operator.image.pullPolicy=Never"),
-        "--set",
-        &format!("agent.image.tag={TAG},agent.image.pullPolicy=Never"),
-        "--wait",
-        "--timeout",
-        "5m",
-    ])?;
+    for args in test_cluster::namespace_for_agents() {
+        kube.kubectl(&args)?;
+    }
+    let values = [
+        format!("operator.image.tag={TAG}"),
+        format!("agent.image.tag={TAG}"),
+    ];
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let install = test_cluster::chart_release("install", &values, "5m");
+    kube.helm(&install.iter().map(String::as_str).collect::<Vec<_>>())?;
     check_one_leader(kube)?;
 
     step("wire the two sides into the gateway node");
@@ -163,7 +158,8 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
     let before = node_snapshot()?;
 
     step("label the gateway node and apply examples/seed.yaml");
-    kube.kubectl(&["label", "node", GATEWAY, GATEWAY_LABEL, "--overwrite"])?;
+    let gateway_label = format!("{GATEWAY_LABEL}=true");
+    kube.kubectl(&["label", "node", GATEWAY, &gateway_label, "--overwrite"])?;
     kube.kubectl(&[
         "apply",
         "-f",
@@ -181,7 +177,9 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
         let observed = kube
             .kubectl(&["get", "mirrornetwork", NETWORK, "-o", "yaml"])
             .unwrap_or_default();
-        bail!("{e:#}\nthe network as observed:\n{observed}");
+        return Err(differs(format!(
+            "{e}\nthe network as observed:\n{observed}"
+        )));
     }
     check_agents_only_on_gateway(kube)?;
 
@@ -201,14 +199,7 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
         "--wait=true",
         "--timeout=180s",
     ])?;
-    wait_until(
-        "the agent DaemonSet to be removed",
-        Duration::from_secs(120),
-        || {
-            let names = kube.kubectl(&["get", "daemonsets", "-n", NAMESPACE, "-o", "name"])?;
-            Ok(names.trim().is_empty().then_some(()).ok_or(names))
-        },
-    )?;
+    kube.wait_until_none("daemonsets", "the agent DaemonSet to be removed")?;
     let after = node_snapshot()?;
     compare_snapshots(&before, &after)?;
     unwire_sides()?;
@@ -223,14 +214,7 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
         "--timeout",
         "3m",
     ])?;
-    wait_until(
-        "the operator pods to terminate",
-        Duration::from_secs(120),
-        || {
-            let pods = kube.kubectl(&["get", "pods", "-n", NAMESPACE, "-o", "name"])?;
-            Ok(pods.trim().is_empty().then_some(()).ok_or(pods))
-        },
-    )?;
+    kube.wait_until_none("pods", "the operator pods to terminate")?;
     check_no_leftovers(kube)?;
     Ok(())
 }
@@ -238,19 +222,12 @@ fn scenario(root: &Path, work: &Path, kube: &Kube) -> Result<()> {
 // --- checks ---------------------------------------------------------------------------------
 
 fn check_one_leader(kube: &Kube) -> Result<()> {
-    let pods = kube.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=operator",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
-    ])?;
-    let pods: Vec<&str> = pods.lines().filter(|l| !l.is_empty()).collect();
+    let pods = kube.pods_of("operator", ".metadata.name")?;
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
     if pods.len() != 2 {
-        bail!("expected two operator replicas, observed {pods:?}");
+        return Err(differs(format!(
+            "expected two operator replicas, observed {pods:?}"
+        )));
     }
     let holder = wait_until(
         "an operator replica to hold the Lease",
@@ -277,19 +254,11 @@ fn check_one_leader(kube: &Kube) -> Result<()> {
 }
 
 fn check_agents_only_on_gateway(kube: &Kube) -> Result<()> {
-    let nodes = kube.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=agent",
-        "-o",
-        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
-    ])?;
-    let nodes: Vec<&str> = nodes.lines().filter(|l| !l.is_empty()).collect();
+    let nodes = kube.pods_of("agent", ".spec.nodeName")?;
     if nodes != [GATEWAY] {
-        bail!("expected one agent, on {GATEWAY}; observed agents on {nodes:?}");
+        return Err(differs(format!(
+            "expected one agent, on {GATEWAY}; observed agents on {nodes:?}"
+        )));
     }
     Ok(())
 }
@@ -314,12 +283,10 @@ fn check_ping(from: &Side, to: &Side) -> Result<()> {
     let seen = in_echos(to)? - seen_before;
     let own = in_echos(from)? - own_before;
     if seen < 3 || own != 0 {
-        bail!(
+        return Err(differs(format!(
             "{} pinged {ALIAS_OF_HOST}: {} host answered {seen} echo requests (want 3), {} host {own} (want 0)",
-            from.name,
-            to.name,
-            from.name
-        );
+            from.name, to.name, from.name
+        )));
     }
     eprintln!(
         "{} {HOST} -> {ALIAS_OF_HOST}: answered by the {} host ({seen} echo requests)",
@@ -340,17 +307,22 @@ fn in_echos(side: &Side) -> Result<u64> {
     ])?;
     let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
     let (Some(names), Some(values)) = (icmp.next(), icmp.next()) else {
-        bail!(
+        return Err(differs(format!(
             "no Icmp lines in /proc/net/snmp of {}:\n{snmp}",
             side.namespace
-        );
+        )));
     };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
         .find(|(n, _)| *n == "InEchos")
         .and_then(|(_, v)| v.parse().ok())
-        .with_context(|| format!("no InEchos in /proc/net/snmp of {}", side.namespace))
+        .ok_or_else(|| {
+            differs(format!(
+                "no InEchos in /proc/net/snmp of {}",
+                side.namespace
+            ))
+        })
 }
 
 /// Both hosts serve port 80 and both connect from port 4000 to 192.168.3.10:80 at the same
@@ -424,24 +396,32 @@ fn check_identical_five_tuples() -> Result<()> {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .context("cannot start docker")
+                .map_err(|source| ClusterError::Spawn {
+                    program: "docker".into(),
+                    source,
+                })
         })
         .collect::<Result<_>>()?;
     for (side, client) in SIDES.iter().zip(clients) {
-        let out = client.wait_with_output()?;
+        let out = client
+            .wait_with_output()
+            .map_err(|e| ClusterError::io("docker exec", e))?;
         let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let other = SIDES
             .iter()
             .find(|s| s.name != side.name)
             .map_or("", |s| s.name);
-        let want = format!("{other} {ALIAS_OF_HOST}:4000");
-        if !out.status.success() || line != want {
-            bail!(
+        let want = Answer {
+            server: other.to_owned(),
+            seen_as: format!("{ALIAS_OF_HOST}:4000"),
+        };
+        if !out.status.success() || Answer::parse(&line).as_ref() != Ok(&want) {
+            return Err(differs(format!(
                 "{} {HOST}:4000 -> {ALIAS_OF_HOST}:80: want {want:?}, got {line:?} ({}; stderr: {})",
                 side.name,
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            )));
         }
         eprintln!(
             "{} {HOST}:4000 -> {ALIAS_OF_HOST}:80 answered: {line}",
@@ -458,17 +438,12 @@ fn check_identical_five_tuples() -> Result<()> {
         "--orig-port-dst",
         "80",
     ])?;
-    let zones: BTreeSet<&str> = entries
-        .lines()
-        .flat_map(str::split_whitespace)
-        .filter_map(|t| {
-            t.strip_prefix("zone-orig=")
-                .or_else(|| t.strip_prefix("zone="))
-        })
-        .collect();
+    let zones: BTreeSet<u64> = crate::node::conntrack_zones(&entries).into_iter().collect();
     let lines = entries.lines().filter(|l| l.contains("sport=4000")).count();
     if lines != 2 || zones.len() != 2 {
-        bail!("want two conntrack entries in two zones, observed:\n{entries}");
+        return Err(differs(format!(
+            "want two conntrack entries in two zones, observed:\n{entries}"
+        )));
     }
     eprintln!("conntrack: two entries, zones {zones:?}");
     Ok(())
@@ -653,7 +628,9 @@ fn compare_snapshots(before: &[String], after: &[String]) -> Result<()> {
     for l in new {
         report.push_str(&format!("\n  + {l}"));
     }
-    bail!("the node differs from before the network (- missing, + left behind):{report}");
+    Err(differs(format!(
+        "the node differs from before the network (- missing, + left behind):{report}"
+    )))
 }
 
 /// A command in the gateway node container.
@@ -705,6 +682,29 @@ impl Kube {
         sh("kubectl", &full)
     }
 
+    /// `field` (a JSONPath such as `.spec.nodeName`) of each pod of the chart's `component`
+    /// (`operator`, `agent`).
+    fn pods_of(&self, component: &str, field: &str) -> Result<Vec<String>> {
+        let selector = format!("app.kubernetes.io/component={component}");
+        let output = format!("jsonpath={{range .items[*]}}{{{field}}}{{\"\\n\"}}{{end}}");
+        let text = self.kubectl(&[
+            "get", "pods", "-n", NAMESPACE, "-l", &selector, "-o", &output,
+        ])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Waits up to two minutes for [`NAMESPACE`] to hold no object of `kind`.
+    fn wait_until_none(&self, kind: &str, what: &str) -> Result<()> {
+        wait_until(what, Duration::from_secs(120), || {
+            let names = self.kubectl(&["get", kind, "-n", NAMESPACE, "-o", "name"])?;
+            Ok(names.trim().is_empty().then_some(()).ok_or(names))
+        })
+    }
+
     fn helm(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap_or_default()];
         full.extend_from_slice(args);
@@ -717,34 +717,27 @@ fn diagnostics(kube: &Kube) {
     eprintln!("\x1b[1m--- diagnostics ---\x1b[0m");
     let component = |c: &str| format!("app.kubernetes.io/component={c}");
     let (operator, agent) = (component("operator"), component("agent"));
-    let commands: [Vec<&str>; 6] = [
-        vec!["get", "pods", "-A", "-o", "wide"],
-        vec!["get", "mirrornetworks", "-o", "yaml"],
-        vec!["get", "daemonsets", "-n", NAMESPACE, "-o", "yaml"],
-        vec![
+    let mut commands: Vec<Vec<&str>> = test_cluster::DIAGNOSTIC_QUERIES
+        .iter()
+        .map(|q| q.to_vec())
+        .collect();
+    commands.push(vec!["get", "pods", "-A", "-o", "wide"]);
+    // A real kubelet keeps the pods' logs: kubectl reads them.
+    for selector in [&operator, &agent] {
+        commands.push(vec![
             "logs",
             "-n",
             NAMESPACE,
             "-l",
-            &operator,
+            selector,
             "--tail=200",
             "--prefix",
-        ],
-        vec![
-            "logs",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &agent,
-            "--tail=200",
-            "--prefix",
-        ],
-        vec!["get", "events", "-A", "--sort-by=.lastTimestamp"],
-    ];
+        ]);
+    }
     for args in commands {
         match kube.kubectl(&args) {
             Ok(out) => eprintln!("{out}"),
-            Err(e) => eprintln!("({e:#})"),
+            Err(e) => eprintln!("({e})"),
         }
     }
 }
@@ -774,18 +767,21 @@ fn require_tools() -> Result<()> {
         })
         .collect();
     if !missing.is_empty() {
-        bail!(
+        return Err(differs(format!(
             "the kind e2e needs {} on PATH; not found: {} (see e2e/README.md)",
             TOOLS.join(", "),
             missing.join(", ")
-        );
+        )));
     }
-    let info = Command::new("docker").args(["info"]).output()?;
+    let info = Command::new("docker")
+        .args(["info"])
+        .output()
+        .map_err(cannot_start("docker"))?;
     if !info.status.success() {
-        bail!(
+        return Err(differs(format!(
             "docker is installed but its engine does not answer (`docker info`): {}",
             String::from_utf8_lossy(&info.stderr).trim()
-        );
+        )));
     }
     Ok(())
 }
@@ -799,13 +795,20 @@ fn echo<S: AsRef<str>>(program: &str, args: &[S]) {
     eprintln!("\x1b[1m$ {program} {}\x1b[0m", args.join(" "));
 }
 
+fn cannot_start(program: &str) -> impl FnOnce(std::io::Error) -> ClusterError {
+    move |source| ClusterError::Spawn {
+        program: program.to_owned(),
+        source,
+    }
+}
+
 /// Runs a command, echoing it; returns its stdout, or fails with everything it printed.
 fn sh(program: &str, args: &[&str]) -> Result<String> {
     echo(program, args);
     let out = Command::new(program)
         .args(args)
         .output()
-        .with_context(|| format!("cannot start {program}"))?;
+        .map_err(cannot_start(program))?;
     finish(program, args, out)
 }
 
@@ -817,24 +820,24 @@ fn sh_stdin(program: &str, args: &[&str], input: &str) -> Result<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
-    child
-        .stdin
-        .take()
-        .context("no stdin")?
-        .write_all(input.as_bytes())?;
-    finish(program, args, child.wait_with_output()?)
+        .map_err(cannot_start(program))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(cannot_start(program))?;
+    }
+    let out = child.wait_with_output().map_err(cannot_start(program))?;
+    finish(program, args, out)
 }
 
 fn finish(program: &str, args: &[&str], out: std::process::Output) -> Result<String> {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}):\n{stdout}{stderr}",
-            args.join(" "),
-            out.status
-        );
+        return Err(ClusterError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            output: format!("({})\n{stdout}{stderr}", out.status),
+        });
     }
     if !stderr.trim().is_empty() {
         eprintln!("{}", stderr.trim_end());
@@ -850,16 +853,21 @@ fn wait_until<T>(
     mut probe: impl FnMut() -> Result<std::result::Result<T, String>>,
 ) -> Result<T> {
     eprintln!("waiting up to {timeout:?} for {what}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let observed = match probe() {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(observed)) => observed,
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last observed: {observed}");
+    let mut observed = String::new();
+    wait_for(timeout, Duration::from_secs(1), || match probe() {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(now)) => {
+            observed = now;
+            None
         }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        Err(e) => {
+            observed = e.to_string();
+            None
+        }
+    })
+    .ok_or_else(|| ClusterError::NotReady {
+        what: what.to_owned(),
+        after: timeout,
+        detail: format!("last observed: {observed}"),
+    })
 }
