@@ -87,7 +87,13 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
         .networks
         .values()
         .filter(|n| !n.programmed)
-        .map(|n| format!("{}: {}", n.name, n.reason))
+        .map(|n| {
+            format!(
+                "{}: {}",
+                n.name,
+                n.reason.map(|r| r.as_str()).unwrap_or_default()
+            )
+        })
         .collect();
     let body = if failing.is_empty() {
         "ok\n".to_owned()

@@ -117,9 +117,12 @@ pub enum NodeReason {
     TornDown,
 }
 
-/// What the e2e tests and an older `reconciler` call the failures; every `NodeFailure::X`
-/// is a [`NodeReason`] whose [`is_failure`](NodeReason::is_failure) is true.
-pub type NodeFailure = NodeReason;
+/// On the wire (the agent's `/readyz` and reports), the CamelCase word itself.
+impl serde::Serialize for NodeReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 impl NodeReason {
     pub const ALL: [Self; 16] = [

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
-use mirrornet_api::conditions::{self, NodeFailure};
+use mirrornet_api::conditions::{self, NodeReason};
 use mirrornet_e2e::cluster::test_cluster::{GATEWAY_LABEL, NAMESPACE, TestCluster};
 use mirrornet_e2e::node::{
     assert_same, crosses_both_ways_to_every_host, identical_tuples_land_in_two_zones, ping,
@@ -424,7 +424,7 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
     let (reason, message) = f.wait_degraded(NETWORK);
     assert_eq!(reason, conditions::reason::NODE_FAILED);
     assert!(
-        message.contains("node-b") && message.contains(NodeFailure::InterfaceMissing.as_str()),
+        message.contains("node-b") && message.contains(NodeReason::InterfaceMissing.as_str()),
         "{message}"
     );
     assert!(!message.contains("node-a"), "{message}");
@@ -459,7 +459,7 @@ fn a_node_that_cannot_program_the_network_makes_it_degraded_naming_node_and_reas
     f.apply_ok(&vrf);
     let (_, message) = f.wait_degraded("vrf-twin");
     assert!(
-        message.contains("node-a") && message.contains(NodeFailure::BackendUnavailable.as_str()),
+        message.contains("node-a") && message.contains(NodeReason::BackendUnavailable.as_str()),
         "{message}"
     );
 

@@ -114,7 +114,7 @@ pub fn entry(
 fn held(network: &NetworkReport) -> Vec<Decided<String>> {
     let programmed = if network.programmed {
         // Suspended, "programmed" means withdrawn as the spec asks; the reason says so.
-        let why = if NodeReason::from_reason(&network.reason) == Some(NodeReason::Suspended) {
+        let why = if network.reason == Some(NodeReason::Suspended) {
             NodeReason::Suspended
         } else {
             NodeReason::Applied
@@ -129,7 +129,11 @@ fn held(network: &NetworkReport) -> Vec<Decided<String>> {
         (
             c::PROGRAMMED,
             false,
-            network.reason.clone(),
+            network
+                .reason
+                .map(NodeReason::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             network.message.clone(),
         )
     };
@@ -346,7 +350,7 @@ mod tests {
                 placement(Role::Program, true),
                 report(
                     vec![NetworkReport {
-                        reason: "Suspended".into(),
+                        reason: Some(NodeReason::Suspended),
                         message: "suspended: datapath withdrawn, ids kept".into(),
                         ..programmed("a", 3)
                     }],
@@ -363,7 +367,7 @@ mod tests {
                 report(
                     vec![NetworkReport {
                         programmed: false,
-                        reason: "VerificationFailed".into(),
+                        reason: Some(NodeReason::VerificationFailed),
                         verified: Some(false),
                         verification: "probe a/outer 192.168.2.99:9: no answer".into(),
                         ..programmed("a", 3)

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use mirrornet_api::allocation::Allocator;
+use mirrornet_api::conditions::NodeReason;
 use tracing::{debug, error, info, info_span, warn};
 
 use super::report::{NetworkReport, NodeReport, reason_of};
@@ -57,7 +58,7 @@ pub async fn pass(
         let missing = missing_interfaces(&session.view, network);
         if !missing.is_empty() {
             entry.interfaces_present = false;
-            entry.reason = "InterfaceMissing".into();
+            entry.reason = Some(NodeReason::InterfaceMissing);
             entry.message = format!(
                 "interface(s) {} on this node; programming resumes when they are present and up",
                 missing.join(", ")
@@ -73,7 +74,7 @@ pub async fn pass(
                 ready.push((plan, network));
             }
             Err(e) => {
-                entry.reason = reason_of(&e).into();
+                entry.reason = Some(reason_of(&e));
                 entry.message = e.to_string();
                 warn!(error = %e, "cannot plan");
                 report.networks.insert(name, entry);
@@ -99,7 +100,7 @@ pub async fn pass(
             Ok(()) => accepted.push((plan, network)),
             Err(e) => {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
-                    entry.reason = reason_of(&e).into();
+                    entry.reason = Some(reason_of(&e));
                     entry.message = e.to_string();
                 }
             }
@@ -182,7 +183,7 @@ pub async fn pass(
             error!(error = %e, "converging failed");
             for plan in &plans {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
-                    entry.reason = "ApplyFailed".into();
+                    entry.reason = Some(NodeReason::ApplyFailed);
                     entry.message = e.to_string();
                 }
             }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mirrornet_api::BackendKind;
+use mirrornet_api::conditions::NodeReason;
 use serde::Serialize;
 
 use crate::error::AgentError;
@@ -18,8 +19,8 @@ pub struct NetworkReport {
     pub backend: Option<BackendKind>,
     pub programmed: bool,
     pub interfaces_present: bool,
-    /// CamelCase reason, as in a Kubernetes condition.
-    pub reason: String,
+    /// Why the network stands as it does; `None` before there is anything to say.
+    pub reason: Option<NodeReason>,
     pub message: String,
     /// Whether the last checks of this network (after its last change, or the periodic
     /// probes) passed; `None` before any.
@@ -37,7 +38,7 @@ impl NetworkReport {
             backend: None,
             programmed: false,
             interfaces_present: true,
-            reason: String::new(),
+            reason: None,
             message: String::new(),
             verified: None,
             verification: String::new(),
@@ -48,10 +49,10 @@ impl NetworkReport {
     pub fn programmed_with(&mut self, plan: &NetworkPlan) {
         self.programmed = true;
         if plan.suspended {
-            self.reason = mirrornet_api::conditions::reason::SUSPENDED.into();
+            self.reason = Some(NodeReason::Suspended);
             self.message = "suspended: datapath withdrawn, ids kept".into();
         } else {
-            self.reason = "Programmed".into();
+            self.reason = Some(NodeReason::Programmed);
             self.message = format!("programmed with backend {}", plan.backend);
         }
     }
@@ -72,20 +73,18 @@ pub struct NodeReport {
 }
 
 /// The condition reason for an error.
-pub fn reason_of(e: &AgentError) -> &'static str {
-    use mirrornet_api::conditions::NodeFailure;
-    let failure = match e {
-        AgentError::InterfaceMissing { .. } => NodeFailure::InterfaceMissing,
-        AgentError::InterfaceDown { .. } => NodeFailure::InterfaceDown,
+pub fn reason_of(e: &AgentError) -> NodeReason {
+    match e {
+        AgentError::InterfaceMissing { .. } => NodeReason::InterfaceMissing,
+        AgentError::InterfaceDown { .. } => NodeReason::InterfaceDown,
         AgentError::AddressTaken { .. }
         | AgentError::InterfaceShared { .. }
-        | AgentError::InterfaceEnslaved { .. } => NodeFailure::Conflict,
+        | AgentError::InterfaceEnslaved { .. } => NodeReason::Conflict,
         AgentError::NodeInterface { .. } | AgentError::VrfTakesNodeRoute { .. } => {
-            NodeFailure::NodeInterface
+            NodeReason::NodeInterface
         }
-        AgentError::Allocation { .. } => NodeFailure::AllocationFailed,
-        AgentError::Plan(_) => NodeFailure::BackendUnavailable,
-        _ => NodeFailure::ApplyFailed,
-    };
-    failure.as_str()
+        AgentError::Allocation { .. } => NodeReason::AllocationFailed,
+        AgentError::Plan(_) => NodeReason::BackendUnavailable,
+        _ => NodeReason::ApplyFailed,
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use mirrornet_api::MirrorNetworkSpec;
+use mirrornet_api::conditions::NodeReason;
 use mirrornet_api::file::LoadedNetwork;
 
 use super::DesiredNetwork;
@@ -103,7 +104,7 @@ impl Verdicts {
                 .or_insert_with(|| NetworkReport::new(name, None));
             entry.generation = network.loaded.object.metadata.generation;
             entry.programmed = false;
-            entry.reason = mirrornet_api::conditions::reason::VERIFICATION_FAILED.into();
+            entry.reason = Some(NodeReason::VerificationFailed);
             entry.message = format!(
                 "{why}; {}",
                 if kept {
@@ -174,7 +175,7 @@ mod tests {
         let mut report = NodeReport::default();
         verdicts.report_rejections(&mut report, &same, &substituted, &BTreeSet::new());
         let entry = &report.networks["twin"];
-        assert_eq!(entry.reason, "VerificationFailed");
+        assert_eq!(entry.reason, Some(NodeReason::VerificationFailed));
         assert!(!entry.programmed);
         assert!(
             entry
