@@ -1,11 +1,54 @@
-//! The agent's one error type: every way observing, diffing or applying can fail, each variant
-//! naming the network, field or kernel object concerned, so that a refused spec or a failed
-//! change says what to fix.
+//! The agent's errors, all in one place: [`AgentError`], every way observing, planning or
+//! applying can fail, and the few narrower errors of the kernel windows it wraps (netlink,
+//! sysctls, the memory file, planning). Each names the network, field or kernel object
+//! concerned, so that a refused spec or a failed change says what to fix. Nothing here depends
+//! on the rest of the crate, so every module may use it.
 
-use crate::memory::MemoryError;
-use crate::netlink::NetlinkError;
-use crate::plan::PlanError;
-use crate::sysctl;
+use std::io;
+
+use mirrornet_api::BackendKind;
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("network {network}: allocation has no ids for side {side:?}")]
+    MissingIds { network: String, side: String },
+    #[error("network {network}: backend {backend} is not available on this node: {why}")]
+    BackendUnavailable {
+        network: String,
+        backend: BackendKind,
+        why: String,
+    },
+}
+
+/// A failed netlink call, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct NetlinkError {
+    pub what: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+/// Failure writing a sysctl.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct SysctlError {
+    pub what: &'static str,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Failure reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct MemoryError {
+    pub what: &'static str,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
 
 /// Why the agent could not do what was asked. Every variant names the network, field or kernel
 /// object concerned.
@@ -83,7 +126,7 @@ pub enum AgentError {
         other: String,
     },
     #[error(transparent)]
-    Sysctl(#[from] sysctl::SysctlError),
+    Sysctl(#[from] SysctlError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error("{failed}; rolled back the {undone} change(s) made before it")]

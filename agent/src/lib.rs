@@ -16,7 +16,8 @@
 //! * [`apply`]: runs the steps, undoes them in reverse on the first failure.
 //! * [`memory`]: the little the kernel cannot remember for us (original sysctl values, specs).
 //! * [`rollback`], [`verify`]: changes that undo themselves unless the node proves they work.
-//! * [`netlink`], [`nfnetlink`], [`nft`], [`sysctl`]: typed windows onto the kernel.
+//! * [`netlink`], [`nft`] (its table: vocabulary, observed, transaction, the `nft` command,
+//!   the nfnetlink reader), [`sysctl`]: typed windows onto the kernel.
 //! * [`reconciler`]: the long-running loop that keeps networks converged and repairs drift.
 //! * [`cluster`]: in-cluster mode — the MirrorNetworks selecting this node in, this node's
 //!   status entries and Events out.
@@ -34,9 +35,9 @@ pub mod engine;
 pub mod error;
 pub mod file_source;
 pub mod lab;
+pub mod lock;
 pub mod memory;
 pub mod netlink;
-pub mod nfnetlink;
 pub mod nft;
 pub mod observe;
 pub mod plan;

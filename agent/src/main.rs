@@ -256,7 +256,8 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
         } => {
             let networks = load(&file)?;
             let engine = engine(ranges)?;
-            let session = Session::begin(&engine).await?;
+            rollback::recover(&engine).await?;
+            let session = Session::locked(&engine).await?;
             let plans = session.plans(&networks, backend)?;
             let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
             let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
@@ -267,7 +268,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
                 remove: &[],
                 endpoints: &[],
             };
-            let verified = session.converge_verified(change).await?;
+            let verified = rollback::converge_verified(&session, change).await?;
             print(output, &serde_json::to_value(&verified)?, |out| {
                 let outcome = &verified.outcome;
                 for step in &outcome.steps {
@@ -291,7 +292,8 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
         Cmd::Delete { file, output } => {
             let networks = load(&file)?;
             let engine = engine(ranges)?;
-            let session = Session::begin(&engine).await?;
+            rollback::recover(&engine).await?;
+            let session = Session::locked(&engine).await?;
             let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
             let change = Change {
                 plans: &[],
@@ -300,7 +302,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
                 remove: &names,
                 endpoints: &[],
             };
-            let outcome = session.converge_verified(change).await?.outcome;
+            let outcome = rollback::converge_verified(&session, change).await?.outcome;
             print(output, &serde_json::to_value(&outcome)?, |out| {
                 for step in &outcome.steps {
                     writeln!(out, "{step}")?;

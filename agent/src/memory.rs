@@ -17,19 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use mirrornet_api::{Allocation, MirrorNetworkSpec};
 
+use crate::error::MemoryError;
 use crate::observe::KernelView;
 use crate::plan::NetworkPlan;
 use crate::step::{Changes, Step};
-
-/// Failure reading or writing the state file.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {source}")]
-pub struct MemoryError {
-    pub what: &'static str,
-    pub path: String,
-    #[source]
-    pub source: io::Error,
-}
 
 /// What one network was last programmed with.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]

@@ -21,16 +21,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
+use crate::error::NetlinkError;
 use crate::plan::{Address, PROTOCOL, Route, Rule, RuleSelector, VrfPlan};
-
-/// A failed netlink call, with what it was doing.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct NetlinkError {
-    pub what: String,
-    #[source]
-    pub source: rtnetlink::Error,
-}
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 

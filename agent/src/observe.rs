@@ -17,11 +17,10 @@ use std::sync::Mutex;
 use mirrornet_api::{Allocation, SideAllocation};
 
 use crate::error::{AgentError, Result};
-use crate::memory::Memory;
 use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, ObservedAddress};
-use crate::nfnetlink::Nfnetlink;
+use crate::nft::nfnetlink::Nfnetlink;
 use crate::nft::{self, ObservedNft};
-use crate::plan::{self, NetworkPlan, NodeFacts, Route, Rule};
+use crate::plan::{self, NodeFacts, Route, Rule};
 use crate::sysctl;
 
 /// What the kernel holds that concerns mirrornet.
@@ -84,15 +83,6 @@ impl KernelView {
         self.nft.interfaces_of(network)
     }
 
-    /// Networks mirrornet holds on this node: in the kernel, or remembered in `memory`.
-    pub fn held_networks(&self, memory: Option<&Memory>) -> BTreeSet<String> {
-        let mut names = self.nft.networks();
-        if let Some(memory) = memory {
-            names.extend(memory.networks.keys().cloned());
-        }
-        names
-    }
-
     /// Our VRF devices whose table is one of `tables`.
     pub fn our_vrfs(&self, tables: &BTreeSet<u32>) -> Vec<&Link> {
         self.links
@@ -117,8 +107,8 @@ fn is_our_vrf(link: &Link) -> bool {
 }
 
 /// The sysctl values a diff compares: those the plans set, and those mirrornet remembers
-/// changing (to put them back). A path absent here does not exist on the node (its interface
-/// is gone, or the kernel lacks the setting).
+/// changing (to put them back; [`crate::session::Session::diff`] names them). A path absent
+/// here does not exist on the node (its interface is gone, or the kernel lacks the setting).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sysctls {
     values: BTreeMap<String, String>,
@@ -127,17 +117,8 @@ pub struct Sysctls {
 impl Sysctls {
     /// Per-interface settings come from the link dump of `view`; anything else (`all`,
     /// `default`, links that appeared since) from /proc/sys.
-    pub fn read(view: &KernelView, plans: &[NetworkPlan], memory: &Memory) -> Self {
-        let paths: BTreeSet<&str> = plans
-            .iter()
-            .flat_map(|p| p.sysctls.iter().map(|s| s.path.as_str()))
-            .chain(
-                memory
-                    .networks
-                    .values()
-                    .flat_map(|r| r.originals.keys().map(String::as_str)),
-            )
-            .collect();
+    pub fn read<'a>(view: &KernelView, paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let paths: BTreeSet<&str> = paths.into_iter().collect();
         Self {
             values: paths
                 .into_iter()

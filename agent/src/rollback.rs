@@ -27,54 +27,14 @@ use tracing::{info, warn};
 
 use crate::allocate::BackendChoice;
 use crate::engine::Engine;
+use crate::error::MemoryError;
 use crate::error::{AgentError, Result};
-use crate::memory::{Memory, MemoryError, read_file, remove_file, sibling, write_file};
+use crate::lock::NodeLock;
+use crate::memory::{Memory, read_file, remove_file, sibling, write_file};
 use crate::observe::KernelView;
 use crate::plan::vrf_name;
-use crate::session::{Change, Outcome, Session, VerifiedOutcome};
+use crate::session::{Change, Outcome, Session};
 use crate::verify::{self, NodeReach, Verification};
-
-/// Exclusive right to change this network namespace's datapath: held by an agent for a whole
-/// pass (observe, converge, verify, revert) and by a guard while it reverts. The kernel
-/// releases it when its holder dies, which is what wakes a guard.
-#[derive(Debug)]
-pub struct NodeLock {
-    _file: std::fs::File,
-}
-
-impl NodeLock {
-    /// Waits for the lock.
-    pub async fn acquire() -> Result<Self, MemoryError> {
-        let path = sibling("lock")?;
-        let shown = path.display().to_string();
-        let err = move |what, source| MemoryError {
-            what,
-            path: shown.clone(),
-            source,
-        };
-        tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| err("creating", e))?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| err("opening", e))?;
-            file.lock().map_err(|e| err("locking", e))?;
-            Ok(Self { _file: file })
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(MemoryError {
-                what: "locking",
-                path: "the node lock".into(),
-                source: io::Error::other(e),
-            })
-        })
-    }
-}
 
 /// What one changed network was before the change.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,7 +134,8 @@ pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
     session.converge(&plans, &specs, &remove).await
 }
 
-/// Reverts an arm a dead agent left behind. Called by every agent before it changes anything.
+/// Reverts an arm a dead agent left behind. Called by every agent before it changes anything,
+/// before it opens its [`Session`] (this takes the lock for itself).
 pub async fn recover(engine: &Engine) -> Result<Option<Outcome>> {
     let _lock = NodeLock::acquire().await?;
     let Some(armed) = Armed::load()? else {
@@ -235,6 +196,18 @@ fn spawn_guard(id: &str, ranges: &IdRanges) -> io::Result<()> {
     Ok(())
 }
 
+/// A converge and, when it changed what a network is, the checks that kept it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifiedOutcome {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// `None` when no network's spec changed (a converged node, or a repair of drift back to
+    /// specs already verified).
+    pub verification: Option<Verification>,
+    /// The networks whose spec changed.
+    pub changed: Vec<String>,
+}
+
 /// The networks this change makes something else: new, or with a spec, ids or backend other
 /// than what `memory` says was last applied. Removals are not among them: taking a network
 /// away only removes what mirrornet added. A network remembered without its spec (an older
@@ -261,7 +234,10 @@ fn changed_networks(state: &KernelView, memory: &Memory, change: &Change<'_>) ->
 
 /// Converges `session`'s node to `change`; a change to what a network is gets armed, checked
 /// and, if a check fails, reverted. The session holds the [`NodeLock`].
-pub async fn verified(session: &Session<'_>, change: Change<'_>) -> Result<VerifiedOutcome> {
+pub async fn converge_verified(
+    session: &Session<'_>,
+    change: Change<'_>,
+) -> Result<VerifiedOutcome> {
     let engine = session.engine();
     let (state, memory) = (&session.view, &session.memory);
     // An arm left by a change whose rollback failed: its record of "before" must not be

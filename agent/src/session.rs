@@ -2,14 +2,16 @@
 //! a rollback and every pass of the run loop.
 //!
 //! ```text
-//! lock ─> (recover) ─> observe ─> load memory ─> plan ─> diff ─> arm ─> apply ─> verify
-//!  │        a change a dead agent left armed is rolled back first (CLI changes)
+//! lock ─> observe ─> load memory ─> plan ─> diff ─> apply          (Session)
+//!  │                                          └─> arm, apply, verify (rollback::converge_verified)
 //!  └─ held until the session is dropped: no other agent, guard or CLI writes in between
 //! ```
 //!
-//! The diff is worked out once per change and the same [`Changes`] are armed, applied and
-//! reported.
+//! A command-line change first rolls back what a dead agent left armed
+//! ([`crate::rollback::recover`]), then opens its session. The diff is worked out once per
+//! change and the same [`Changes`] are armed, applied and reported.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use mirrornet_api::allocation::Allocator;
@@ -22,12 +24,11 @@ use crate::claims;
 use crate::diff;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::lock::NodeLock;
 use crate::memory::Memory;
 use crate::observe::{KernelView, Sysctls};
 use crate::plan::NetworkPlan;
-use crate::rollback::{self, NodeLock};
 use crate::step::Changes;
-use crate::verify::Verification;
 
 /// What one session sees of the node, under the node lock when it changes anything.
 #[derive(Debug)]
@@ -69,26 +70,7 @@ pub struct NetworkSummary {
     pub allocation: Allocation,
 }
 
-/// A converge and, when it changed what a network is, the checks that kept it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VerifiedOutcome {
-    #[serde(flatten)]
-    pub outcome: Outcome,
-    /// `None` when no network's spec changed (a converged node, or a repair of drift back to
-    /// specs already verified).
-    pub verification: Option<Verification>,
-    /// The networks whose spec changed.
-    pub changed: Vec<String>,
-}
-
 impl<'e> Session<'e> {
-    /// A change from the command line: a change a dead agent left armed is rolled back first,
-    /// then the node is locked and observed.
-    pub async fn begin(engine: &'e Engine) -> Result<Self> {
-        rollback::recover(engine).await?;
-        Self::locked(engine).await
-    }
-
     /// Locks the node, then observes it and loads the memory.
     pub async fn locked(engine: &'e Engine) -> Result<Self> {
         let lock = NodeLock::acquire().await?;
@@ -151,14 +133,24 @@ impl<'e> Session<'e> {
     }
 
     /// Networks mirrornet holds on this node: in the kernel, or remembered.
-    pub fn held_networks(&self) -> std::collections::BTreeSet<String> {
-        self.view.held_networks(Some(&self.memory))
+    pub fn held_networks(&self) -> BTreeSet<String> {
+        let mut names = self.view.nft.networks();
+        names.extend(self.memory.networks.keys().cloned());
+        names
     }
 
     /// The steps from the node to `plans`, removing `remove`: the sysctls they concern are
     /// read here, the rest was observed.
     pub fn diff(&self, plans: &[NetworkPlan], remove: &[String]) -> Changes {
-        let sysctls = Sysctls::read(&self.view, plans, &self.memory);
+        let planned = plans
+            .iter()
+            .flat_map(|p| p.sysctls.iter().map(|s| s.path.as_str()));
+        let remembered = self
+            .memory
+            .networks
+            .values()
+            .flat_map(|r| r.originals.keys().map(String::as_str));
+        let sysctls = Sysctls::read(&self.view, planned.chain(remembered));
         diff::changes(&self.view, &sysctls, plans, remove, &self.memory)
     }
 
@@ -172,12 +164,6 @@ impl<'e> Session<'e> {
     ) -> Result<Outcome> {
         let changes = self.diff(plans, remove);
         self.apply(plans, specs, remove, &changes).await
-    }
-
-    /// Converges; a change to what a network is gets armed, checked and, if a check fails,
-    /// reverted ([`rollback::verified`]).
-    pub async fn converge_verified(&self, change: Change<'_>) -> Result<VerifiedOutcome> {
-        rollback::verified(self, change).await
     }
 
     /// Applies `changes` (the diff of `plans` and `remove` on this session's view) with the

@@ -1,18 +1,9 @@
 //! Reading and writing the networking sysctls a network needs. What they held before is
 //! remembered in [`crate::state`], so that deleting the network puts them back.
 
+use crate::error::SysctlError;
 use std::io;
 use std::path::PathBuf;
-
-/// Failure writing a sysctl.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {source}")]
-pub struct SysctlError {
-    pub what: &'static str,
-    pub path: String,
-    #[source]
-    pub source: io::Error,
-}
 
 fn proc_path(path: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(path)

@@ -9,8 +9,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use mirrornet_agent::lab::{Lab, MIDDLEMAN, Scenario, wait_for};
-use mirrornet_agent::nfnetlink::Nfnetlink;
 use mirrornet_agent::nft::ObservedNft;
+use mirrornet_agent::nft::nfnetlink::Nfnetlink;
 use mirrornet_api::file::{LoadedNetwork, load_str};
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! The `nft` command: the one writer of our table (a JSON batch is one atomic transaction) and
 //! the one reader that can restore it (`nft -j list`), used for a rollback only: observing
-//! reads the table over nfnetlink ([`crate::nfnetlink`]).
+//! reads the table over nfnetlink ([`crate::nft::nfnetlink`]).
 
 use std::io::Write;
 use std::process::{Command, Stdio};

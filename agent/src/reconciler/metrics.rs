@@ -23,7 +23,8 @@ pub struct TrafficLabels {
 impl Metrics {
     /// Refreshes the traffic gauges from the kernel's counters.
     pub fn read_traffic(&self) {
-        let Ok((_, nft)) = crate::nfnetlink::Nfnetlink::open().and_then(|mut r| r.observe()) else {
+        let Ok((_, nft)) = crate::nft::nfnetlink::Nfnetlink::open().and_then(|mut r| r.observe())
+        else {
             return;
         };
         self.side_packets.clear();

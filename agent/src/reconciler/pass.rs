@@ -128,7 +128,7 @@ pub async fn pass(
         .map(|(n, _)| n.clone())
         .collect();
     let mut checked = BTreeSet::new();
-    match session.converge_verified(change).await {
+    match crate::rollback::converge_verified(&session, change).await {
         Ok(verified) => {
             let outcome = verified.outcome;
             if let Some(v) = &verified.verification {

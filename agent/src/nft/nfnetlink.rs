@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use serde_json::{Value, json};
 
-use crate::nft::{ObservedNft, TABLE};
+use super::{ObservedNft, TABLE};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;

@@ -32,7 +32,11 @@ use ipnet::IpNet;
 use mirrornet_api::{Allocation, BackendKind, SideAllocation, ValidNetwork};
 use serde::{Deserialize, Serialize};
 
+use crate::error::PlanError;
 use crate::nft::NetworkNft;
+
+mod nft;
+pub use nft::AllowList;
 
 /// Route and rule protocol number that marks an object as mirrornet's ("M"). `ip route` and
 /// `ip rule` show it as `proto 77`.
@@ -183,19 +187,6 @@ impl NetworkPlan {
     }
 }
 
-/// Why a plan cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    #[error("network {network}: allocation has no ids for side {side:?}")]
-    MissingIds { network: String, side: String },
-    #[error("network {network}: backend {backend} is not available on this node: {why}")]
-    BackendUnavailable {
-        network: String,
-        backend: BackendKind,
-        why: String,
-    },
-}
-
 impl fmt::Display for RuleSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -257,7 +248,7 @@ pub fn plan(
             gateway: network.gateway,
             mark_mask: allocation.mark_mask,
             nft: NetworkNft {
-                chains: vec![crate::nft::ids_chain(name, allocation.mark_mask, &sides)],
+                chains: vec![nft::ids_chain(name, allocation.mark_mask, &sides)],
                 elements: Vec::new(),
             },
             sides,
@@ -374,7 +365,7 @@ pub fn plan(
         });
     }
 
-    let nft = crate::nft::network(
+    let nft = nft::network(
         name,
         network.subnet,
         allocation.mark_mask,
@@ -438,8 +429,9 @@ mod tests {
     use mirrornet_api::allocation::{Allocator, IdRanges};
 
     fn seed() -> (ValidNetwork, Allocation) {
-        let objs = mirrornet_api::file::load_str("seed", include_str!("../../examples/seed.yaml"))
-            .unwrap();
+        let objs =
+            mirrornet_api::file::load_str("seed", include_str!("../../../examples/seed.yaml"))
+                .unwrap();
         let valid = objs[0].valid.clone();
         let allocation = Allocator::new(IdRanges::default())
             .allocate("plant-twin", &valid)
