@@ -30,6 +30,14 @@ type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 const ENODEV: i32 = 19;
 const ENOENT: i32 = 2;
 
+/// Collects the answers to a dump request; `what` names the request in the error.
+async fn dump<T>(
+    answers: impl futures::Stream<Item = Result<T, rtnetlink::Error>>,
+    what: &str,
+) -> Result<Vec<T>> {
+    answers.try_collect().await.map_err(ctx(what))
+}
+
 /// The first attribute of netlink message `$message` matching `$pattern`, as `$value`.
 macro_rules! attr {
     ($message:expr, $pattern:pat => $value:expr) => {
@@ -148,14 +156,8 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<BTreeMap<String, Link>> {
-        let messages: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx("listing links"))?;
+        let messages: Vec<LinkMessage> =
+            dump(self.handle.link().get().execute(), "listing links").await?;
         Ok(messages
             .into_iter()
             .filter_map(|m| {
@@ -216,14 +218,8 @@ impl Netlink {
     pub async fn addresses(&self, links: &BTreeMap<String, Link>) -> Result<Vec<ObservedAddress>> {
         let by_index: BTreeMap<u32, &str> =
             links.values().map(|l| (l.index, l.name.as_str())).collect();
-        let messages: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx("listing addresses"))?;
+        let messages: Vec<AddressMessage> =
+            dump(self.handle.address().get().execute(), "listing addresses").await?;
         Ok(messages
             .into_iter()
             .filter_map(|m| {
@@ -249,13 +245,7 @@ impl Netlink {
     async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RouteMessage>> {
         let mut message = RouteMessage::default();
         message.header.address_family = family;
-        self.handle
-            .route()
-            .get(message)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx("listing routes"))
+        dump(self.handle.route().get(message).execute(), "listing routes").await
     }
 
     /// The main table's default routes as they are now (see [`DefaultRoute`]).
@@ -356,14 +346,8 @@ impl Netlink {
             (false, rtnetlink::IpVersion::V4),
             (true, rtnetlink::IpVersion::V6),
         ] {
-            let messages: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(ctx("listing rules"))?;
+            let messages: Vec<RuleMessage> =
+                dump(self.handle.rule().get(version).execute(), "listing rules").await?;
             for m in messages {
                 let table = m
                     .attributes

@@ -22,7 +22,7 @@ use mirrornet_api::{Allocation, MirrorNetwork, MirrorNetworkStatus};
 use crate::conflict;
 use crate::deletion::{self, Gate, Release};
 use crate::selection::{NodeFacts, selected};
-use crate::summary::{self, Health, NodeCounts, node_state};
+use crate::summary::{self, Health, NodeCounts, node_standing};
 
 /// What the reconcile reads, taken from the watch caches.
 #[derive(Debug, Clone, Copy)]
@@ -163,13 +163,13 @@ pub fn decide_live(observed: Observed<'_>, allocator: &mut Allocator) -> Decisio
                 Ok(ids) => {
                     allocation = Some(ids);
                     let generation = generation.unwrap_or_default();
-                    let counts = NodeCounts::from_states(selected_nodes.iter().map(|n| {
+                    let counts = NodeCounts::from_standings(selected_nodes.iter().map(|n| {
                         let entry = net
                             .status
                             .iter()
                             .flat_map(|s| &s.nodes)
                             .find(|e| e.node_name == n.name);
-                        (n.name.as_str(), node_state(n, entry, generation))
+                        (n.name.as_str(), node_standing(n, entry, generation))
                     }));
                     // Suspended, the ids stay allocated so that resuming brings the same ones.
                     if valid.suspend {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! status.nodes[] (agents) ─┐
-//! Node objects ────────────┼─> node_state() per selected node ─> Health ─> conditions()
+//! Node objects ────────────┼─> node_standing() per selected node ─> Health ─> conditions()
 //! validation / conflict ───┘                                          (times kept unless flipped)
 //! ```
 
@@ -16,7 +16,7 @@ use crate::selection::NodeFacts;
 
 /// Where one selected node stands with the current generation of a network.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeState {
+pub enum NodeStanding {
     /// The agent reports the current generation programmed.
     Programmed,
     /// No report for the current generation yet.
@@ -30,25 +30,29 @@ pub enum NodeState {
 /// Judges one selected node from its Node facts and the agent's entry. A node has failed (not
 /// merely "not yet") when a condition is False for a reason whose
 /// [`NodeReason::is_failure`] is true.
-pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64) -> NodeState {
+pub fn node_standing(
+    facts: &NodeFacts,
+    entry: Option<&NodeStatus>,
+    generation: i64,
+) -> NodeStanding {
     if !facts.is_ready() {
-        return NodeState::NotReady;
+        return NodeStanding::NotReady;
     }
     let Some(entry) = entry else {
-        return NodeState::Pending;
+        return NodeStanding::Pending;
     };
     if entry.observed_generation != Some(generation) {
-        return NodeState::Pending;
+        return NodeStanding::Pending;
     }
     let programmed = c::find(&entry.conditions, c::PROGRAMMED);
     if programmed.is_some_and(|p| p.status == "True") {
         // Programmed but its path does not answer: never Ready, and the check is named.
         return match c::find(&entry.conditions, c::DATA_PATH_VERIFIED) {
-            Some(v) if v.status == "False" => NodeState::Failed {
+            Some(v) if v.status == "False" => NodeStanding::Failed {
                 reason: v.reason.clone(),
                 message: v.message.clone(),
             },
-            _ => NodeState::Programmed,
+            _ => NodeStanding::Programmed,
         };
     }
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
@@ -59,11 +63,11 @@ pub fn node_state(facts: &NodeFacts, entry: Option<&NodeStatus>, generation: i64
                 && NodeReason::from_reason(&c.reason).is_some_and(NodeReason::is_failure)
         });
     match failure {
-        Some(f) => NodeState::Failed {
+        Some(f) => NodeStanding::Failed {
             reason: f.reason.clone(),
             message: f.message.clone(),
         },
-        None => NodeState::Pending,
+        None => NodeStanding::Pending,
     }
 }
 
@@ -77,16 +81,16 @@ pub struct NodeCounts {
 }
 
 impl NodeCounts {
-    pub fn from_states<'a>(states: impl IntoIterator<Item = (&'a str, NodeState)>) -> Self {
+    pub fn from_standings<'a>(states: impl IntoIterator<Item = (&'a str, NodeStanding)>) -> Self {
         let mut me = Self::default();
         for (node, state) in states {
             match state {
-                NodeState::Programmed => me.programmed.push(node.into()),
-                NodeState::Pending => me.pending.push(node.into()),
-                NodeState::Failed { reason, message } => me
+                NodeStanding::Programmed => me.programmed.push(node.into()),
+                NodeStanding::Pending => me.pending.push(node.into()),
+                NodeStanding::Failed { reason, message } => me
                     .failed
                     .push((node.into(), format!("{reason}: {message}"))),
-                NodeState::NotReady => me.not_ready.push(node.into()),
+                NodeStanding::NotReady => me.not_ready.push(node.into()),
             }
         }
         me
@@ -340,22 +344,22 @@ mod tests {
         let facts = facts("n", true);
         for why in NodeReason::ALL {
             let e = entry(3, &[(c::PROGRAMMED, "False", why)]);
-            let state = node_state(&facts, Some(&e), 3);
+            let state = node_standing(&facts, Some(&e), 3);
             if why.is_failure() {
                 assert!(
-                    matches!(state, NodeState::Failed { ref reason, .. } if reason == why.as_str()),
+                    matches!(state, NodeStanding::Failed { ref reason, .. } if reason == why.as_str()),
                     "{why:?}"
                 );
             } else {
-                assert_eq!(state, NodeState::Pending, "{why:?}");
+                assert_eq!(state, NodeStanding::Pending, "{why:?}");
             }
         }
     }
 
     #[test]
-    fn node_states() {
+    fn node_standings() {
         use NodeReason::*;
-        let failed = |why: NodeReason| NodeState::Failed {
+        let failed = |why: NodeReason| NodeStanding::Failed {
             reason: why.as_str().into(),
             message: "m".into(),
         };
@@ -365,7 +369,7 @@ mod tests {
             &'a str,
             bool,
             Option<(i64, &'a [(&'a str, &'a str, NodeReason)])>,
-            NodeState,
+            NodeStanding,
         );
         let table: [Row; 10] = [
             (
@@ -378,7 +382,7 @@ mod tests {
                         (c::DATA_PATH_VERIFIED, "True", ChecksPassed),
                     ],
                 )),
-                NodeState::Programmed,
+                NodeStanding::Programmed,
             ),
             (
                 "programmed, probe failing",
@@ -402,15 +406,15 @@ mod tests {
                 "programmed",
                 true,
                 Some((3, &programmed)),
-                NodeState::Programmed,
+                NodeStanding::Programmed,
             ),
             (
                 "older generation",
                 true,
                 Some((2, &programmed)),
-                NodeState::Pending,
+                NodeStanding::Pending,
             ),
-            ("no entry", true, None, NodeState::Pending),
+            ("no entry", true, None, NodeStanding::Pending),
             (
                 "apply failed",
                 true,
@@ -433,19 +437,19 @@ mod tests {
                 "waiting for ids",
                 true,
                 Some((3, &[(c::PROGRAMMED, "False", WaitingForAllocation)])),
-                NodeState::Pending,
+                NodeStanding::Pending,
             ),
             (
                 "kubelet NotReady",
                 false,
                 Some((3, &programmed)),
-                NodeState::NotReady,
+                NodeStanding::NotReady,
             ),
         ];
         for (name, ready, e, expected) in table {
             let e = e.map(|(generation, conditions)| entry(generation, conditions));
             assert_eq!(
-                node_state(&facts("n", ready), e.as_ref(), 3),
+                node_standing(&facts("n", ready), e.as_ref(), 3),
                 expected,
                 "{name}"
             );
