@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::AgentError;
 use crate::observe::KernelView;
 use crate::plan::NetworkPlan;
+use crate::rollback::VerifiedOutcome;
 use crate::session::{Change, Session};
 
 /// One pass; returns the report and the sysctls to watch until the next one.
@@ -45,42 +46,9 @@ pub async fn pass(
             return (report, Vec::new());
         }
     };
-    // One allocator for the pass, as `apply` uses for a file: networks without ids of their
-    // own that appear together get distinct ids.
-    let mut allocator = session.allocator();
     verdicts.forget_changed_specs(networks);
     let (effective, substituted) = verdicts.effective(networks, Some(&session.memory));
-    let mut ready: Vec<(NetworkPlan, &DesiredNetwork)> = Vec::new();
-    for network in &effective {
-        let name = network.loaded.name().to_owned();
-        let _span = info_span!("network", network = %name).entered();
-        let mut entry = NetworkReport::new(&name, network.loaded.object.metadata.generation);
-        let missing = missing_interfaces(&session.view, network);
-        if !missing.is_empty() {
-            entry.interfaces_present = false;
-            entry.reason = Some(NodeReason::InterfaceMissing);
-            entry.message = format!(
-                "interface(s) {} on this node; programming resumes when they are present and up",
-                missing.join(", ")
-            );
-            warn!(message = %entry.message);
-            report.networks.insert(name, entry);
-            continue;
-        }
-        match plan_one(&session, network, settings.backend, &mut allocator) {
-            Ok(plan) => {
-                entry.backend = Some(plan.backend);
-                report.networks.insert(name, entry);
-                ready.push((plan, network));
-            }
-            Err(e) => {
-                entry.reason = Some(reason_of(&e));
-                entry.message = e.to_string();
-                warn!(error = %e, "cannot plan");
-                report.networks.insert(name, entry);
-            }
-        }
-    }
+    let ready = plan_networks(&session, &effective, settings.backend, &mut report);
     // Networks held on the node that nobody wants any more go; those waiting for an interface
     // stay as they are.
     let wanted: BTreeSet<&str> = networks.iter().map(|n| n.loaded.name()).collect();
@@ -91,21 +59,7 @@ pub async fn pass(
         .filter(|n| !wanted.contains(n.as_str()))
         .cloned()
         .collect();
-
-    // Refuse per network what would fail, so one bad network does not block the others.
-    let mut accepted = Vec::new();
-    let claims = NodeClaims::new(&session.view, &remove);
-    for (plan, network) in ready {
-        match claims.check(&session.view, std::slice::from_ref(&plan)) {
-            Ok(()) => accepted.push((plan, network)),
-            Err(e) => {
-                if let Some(entry) = report.networks.get_mut(&plan.name) {
-                    entry.reason = Some(reason_of(&e));
-                    entry.message = e.to_string();
-                }
-            }
-        }
-    }
+    let accepted = accept(&session, ready, &remove, &mut report);
     let plans: Vec<NetworkPlan> = accepted.iter().map(|(p, _)| p.clone()).collect();
     let specs: Vec<&mirrornet_api::MirrorNetworkSpec> = accepted
         .iter()
@@ -127,8 +81,116 @@ pub async fn pass(
         .filter(|(_, r)| r.spec.is_some())
         .map(|(n, _)| n.clone())
         .collect();
+    let converged = crate::rollback::converge_verified(&session, change).await;
+    let checked = record(
+        converged,
+        &accepted,
+        &remove,
+        cause,
+        metrics,
+        verdicts,
+        &mut report,
+    );
+    verdicts.report_rejections(&mut report, networks, &substituted, &remembered);
+    // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
+    // hold up a CLI `apply` or a guard.
+    session.unlock();
+    // The periodic probes: a path that stops answering later is reported, not rolled back
+    // (there is no earlier state to go back to).
+    if cause != Cause::Spec && verdicts.probes_due(settings.resync) {
+        probe(&accepted, &checked, verdicts, &report).await;
+    }
+    verdicts.report_checks(&mut report, &wanted);
+    let sysctls = watched_sysctls(&plans, &report);
+    let programmed = report.networks.values().filter(|n| n.programmed).count();
+    metrics.networks_programmed.set(programmed as i64);
+    metrics
+        .networks_failing
+        .set((report.networks.len() - programmed) as i64);
+    (report, sysctls)
+}
+
+/// Plans every network whose interfaces are there, each on its own: one that cannot be
+/// planned is reported and left out. One allocator for the pass, as `apply` uses for a file:
+/// networks without ids of their own that appear together get distinct ids.
+fn plan_networks<'n>(
+    session: &Session<'_>,
+    effective: &'n [DesiredNetwork],
+    backend: BackendChoice,
+    report: &mut NodeReport,
+) -> Vec<(NetworkPlan, &'n DesiredNetwork)> {
+    let mut allocator = session.allocator();
+    let mut ready = Vec::new();
+    for network in effective {
+        let name = network.loaded.name().to_owned();
+        let _span = info_span!("network", network = %name).entered();
+        let mut entry = NetworkReport::new(&name, network.loaded.object.metadata.generation);
+        let missing = missing_interfaces(&session.view, network);
+        if !missing.is_empty() {
+            entry.interfaces_present = false;
+            entry.reason = Some(NodeReason::InterfaceMissing);
+            entry.message = format!(
+                "interface(s) {} on this node; programming resumes when they are present and up",
+                missing.join(", ")
+            );
+            warn!(message = %entry.message);
+            report.networks.insert(name, entry);
+            continue;
+        }
+        match plan_one(session, network, backend, &mut allocator) {
+            Ok(plan) => {
+                entry.backend = Some(plan.backend);
+                report.networks.insert(name, entry);
+                ready.push((plan, network));
+            }
+            Err(e) => {
+                entry.reason = Some(reason_of(&e));
+                entry.message = e.to_string();
+                warn!(error = %e, "cannot plan");
+                report.networks.insert(name, entry);
+            }
+        }
+    }
+    ready
+}
+
+/// The plans the node's claims allow, checked one by one, so one bad network does not block
+/// the others; the refused ones are reported.
+fn accept<'n>(
+    session: &Session<'_>,
+    ready: Vec<(NetworkPlan, &'n DesiredNetwork)>,
+    remove: &[String],
+    report: &mut NodeReport,
+) -> Vec<(NetworkPlan, &'n DesiredNetwork)> {
+    let claims = NodeClaims::new(&session.view, remove);
+    let mut accepted = Vec::new();
+    for (plan, network) in ready {
+        match claims.check(&session.view, std::slice::from_ref(&plan)) {
+            Ok(()) => accepted.push((plan, network)),
+            Err(e) => {
+                if let Some(entry) = report.networks.get_mut(&plan.name) {
+                    entry.reason = Some(reason_of(&e));
+                    entry.message = e.to_string();
+                }
+            }
+        }
+    }
+    accepted
+}
+
+/// What the change came to, in the report, the verdicts and the metrics; returns the networks
+/// whose checks ran with the change.
+fn record(
+    converged: Result<VerifiedOutcome, AgentError>,
+    accepted: &[(NetworkPlan, &DesiredNetwork)],
+    remove: &[String],
+    cause: Cause,
+    metrics: &Metrics,
+    verdicts: &mut Verdicts,
+    report: &mut NodeReport,
+) -> BTreeSet<String> {
     let mut checked = BTreeSet::new();
-    match crate::rollback::converge_verified(&session, change).await {
+    match converged {
         Ok(verified) => {
             let outcome = verified.outcome;
             if let Some(v) = &verified.verification {
@@ -149,14 +211,16 @@ pub async fn pass(
             } else {
                 debug!("converged, nothing to do");
             }
-            for plan in &plans {
+            for (plan, _) in accepted {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
                     entry.programmed_with(plan);
                 }
             }
-            report.held.extend(plans.iter().map(|p| p.name.clone()));
+            report
+                .held
+                .extend(accepted.iter().map(|(p, _)| p.name.clone()));
             report.held.retain(|n| !remove.contains(n));
-            report.removed = remove;
+            report.removed = remove.to_vec();
         }
         Err(
             ref e @ AgentError::VerificationFailed {
@@ -167,7 +231,7 @@ pub async fn pass(
             metrics.errors.inc();
             error!(error = %e, "a change failed its checks");
             let message = e.to_string();
-            for (plan, network) in &accepted {
+            for (plan, network) in accepted {
                 if !rejected.contains(&plan.name) {
                     if let Some(entry) = report.networks.get_mut(&plan.name) {
                         entry.programmed_with(plan);
@@ -181,7 +245,7 @@ pub async fn pass(
         Err(e) => {
             metrics.errors.inc();
             error!(error = %e, "converging failed");
-            for plan in &plans {
+            for (plan, _) in accepted {
                 if let Some(entry) = report.networks.get_mut(&plan.name) {
                     entry.reason = Some(NodeReason::ApplyFailed);
                     entry.message = e.to_string();
@@ -189,44 +253,38 @@ pub async fn pass(
             }
         }
     }
-    verdicts.report_rejections(&mut report, networks, &substituted, &remembered);
-    // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
-    // hold up a CLI `apply` or a guard.
-    session.unlock();
-    // The periodic probes: a path that stops answering later is reported, not rolled back
-    // (there is no earlier state to go back to).
-    if cause != Cause::Spec && verdicts.probes_due(settings.resync) {
-        for (plan, network) in &accepted {
-            let valid = &network.loaded.valid;
-            if valid.probes.is_empty()
-                || plan.suspended
-                || checked.contains(&plan.name)
-                || verdicts.is_rejected(&plan.name)
-                || !report
-                    .networks
-                    .get(&plan.name)
-                    .is_some_and(|n| n.programmed)
-            {
-                continue;
-            }
-            let deadline = Instant::now() + valid.verify_timeout;
-            let v = crate::verify::Verification {
-                checks: crate::verify::probe_network(plan, valid, deadline).await,
-            };
-            if let Some(failed) = v.failure() {
-                warn!(network = %plan.name, check = %failed.name, detail = %failed.detail, "a probe failed");
-            }
-            verdicts.checked(&plan.name, v.failure().is_none(), v.summary());
+    checked
+}
+
+/// Probes every programmed network that has probes and was not just checked.
+async fn probe(
+    accepted: &[(NetworkPlan, &DesiredNetwork)],
+    checked: &BTreeSet<String>,
+    verdicts: &mut Verdicts,
+    report: &NodeReport,
+) {
+    for (plan, network) in accepted {
+        let valid = &network.loaded.valid;
+        if valid.probes.is_empty()
+            || plan.suspended
+            || checked.contains(&plan.name)
+            || verdicts.is_rejected(&plan.name)
+            || !report
+                .networks
+                .get(&plan.name)
+                .is_some_and(|n| n.programmed)
+        {
+            continue;
         }
+        let deadline = Instant::now() + valid.verify_timeout;
+        let v = crate::verify::Verification {
+            checks: crate::verify::probe_network(plan, valid, deadline).await,
+        };
+        if let Some(failed) = v.failure() {
+            warn!(network = %plan.name, check = %failed.name, detail = %failed.detail, "a probe failed");
+        }
+        verdicts.checked(&plan.name, v.failure().is_none(), v.summary());
     }
-    verdicts.report_checks(&mut report, &wanted);
-    let sysctls = watched_sysctls(&plans, &report);
-    let programmed = report.networks.values().filter(|n| n.programmed).count();
-    metrics.networks_programmed.set(programmed as i64);
-    metrics
-        .networks_failing
-        .set((report.networks.len() - programmed) as i64);
-    (report, sysctls)
 }
 
 /// The side interfaces of `network` that are absent or down, as the report says them. A
