@@ -440,10 +440,10 @@ impl Netlink {
             .message_mut()
             .attributes
             .push(AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)));
-        request.execute().await.map_err(ctx(format!(
-            "adding {}/{} to {}",
-            a.address, a.prefix_len, a.interface
-        )))
+        request
+            .execute()
+            .await
+            .map_err(ctx(format!("adding address {a}")))
     }
 
     pub async fn del_address(&self, index: u32, a: &Address) -> Result<()> {
@@ -464,10 +464,7 @@ impl Netlink {
             .del(message)
             .execute()
             .await
-            .map_err(ctx(format!(
-                "removing {}/{} from {}",
-                a.address, a.prefix_len, a.interface
-            )))
+            .map_err(ctx(format!("removing address {a}")))
     }
 
     fn route_message(index: u32, r: &Route) -> RouteMessage {
@@ -513,10 +510,7 @@ impl Netlink {
             .add(Self::route_message(index, r))
             .execute()
             .await
-            .map_err(ctx(format!(
-                "adding route {} dev {} table {}",
-                r.destination, r.interface, r.table
-            )))
+            .map_err(ctx(format!("adding route {r}")))
     }
 
     pub async fn del_route(&self, index: u32, r: &Route) -> Result<()> {
@@ -525,10 +519,7 @@ impl Netlink {
             .del(Self::route_message(index, r))
             .execute()
             .await
-            .map_err(ctx(format!(
-                "removing route {} dev {} table {}",
-                r.destination, r.interface, r.table
-            )))
+            .map_err(ctx(format!("removing route {r}")))
     }
 
     fn rule_message(r: &Rule) -> RuleMessage {
@@ -574,10 +565,10 @@ impl Netlink {
     pub async fn add_rule(&self, r: &Rule) -> Result<()> {
         let mut request = self.handle.rule().add();
         *request.message_mut() = Self::rule_message(r);
-        request.execute().await.map_err(ctx(format!(
-            "adding rule {} lookup {} priority {}",
-            r.selector, r.table, r.priority
-        )))
+        request
+            .execute()
+            .await
+            .map_err(ctx(format!("adding rule {r}")))
     }
 
     pub async fn del_rule(&self, r: &Rule) -> Result<()> {
@@ -586,10 +577,7 @@ impl Netlink {
             .del(Self::rule_message(r))
             .execute()
             .await
-            .map_err(ctx(format!(
-                "removing rule {} lookup {} priority {}",
-                r.selector, r.table, r.priority
-            )))
+            .map_err(ctx(format!("removing rule {r}")))
     }
 }
 

@@ -104,20 +104,8 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::AddAddress { address: a, .. } => {
-                write!(
-                    f,
-                    "+ address {}/{} dev {}",
-                    a.address, a.prefix_len, a.interface
-                )
-            }
-            Step::DeleteAddress { address: a, .. } => {
-                write!(
-                    f,
-                    "- address {}/{} dev {}",
-                    a.address, a.prefix_len, a.interface
-                )
-            }
+            Step::AddAddress { address: a, .. } => write!(f, "+ address {a}"),
+            Step::DeleteAddress { address: a, .. } => write!(f, "- address {a}"),
             Step::AddRoute { route: r, .. } => write!(f, "+ route {r}"),
             Step::DeleteRoute { route: r, .. } => write!(f, "- route {r}"),
             Step::AddRule { rule: r, .. } => write!(f, "+ rule {r}"),
