@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use mirrornet_api::file;
+use mirrornet_api::{ValidNetwork, file};
 
 use crate::lab::{MIDDLEMAN, Scenario, alias_of};
 
@@ -20,6 +20,7 @@ const SEED: &str = include_str!("../../examples/seed.yaml");
 const PORT: u16 = 7000;
 const CLIENT_PORT: u16 = 40000;
 
+#[derive(Debug, Clone, Copy)]
 struct Style {
     colour: bool,
 }
@@ -109,14 +110,51 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
     let spec_path = spec_file.0.to_str().context("temp path is not UTF-8")?;
 
     let (a, b) = (valid.sides[0].name.as_str(), valid.sides[1].name.as_str());
+    introduce(&style, network.name(), valid, a, b);
+    let mut demo = Demo {
+        scenario: build(&style, valid)?,
+        style,
+        valid,
+        agent,
+        spec_path,
+        a,
+        b,
+    };
+    demo.apply()?;
+    demo.ping_across()?;
+    demo.identical_tuples()?;
+    demo.zones()?;
+    demo.show()?;
+    demo.delete()?;
+    drop(demo);
+    println!(
+        "\n{} in {:.1} s; every namespace removed.",
+        style.good("done"),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What every act of the demo works with.
+struct Demo<'a> {
+    style: Style,
+    scenario: Scenario,
+    valid: &'a ValidNetwork,
+    agent: &'a str,
+    spec_path: &'a str,
+    a: &'a str,
+    b: &'a str,
+}
+
+/// The opening lines: which network joins which LANs, and how each side sees the other.
+fn introduce(style: &Style, name: &str, valid: &ValidNetwork, a: &str, b: &str) {
     println!(
         "{}",
         style.paint(
             "1",
             &format!(
                 "mirrornet demo: network {:?} joins two LANs that both use {}",
-                network.name(),
-                valid.subnet
+                name, valid.subnet
             )
         )
     );
@@ -124,9 +162,12 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
         "{a} reaches {b}'s hosts as {}, {b} reaches {a}'s hosts as {}.",
         valid.sides[1].alias, valid.sides[0].alias
     );
+}
 
+/// Act 1: the topology in network namespaces.
+fn build(style: &Style, valid: &ValidNetwork) -> Result<Scenario> {
     style.heading(1, "Build the topology in network namespaces");
-    let mut scenario = Scenario::build("demo", valid, &[10, 11], false)?;
+    let scenario = Scenario::build("demo", valid, &[10, 11], false)?;
     for side in &scenario.sides {
         let hosts: Vec<String> = side
             .hosts
@@ -148,130 +189,172 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
         ))
     );
 
-    style.heading(
-        2,
-        "Apply the network on the middleman: mirrornet-agent apply",
-    );
-    let out = scenario
-        .lab
-        .stdout(MIDDLEMAN, &[agent, "apply", "--file", spec_path])?;
-    for line in out.lines() {
-        println!("  {}", style.dim(line));
-    }
+    Ok(scenario)
+}
 
-    style.heading(3, "Ping across, seen from both ends");
-    for (from, to) in [(a, b), (b, a)] {
-        let target = alias_of(valid, to, 11);
-        let receiver = format!("{to}-11");
-        let sender = format!("{from}-10");
-        let capture = Capture::start(&scenario, &receiver)?;
-        let ping = scenario.lab.stdout(
-            &sender,
-            &["ping", "-c", "1", "-W", "2", &target.to_string()],
-        )?;
-        let seen = capture.finish()?;
-        println!(
-            "  {} pings {}:",
-            style.host(&sender),
-            style.good(&target.to_string())
+impl Demo<'_> {
+    /// Act 2: `mirrornet-agent apply` on the middleman.
+    fn apply(&self) -> Result<()> {
+        let (style, scenario, agent, spec_path) =
+            (&self.style, &self.scenario, self.agent, self.spec_path);
+        style.heading(
+            2,
+            "Apply the network on the middleman: mirrornet-agent apply",
         );
-        if let Some(reply) = ping.lines().find(|l| l.contains("bytes from")) {
-            println!("    {} sees    {}", style.host(&sender), reply.trim());
+        let out = scenario
+            .lab
+            .stdout(MIDDLEMAN, &[agent, "apply", "--file", spec_path])?;
+        for line in out.lines() {
+            println!("  {}", style.dim(line));
         }
-        for line in seen.lines().filter(|l| l.contains("ICMP")) {
-            println!("    {} sees   {}", style.host(&receiver), line.trim());
-        }
+
+        Ok(())
     }
 
-    style.heading(
-        4,
-        "The same 5-tuple from both sides at once: each reaches the right server",
-    );
-    for side in [a, b] {
-        let identity = format!("{side}-11");
-        scenario.lab.spawn(
-            &identity,
-            &[
-                agent,
-                "probe",
-                "serve",
-                "--port",
-                &PORT.to_string(),
-                "--identity",
+    /// Act 3: a ping each way, seen from both ends.
+    fn ping_across(&self) -> Result<()> {
+        let (style, scenario, valid, a, b) =
+            (&self.style, &self.scenario, self.valid, self.a, self.b);
+        style.heading(3, "Ping across, seen from both ends");
+        for (from, to) in [(a, b), (b, a)] {
+            let target = alias_of(valid, to, 11);
+            let receiver = format!("{to}-11");
+            let sender = format!("{from}-10");
+            let capture = Capture::start(scenario, &receiver)?;
+            let ping = scenario.lab.stdout(
+                &sender,
+                &["ping", "-c", "1", "-W", "2", &target.to_string()],
+            )?;
+            let seen = capture.finish()?;
+            println!(
+                "  {} pings {}:",
+                style.host(&sender),
+                style.good(&target.to_string())
+            );
+            if let Some(reply) = ping.lines().find(|l| l.contains("bytes from")) {
+                println!("    {} sees    {}", style.host(&sender), reply.trim());
+            }
+            for line in seen.lines().filter(|l| l.contains("ICMP")) {
+                println!("    {} sees   {}", style.host(&receiver), line.trim());
+            }
+        }
+
+        Ok(())
+    }
+
+    /// Act 4: the identical 5-tuple from both sides at once, each answered by the right server.
+    fn identical_tuples(&mut self) -> Result<()> {
+        let (style, scenario, valid, agent, a, b) = (
+            &self.style,
+            &mut self.scenario,
+            self.valid,
+            self.agent,
+            self.a,
+            self.b,
+        );
+        style.heading(
+            4,
+            "The same 5-tuple from both sides at once: each reaches the right server",
+        );
+        for side in [a, b] {
+            let identity = format!("{side}-11");
+            scenario.lab.spawn(
                 &identity,
-                "--hold-ms",
-                "300",
-            ],
-        )?;
-    }
-    wait_listening(&scenario, &[format!("{a}-11"), format!("{b}-11")])?;
-    let mut clients = Vec::new();
-    for (from, to) in [(a, b), (b, a)] {
-        let target = format!("{}:{PORT}", alias_of(valid, to, 11));
-        let mut command = scenario.lab.command(
-            &format!("{from}-10"),
-            &[
-                agent,
-                "probe",
-                "connect",
-                &target,
-                "--from-port",
-                &CLIENT_PORT.to_string(),
-            ],
-        );
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        clients.push((from, target, command.spawn()?));
-    }
-    for (from, target, child) in clients {
-        let output = child.wait_with_output()?;
-        let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        if !output.status.success() {
-            bail!(
-                "{from}-10 -> {target} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+                &[
+                    agent,
+                    "probe",
+                    "serve",
+                    "--port",
+                    &PORT.to_string(),
+                    "--identity",
+                    &identity,
+                    "--hold-ms",
+                    "300",
+                ],
+            )?;
+        }
+        wait_listening(scenario, &[format!("{a}-11"), format!("{b}-11")])?;
+        let mut clients = Vec::new();
+        for (from, to) in [(a, b), (b, a)] {
+            let target = format!("{}:{PORT}", alias_of(valid, to, 11));
+            let mut command = scenario.lab.command(
+                &format!("{from}-10"),
+                &[
+                    agent,
+                    "probe",
+                    "connect",
+                    &target,
+                    "--from-port",
+                    &CLIENT_PORT.to_string(),
+                ],
+            );
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            clients.push((from, target, command.spawn()?));
+        }
+        for (from, target, child) in clients {
+            let output = child.wait_with_output()?;
+            let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if !output.status.success() {
+                bail!(
+                    "{from}-10 -> {target} failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            let (server, peer) = answer.split_once(' ').unwrap_or((&answer, ""));
+            println!(
+                "  {} {}:{CLIENT_PORT} -> {target}   answered by {}, which saw the client as {}",
+                style.host(&format!("{from}-10")),
+                scenario.side(from).host(10).address,
+                style.good(server),
+                style.good(peer)
             );
         }
-        let (server, peer) = answer.split_once(' ').unwrap_or((&answer, ""));
-        println!(
-            "  {} {}:{CLIENT_PORT} -> {target}   answered by {}, which saw the client as {}",
-            style.host(&format!("{from}-10")),
-            scenario.side(from).host(10).address,
-            style.good(server),
-            style.good(peer)
+
+        Ok(())
+    }
+
+    /// Act 5: conntrack on the middleman, one entry per side in its own zone.
+    fn zones(&self) -> Result<()> {
+        let (style, scenario) = (&self.style, &self.scenario);
+        style.heading(
+            5,
+            "Conntrack on the middleman: one entry per side, in its own zone",
         );
+        let entries = scenario
+            .lab
+            .stdout(MIDDLEMAN, &["conntrack", "-L", "-p", "tcp"])?;
+        for line in entries.lines() {
+            println!("  {}", zone_highlight(style, line));
+        }
+
+        Ok(())
     }
 
-    style.heading(
-        5,
-        "Conntrack on the middleman: one entry per side, in its own zone",
-    );
-    let entries = scenario
-        .lab
-        .stdout(MIDDLEMAN, &["conntrack", "-L", "-p", "tcp"])?;
-    for line in entries.lines() {
-        println!("  {}", zone_highlight(&style, line));
+    /// Act 6: `mirrornet-agent show`.
+    fn show(&self) -> Result<()> {
+        let (style, scenario, agent) = (&self.style, &self.scenario, self.agent);
+        style.heading(6, "What the node holds: mirrornet-agent show");
+        let shown = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
+        for line in shown.lines() {
+            println!("  {}", style.dim(line));
+        }
+
+        Ok(())
     }
 
-    style.heading(6, "What the node holds: mirrornet-agent show");
-    let shown = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
-    for line in shown.lines() {
-        println!("  {}", style.dim(line));
+    /// Act 7: `mirrornet-agent delete`, and nothing left.
+    fn delete(&self) -> Result<()> {
+        let (style, scenario, agent, spec_path) =
+            (&self.style, &self.scenario, self.agent, self.spec_path);
+        style.heading(7, "Remove it: mirrornet-agent delete");
+        let out = scenario
+            .lab
+            .stdout(MIDDLEMAN, &[agent, "delete", "--file", spec_path])?;
+        println!("  {}", style.dim(out.lines().last().unwrap_or("removed")));
+        let show = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
+        println!("  {}", style.dim(show.trim()));
+        Ok(())
     }
-
-    style.heading(7, "Remove it: mirrornet-agent delete");
-    let out = scenario
-        .lab
-        .stdout(MIDDLEMAN, &[agent, "delete", "--file", spec_path])?;
-    println!("  {}", style.dim(out.lines().last().unwrap_or("removed")));
-    let show = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
-    println!("  {}", style.dim(show.trim()));
-    drop(scenario);
-    println!(
-        "\n{} in {:.1} s; every namespace removed.",
-        style.good("done"),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 fn zone_highlight(style: &Style, line: &str) -> String {

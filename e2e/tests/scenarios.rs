@@ -127,6 +127,38 @@ fn reapply_makes_zero_kernel_writes() {
     assert!(packets("outer", "inner") >= 1, "{show}");
 }
 
+/// `mirrornet-agent show | head` must end the output, not panic: a reader that stops
+/// reading closes the pipe, and every command that prints takes that as the end.
+#[test]
+fn a_reader_that_stops_reading_ends_the_output_not_the_command() {
+    let (s, spec) = seed_scenario("epipe", false);
+    apply(&s.lab, &spec, &[]);
+    let bin = mirrornet_e2e::node::agent_bin();
+    for args in [
+        &["show"][..],
+        &["show", "-o", "json"],
+        &["plan", "--file", spec.path()],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        // Nobody reads: the agent's first write meets a closed pipe.
+        drop(reader);
+        let out = s
+            .lab
+            .command(MIDDLEMAN, &[bin.to_str().expect("utf-8 path")])
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("running the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{args:?} into a closed pipe: {} {stderr}",
+            out.status
+        );
+    }
+    delete(&s.lab, &spec);
+}
+
 #[test]
 fn delete_leaves_zero_residue() {
     let (s, spec) = seed_scenario("residue", false);
