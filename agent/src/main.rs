@@ -253,86 +253,13 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             file,
             backend,
             output,
-        } => {
-            let networks = load(&file)?;
-            let engine = engine(ranges)?;
-            rollback::recover(&engine).await?;
-            let session = Session::locked(&engine).await?;
-            let plans = session.plans(&networks, backend)?;
-            let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
-            let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
-            let change = Change {
-                plans: &plans,
-                specs: &specs,
-                networks: &valid,
-                remove: &[],
-                endpoints: &[],
-            };
-            let verified = rollback::converge_verified(&session, change).await?;
-            print(output, &serde_json::to_value(&verified)?, |out| {
-                let outcome = &verified.outcome;
-                for step in &outcome.steps {
-                    writeln!(out, "{step}")?;
-                }
-                if let Some(v) = &verified.verification {
-                    for c in &v.checks {
-                        writeln!(out, "check {}: {}", c.name, c.detail)?;
-                    }
-                }
-                for n in &outcome.networks {
-                    writeln!(
-                        out,
-                        "{}: converged ({}, {} kernel writes)",
-                        n.name, n.backend, outcome.writes
-                    )?;
-                }
-                Ok(())
-            })?;
-        }
-        Cmd::Delete { file, output } => {
-            let networks = load(&file)?;
-            let engine = engine(ranges)?;
-            rollback::recover(&engine).await?;
-            let session = Session::locked(&engine).await?;
-            let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
-            let change = Change {
-                plans: &[],
-                specs: &[],
-                networks: &[],
-                remove: &names,
-                endpoints: &[],
-            };
-            let outcome = rollback::converge_verified(&session, change).await?.outcome;
-            print(output, &serde_json::to_value(&outcome)?, |out| {
-                for step in &outcome.steps {
-                    writeln!(out, "{step}")?;
-                }
-                for name in &names {
-                    writeln!(out, "{name}: removed ({} kernel writes)", outcome.writes)?;
-                }
-                Ok(())
-            })?;
-        }
+        } => apply(file, backend, output, ranges).await?,
+        Cmd::Delete { file, output } => delete(file, output, ranges).await?,
         Cmd::Plan {
             file,
             backend,
             output,
-        } => {
-            let networks = load(&file)?;
-            let engine = engine(ranges)?;
-            let session = Session::read(&engine).await?;
-            let plans = session.plans(&networks, backend)?;
-            let changes = session.diff(&plans, &[]);
-            print(output, &serde_json::to_value(&changes)?, |out| {
-                if changes.is_empty() {
-                    writeln!(out, "no changes: the node matches the spec")?;
-                }
-                for step in &changes.steps {
-                    writeln!(out, "{step}")?;
-                }
-                Ok(())
-            })?;
-        }
+        } => plan(file, backend, output, ranges).await?,
         Cmd::Show { file, output } => {
             let specs = match file {
                 Some(f) => load(&f)?,
@@ -381,41 +308,7 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             from,
             file,
             output,
-        } => {
-            let engine = engine(ranges)?;
-            let session = Session::read(&engine).await?;
-            let networks = match file {
-                Some(f) => load(&f)?,
-                None => show::held_specs(&session.memory),
-            };
-            let network = networks
-                .iter()
-                .find(|n| n.valid.sides.iter().any(|s| s.name.as_str() == from))
-                .with_context(|| format!("no network on this node has a side {from:?}"))?;
-            let allocation = session.view.recorded_allocation(network.name());
-            let hops = mirrornet_agent::trace::trace(
-                network,
-                allocation.as_ref(),
-                &session.view.nft,
-                &from,
-                src,
-                dst,
-                flow,
-            );
-            print(output, &serde_json::to_value(&hops)?, |out| {
-                for (i, h) in hops.iter().enumerate() {
-                    writeln!(
-                        out,
-                        "{}. [{}] {}{}",
-                        i + 1,
-                        h.stage,
-                        h.detail,
-                        if h.ok { "" } else { "   <-- check this" }
-                    )?;
-                }
-                Ok(())
-            })?;
-        }
+        } => trace(src, dst, flow, from, file, output, ranges).await?,
         Cmd::Translate {
             address,
             from,
@@ -446,6 +339,147 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// `apply`: every network in `file`, checked, or rolled back.
+async fn apply(
+    file: PathBuf,
+    backend: BackendChoice,
+    output: Output,
+    ranges: &IdRanges,
+) -> Result<()> {
+    let networks = load(&file)?;
+    let engine = engine(ranges)?;
+    rollback::recover(&engine).await?;
+    let session = Session::locked(&engine).await?;
+    let plans = session.plans(&networks, backend)?;
+    let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
+    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+    let change = Change {
+        plans: &plans,
+        specs: &specs,
+        networks: &valid,
+        remove: &[],
+        endpoints: &[],
+    };
+    let verified = rollback::converge_verified(&session, change).await?;
+    print(output, &serde_json::to_value(&verified)?, |out| {
+        let outcome = &verified.outcome;
+        for step in &outcome.steps {
+            writeln!(out, "{step}")?;
+        }
+        if let Some(v) = &verified.verification {
+            for c in &v.checks {
+                writeln!(out, "check {}: {}", c.name, c.detail)?;
+            }
+        }
+        for n in &outcome.networks {
+            writeln!(
+                out,
+                "{}: converged ({}, {} kernel writes)",
+                n.name, n.backend, outcome.writes
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `delete`: every network in `file`, completely.
+async fn delete(file: PathBuf, output: Output, ranges: &IdRanges) -> Result<()> {
+    let networks = load(&file)?;
+    let engine = engine(ranges)?;
+    rollback::recover(&engine).await?;
+    let session = Session::locked(&engine).await?;
+    let names: Vec<String> = networks.iter().map(|n| n.name().to_owned()).collect();
+    let change = Change {
+        plans: &[],
+        specs: &[],
+        networks: &[],
+        remove: &names,
+        endpoints: &[],
+    };
+    let outcome = rollback::converge_verified(&session, change).await?.outcome;
+    print(output, &serde_json::to_value(&outcome)?, |out| {
+        for step in &outcome.steps {
+            writeln!(out, "{step}")?;
+        }
+        for name in &names {
+            writeln!(out, "{name}: removed ({} kernel writes)", outcome.writes)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `plan`: the steps `apply` would take, taking none.
+async fn plan(
+    file: PathBuf,
+    backend: BackendChoice,
+    output: Output,
+    ranges: &IdRanges,
+) -> Result<()> {
+    let networks = load(&file)?;
+    let engine = engine(ranges)?;
+    let session = Session::read(&engine).await?;
+    let plans = session.plans(&networks, backend)?;
+    let changes = session.diff(&plans, &[]);
+    print(output, &serde_json::to_value(&changes)?, |out| {
+        if changes.is_empty() {
+            writeln!(out, "no changes: the node matches the spec")?;
+        }
+        for step in &changes.steps {
+            writeln!(out, "{step}")?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `trace`: the path a packet takes through this node, stage by stage.
+async fn trace(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    flow: Option<mirrornet_agent::trace::Flow>,
+    from: String,
+    file: Option<PathBuf>,
+    output: Output,
+    ranges: &IdRanges,
+) -> Result<()> {
+    let engine = engine(ranges)?;
+    let session = Session::read(&engine).await?;
+    let networks = match file {
+        Some(f) => load(&f)?,
+        None => show::held_specs(&session.memory),
+    };
+    let network = networks
+        .iter()
+        .find(|n| n.valid.sides.iter().any(|s| s.name.as_str() == from))
+        .with_context(|| format!("no network on this node has a side {from:?}"))?;
+    let allocation = session.view.recorded_allocation(network.name());
+    let hops = mirrornet_agent::trace::trace(
+        network,
+        allocation.as_ref(),
+        &session.view.nft,
+        &from,
+        src,
+        dst,
+        flow,
+    );
+    print(output, &serde_json::to_value(&hops)?, |out| {
+        for (i, h) in hops.iter().enumerate() {
+            writeln!(
+                out,
+                "{}. [{}] {}{}",
+                i + 1,
+                h.stage,
+                h.detail,
+                if h.ok { "" } else { "   <-- check this" }
+            )?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
