@@ -283,33 +283,7 @@ pub async fn converge_verified(
         &change.endpoints.iter().map(|e| e.ip()).collect::<Vec<_>>(),
     )
     .await;
-    let armed = Armed {
-        id: format!("{}-{}", std::process::id(), unix_ms()),
-        networks: changed
-            .iter()
-            .map(|name| PreviousNetwork {
-                name: name.clone(),
-                previous: memory.network(name).and_then(|r| {
-                    let allocation = r.allocation.clone()?;
-                    Some(Previous {
-                        spec: r.spec.clone()?,
-                        backend: programmed_backend(state, &allocation),
-                        allocation,
-                    })
-                }),
-            })
-            .collect(),
-    };
-    armed
-        .save()
-        .map_err(|e| AgentError::Arming(e.to_string()))?;
-    if let Err(e) = spawn_guard(&armed.id, engine.ranges()) {
-        Armed::disarm()?;
-        return Err(AgentError::Arming(format!(
-            "starting the guard process: {e}"
-        )));
-    }
-    info!(change = %armed.id, networks = ?changed, "rollback armed");
+    let armed = arm(state, memory, &changed, engine.ranges())?;
     let outcome = match session
         .apply(change.plans, change.specs, change.remove, &changes)
         .await
@@ -331,26 +305,7 @@ pub async fn converge_verified(
     };
     // The checks get their whole budget, however long programming took.
     let deadline = Instant::now() + timeout;
-    let mut verification = Verification {
-        checks: before.compare(engine.netlink()).await,
-    };
-    for (i, endpoint) in change.endpoints.iter().enumerate() {
-        let name = if i == 0 {
-            format!("API server {endpoint}")
-        } else {
-            format!("endpoint {endpoint}")
-        };
-        verification
-            .checks
-            .push(verify::reach_endpoint(&name, *endpoint, deadline).await);
-    }
-    for (plan, network) in change.plans.iter().zip(change.networks) {
-        if changed.contains(&plan.name) {
-            verification
-                .checks
-                .extend(verify::probe_network(plan, network, deadline).await);
-        }
-    }
+    let verification = check(engine, before, &change, &changed, deadline).await;
     let Some(failed) = verification.failure().cloned() else {
         Armed::disarm()?;
         info!(networks = ?changed, checks = %verification.summary(), "change verified");
@@ -360,25 +315,7 @@ pub async fn converge_verified(
             changed,
         });
     };
-    // A node check concerns every change; a probe only its own network's.
-    let node_failed = verification
-        .checks
-        .iter()
-        .any(|c| !c.passed && c.network.is_none());
-    let rejected: Vec<String> = if node_failed {
-        changed.clone()
-    } else {
-        changed
-            .iter()
-            .filter(|n| {
-                verification
-                    .checks
-                    .iter()
-                    .any(|c| !c.passed && c.network.as_deref() == Some(n.as_str()))
-            })
-            .cloned()
-            .collect()
-    };
+    let rejected = rejected_by(&verification, &changed);
     warn!(networks = ?rejected, check = %failed.name, detail = %failed.detail, "a check failed; rolling the change back");
     let failed = format!("{}: {}", failed.name, failed.detail);
     let partial = Armed {
@@ -413,6 +350,98 @@ pub async fn converge_verified(
     }
 }
 
+/// Records what the `changed` networks were, on disk, before the first write, and starts the
+/// guard that takes the change back if this agent dies before confirming it.
+fn arm(
+    state: &KernelView,
+    memory: &Memory,
+    changed: &[String],
+    ranges: &IdRanges,
+) -> Result<Armed> {
+    let armed = Armed {
+        id: format!("{}-{}", std::process::id(), unix_ms()),
+        networks: changed
+            .iter()
+            .map(|name| PreviousNetwork {
+                name: name.clone(),
+                previous: memory.network(name).and_then(|r| {
+                    let allocation = r.allocation.clone()?;
+                    Some(Previous {
+                        spec: r.spec.clone()?,
+                        backend: programmed_backend(state, &allocation),
+                        allocation,
+                    })
+                }),
+            })
+            .collect(),
+    };
+    armed
+        .save()
+        .map_err(|e| AgentError::Arming(e.to_string()))?;
+    if let Err(e) = spawn_guard(&armed.id, ranges) {
+        Armed::disarm()?;
+        return Err(AgentError::Arming(format!(
+            "starting the guard process: {e}"
+        )));
+    }
+    info!(change = %armed.id, networks = ?changed, "rollback armed");
+    Ok(armed)
+}
+
+/// The checks after a change: the node still reaches what it reached `before` and the
+/// endpoints it must, and every changed network's probes answer.
+async fn check(
+    engine: &Engine,
+    before: NodeReach,
+    change: &Change<'_>,
+    changed: &[String],
+    deadline: Instant,
+) -> Verification {
+    let mut verification = Verification {
+        checks: before.compare(engine.netlink()).await,
+    };
+    for (i, endpoint) in change.endpoints.iter().enumerate() {
+        let name = if i == 0 {
+            format!("API server {endpoint}")
+        } else {
+            format!("endpoint {endpoint}")
+        };
+        verification
+            .checks
+            .push(verify::reach_endpoint(&name, *endpoint, deadline).await);
+    }
+    for (plan, network) in change.plans.iter().zip(change.networks) {
+        if changed.contains(&plan.name) {
+            verification
+                .checks
+                .extend(verify::probe_network(plan, network, deadline).await);
+        }
+    }
+    verification
+}
+
+/// The changed networks a failed verification rejects: a node check concerns every change; a
+/// probe only its own network's.
+fn rejected_by(verification: &Verification, changed: &[String]) -> Vec<String> {
+    let node_failed = verification
+        .checks
+        .iter()
+        .any(|c| !c.passed && c.network.is_none());
+    if node_failed {
+        return changed.to_vec();
+    }
+    changed
+        .iter()
+        .filter(|n| {
+            verification
+                .checks
+                .iter()
+                .any(|c| !c.passed && c.network.as_deref() == Some(n.as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
 fn unix_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -423,6 +452,36 @@ fn unix_ms() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::Check;
+
+    fn check(name: &str, passed: bool, network: Option<&str>) -> Check {
+        Check {
+            name: name.into(),
+            passed,
+            detail: String::new(),
+            network: network.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_failed_probe_rejects_its_network_and_a_failed_node_check_every_change() {
+        let changed = vec!["a".to_owned(), "b".to_owned()];
+        let probe_of_b = Verification {
+            checks: vec![
+                check("node route to 10.0.0.1", true, None),
+                check("probe a/outer", true, Some("a")),
+                check("probe b/outer", false, Some("b")),
+            ],
+        };
+        assert_eq!(rejected_by(&probe_of_b, &changed), ["b"]);
+        let node = Verification {
+            checks: vec![
+                check("API server 10.0.0.1:6443", false, None),
+                check("probe a/outer", true, Some("a")),
+            ],
+        };
+        assert_eq!(rejected_by(&node, &changed), ["a", "b"]);
+    }
 
     #[test]
     fn the_guard_starts_with_the_agents_id_ranges() {
