@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mirrornet_api::{ValidNetwork, file};
 
-use crate::lab::{MIDDLEMAN, Scenario, alias_of};
+use crate::lab::{MIDDLEMAN, Scenario, alias_of, wait_for};
 
 const SEED: &str = include_str!("../../examples/seed.yaml");
 const PORT: u16 = 7000;
@@ -412,13 +412,12 @@ impl Capture {
     }
 
     fn finish(mut self) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // tcpdump exits by itself once it has its packet (`-c`); a capture that saw nothing
+        // is stopped after 3 s.
+        let child = &mut self.child;
+        wait_for(Duration::from_secs(3), Duration::from_millis(20), || {
+            child.try_wait().ok().flatten()
+        });
         let _ = self.child.kill();
         let output = self.child.wait_with_output()?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -426,17 +425,13 @@ impl Capture {
 }
 
 fn wait_listening(scenario: &Scenario, namespaces: &[String]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
     for ns in namespaces {
-        loop {
-            let out = scenario.lab.stdout(ns, &["ss", "-Htln"])?;
-            if out.contains(&format!(":{PORT}")) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the probe server in {ns} did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let listening = || {
+            let out = scenario.lab.stdout(ns, &["ss", "-Htln"]).ok()?;
+            out.contains(&format!(":{PORT}")).then_some(())
+        };
+        if wait_for(Duration::from_secs(5), Duration::from_millis(20), listening).is_none() {
+            bail!("the probe server in {ns} did not start");
         }
     }
     Ok(())
