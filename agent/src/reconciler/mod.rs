@@ -41,7 +41,7 @@ pub use verdicts::Verdicts;
 
 use crate::allocate::BackendChoice;
 use crate::engine::Engine;
-use triggers::{spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch};
+use triggers::{spawn_netconf_watch, spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch};
 
 #[derive(Debug, Clone)]
 pub struct DesiredNetwork {
@@ -88,7 +88,8 @@ pub async fn run(
     spawn_netlink_watch(kick.clone());
     spawn_nft_watch(kick.clone());
     let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
-    spawn_sysctl_watch(kick.clone(), watched_sysctls.clone());
+    let announced = spawn_netconf_watch(kick.clone());
+    spawn_sysctl_watch(kick.clone(), watched_sysctls.clone(), announced);
     let mut resync = tokio::time::interval(settings.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once: the initial pass, which programs rather than repairs.
