@@ -16,7 +16,41 @@ pub fn check_preconditions(
     plans: &[NetworkPlan],
     remove: &[String],
 ) -> Result<()> {
+    one_mark_mask(view, plans, remove)?;
     NodeClaims::new(view, remove).check(view, plans)
+}
+
+/// After the change the node holds its networks under one mark mask. Marks allocated under
+/// two masks can match each other's rules (`0x02100000` under `0xfff00000` matches a rule
+/// `fwmark 0x2000000/0xff000000`), which would steer one network's packets into another's
+/// table; the allocator keeps marks apart only under one mask. Checked on the whole change:
+/// a node moves to another mask with every network in one change.
+fn one_mark_mask(view: &KernelView, plans: &[NetworkPlan], remove: &[String]) -> Result<()> {
+    let Some(first) = plans.first() else {
+        return Ok(());
+    };
+    let changing: BTreeSet<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    let planned = plans
+        .iter()
+        .map(|p| (p.name.clone(), p.mark_mask))
+        .filter(|(name, _)| *name != first.name);
+    let kept = view
+        .nft
+        .networks()
+        .into_iter()
+        .filter(|n| !changing.contains(n.as_str()) && !remove.contains(n))
+        .filter_map(|n| view.recorded_allocation(&n).map(|a| (n, a.mark_mask)));
+    for (other, other_mask) in planned.chain(kept) {
+        if other_mask != first.mark_mask {
+            return Err(AgentError::MarkMaskMixed {
+                network: first.name.clone(),
+                mask: first.mark_mask,
+                other,
+                other_mask,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the node holds that a plan may not take: interfaces other networks hold (and keep),

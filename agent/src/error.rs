@@ -119,6 +119,18 @@ pub enum AgentError {
         field: String,
         interface: String,
     },
+    #[error(
+        "network {network}: its ids are under mark mask {mask:#010x}, but network {other} on \
+         this node holds ids under {other_mask:#010x}; marks under two masks can match each \
+         other's rules, so a node holds one mask. Apply every network with the same mark mask \
+         (--mark-mask, or the operator's) in one change, or delete {other} first"
+    )]
+    MarkMaskMixed {
+        network: String,
+        mask: u32,
+        other: String,
+        other_mask: u32,
+    },
     #[error("network {network}: interface {interface} is already used by network {other}")]
     InterfaceShared {
         network: String,

@@ -30,7 +30,8 @@ use mirrornet_api::file::{self, LoadedNetwork};
                   ids of networks from a file (apply, plan, show, run --file) that do not hold \
                   ids on the node yet. In a cluster the operator allocates ids. Give every \
                   command on one node the same ranges: a network re-applied under another mark \
-                  mask gets new ids."
+                  mask gets new ids, and a node holds one mask, so a change that would leave \
+                  networks under two is refused; move every network in one apply."
 )]
 struct Cli {
     #[command(subcommand)]

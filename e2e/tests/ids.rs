@@ -248,3 +248,74 @@ fn a_wide_mark_mask_holds_more_than_127_networks() {
     delete(&lab, &spec);
     assert_same(&before, &snapshot(&lab, MIDDLEMAN).unwrap(), "after");
 }
+
+/// A node holds its networks under one mark mask: a network under another mask while others
+/// keep theirs is refused before any write, naming both masks and the network in the way (its
+/// marks could match the others' rules); every network moved in one change is accepted, and
+/// no rule of the old mask is left.
+#[test]
+fn a_node_moves_to_another_mark_mask_with_every_network_at_once() {
+    require_root();
+    let mut lab = Lab::new("mask-move");
+    lab.add_namespace(MIDDLEMAN).unwrap();
+    lab.add_namespace("sink").unwrap();
+    lab.veth_pairs(
+        MIDDLEMAN,
+        "sink",
+        &["n0a", "n0b", "n1a", "n1b"].map(String::from),
+    )
+    .expect("the networks' interfaces");
+    let both = many(2);
+    let (first, second) = both.split_once("---\n").unwrap();
+    let (first, second, both) = (
+        SpecFile::new("mask-first", first),
+        SpecFile::new("mask-second", second),
+        SpecFile::new("mask-both", &both),
+    );
+    let before = snapshot(&lab, MIDDLEMAN).unwrap();
+    apply(&lab, &first, &[]);
+    let held = snapshot(&lab, MIDDLEMAN).unwrap();
+
+    let mut args = vec!["apply", "--file", second.path()];
+    args.extend(WIDE_MASK);
+    let refused = agent(&lab, &args, &[]);
+    assert!(!refused.status.success(), "a second mask was accepted");
+    let error = String::from_utf8_lossy(&refused.stderr);
+    for needle in ["n0001", "0xfff00000", "n0000", "0xff000000"] {
+        assert!(error.contains(needle), "{needle} missing from: {error}");
+    }
+    assert_same(
+        &held,
+        &snapshot(&lab, MIDDLEMAN).unwrap(),
+        "after the refusal",
+    );
+
+    apply(&lab, &both, &WIDE_MASK);
+    let masks: Vec<String> = lab
+        .stdout(MIDDLEMAN, &["ip", "-4", "rule", "show"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(" proto 77") && l.contains("fwmark"))
+        .map(|l| {
+            l.split('/')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        !masks.is_empty() && masks.iter().all(|m| m == "0xfff00000"),
+        "{masks:?}"
+    );
+    let mut args = vec!["delete", "--file", both.path()];
+    args.extend(WIDE_MASK);
+    assert!(agent(&lab, &args, &[]).status.success());
+    assert_same(
+        &before,
+        &snapshot(&lab, MIDDLEMAN).unwrap(),
+        "after the delete",
+    );
+}

@@ -79,6 +79,7 @@ pub fn reason_of(e: &AgentError) -> NodeReason {
         AgentError::InterfaceDown { .. } => NodeReason::InterfaceDown,
         AgentError::AddressTaken { .. }
         | AgentError::InterfaceShared { .. }
+        | AgentError::MarkMaskMixed { .. }
         | AgentError::InterfaceEnslaved { .. } => NodeReason::Conflict,
         AgentError::NodeInterface { .. } | AgentError::VrfTakesNodeRoute { .. } => {
             NodeReason::NodeInterface
