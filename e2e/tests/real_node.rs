@@ -175,6 +175,44 @@ fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_le
         format!("docker.io/mirrornet/mirrornet-agent:{TAG}"),
         "{status:#}"
     );
+    // The DaemonSet's securityContext, as runc applied it: root with only NET_ADMIN, in the
+    // node's network namespace, `/proc/sys` read-only.
+    let pid = cluster
+        .real_node(REAL)
+        .and_then(|n| n.task_pid(status["containerID"].as_str().unwrap_or_default()))
+        .expect("the agent container's process");
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caps = |key: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    assert_eq!(caps("CapEff:"), CAP_NET_ADMIN, "{proc_status}");
+    assert_eq!(caps("CapBnd:"), CAP_NET_ADMIN, "{proc_status}");
+    use std::os::unix::fs::MetadataExt;
+    let inode = |p: String| {
+        std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .ino()
+    };
+    assert_eq!(
+        inode(format!("/proc/{pid}/ns/net")),
+        inode(format!("/run/netns/{}", s.lab.ns(MIDDLEMAN))),
+        "the agent shares the node's network namespace"
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/proc/sys")
+                && l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|o| o.split(',').any(|o| o == "ro"))),
+        "/proc/sys is read-only in the agent's container:\n{mounts}"
+    );
     // Its logs are JSON, its probes answer on the node's port.
     let agent = agent.clone();
     let first = cluster.wait_for("the agent's first log line", STEP, |c| {

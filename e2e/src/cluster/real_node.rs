@@ -488,6 +488,19 @@ registerWithTaints:
         Ok(())
     }
 
+    /// The host PID of a running container's first process (`ctr tasks ls`), by the id the
+    /// pod's status gives (`containerd://<id>`).
+    pub fn task_pid(&self, container_id: &str) -> Option<u32> {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        let tasks = self.ctr(&["tasks", "ls"]).ok()?;
+        tasks.lines().find_map(|l| {
+            let mut fields = l.split_whitespace();
+            (fields.next()? == id).then(|| fields.next()?.parse().ok())?
+        })
+    }
+
     /// Fails with the component's log when the kubelet or containerd has exited.
     pub fn check_running(&mut self) -> Result<(), ClusterError> {
         let root = self.spec.root.clone();
