@@ -576,8 +576,8 @@ class Images(unittest.TestCase):
         self.assertEqual(len(installs), 1)
         self.assertIn("nftables", installs[0].split())
         self.assertEqual(docker.instructions("USER"), [], "the agent needs root for NET_ADMIN")
-        engine = (ROOT / "agent" / "src" / "engine.rs").read_text(encoding="utf-8")
-        self.assertIn('Command::new("nft")', engine, "the agent no longer runs nft: drop it")
+        command = (ROOT / "agent" / "src" / "nft" / "command.rs").read_text(encoding="utf-8")
+        self.assertIn('Command::new("nft")', command, "the agent no longer runs nft: drop it")
 
     def test_entrypoints_and_the_arguments_used_exist_in_the_binaries(self) -> None:
         operator = binary("MIRRORNET_OPERATOR_BIN", "mirrornet-operator")
