@@ -4,9 +4,9 @@
 //! agent programs the node's namespace through the host network: traffic crosses both ways,
 //! identical 5-tuples land in two zones, the network is Ready, and delete leaves nothing.
 //!
-//! The operator runs on a second node kept by the process kubelet (`e2e/src/cluster/kubelet`):
-//! with no kube-proxy or pod network here, only hostNetwork pods run on the real node, which
-//! registers with a taint the agent tolerates and the operator does not.
+//! The operator's two replicas run on the same node, in containers from the operator image
+//! (user 65532, no shell), on the node's CNI bridge; without kube-proxy they reach the API
+//! server at the `kubernetes` Service's address, which the harness keeps on the node.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mirrornet_agent::lab::MIDDLEMAN;
 use mirrornet_e2e::cluster::real_node::{Archive, RealNodeSpec};
-use mirrornet_e2e::cluster::test_cluster::{GATEWAY_LABEL, TestCluster};
+use mirrornet_e2e::cluster::test_cluster::{GATEWAY_LABEL, NAMESPACE, TestCluster};
 use mirrornet_e2e::node::{
     assert_same, crosses_both_ways_to_every_host, identical_tuples_land_in_two_zones, ping,
     require_root, seed_scenario, snapshot,
@@ -28,8 +28,6 @@ const STEP: Duration = Duration::from_secs(120);
 /// The tag `cargo xtask test` gives the images it builds.
 const TAG: &str = "e2e";
 const REAL: &str = "real-a";
-const PROCESS: &str = "control";
-const TAINT: &str = "mirrornet.io/real-node=true:NoSchedule";
 
 /// The OCI archives `cargo xtask test` built (`MIRRORNET_IMAGES`); without them the test
 /// fails: it never skips.
@@ -51,29 +49,25 @@ fn archives() -> Vec<Archive> {
         .collect()
 }
 
-/// A plain network namespace for the process node, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &name])
-            .status();
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(ok.success(), "ip netns add {name}");
-        Self(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
+/// A node snapshot without the CNI bridge's running timers (`hello_timer 0.00`, `gc_timer
+/// 12.34`, ...), which tick between two snapshots and say nothing about state.
+fn steady(snapshot: &str) -> String {
+    snapshot
+        .lines()
+        .map(|line| {
+            let mut kept = Vec::new();
+            let mut tokens = line.split_whitespace();
+            while let Some(t) = tokens.next() {
+                if t.ends_with("_timer") {
+                    tokens.next();
+                } else {
+                    kept.push(t);
+                }
+            }
+            kept.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a str> {
@@ -92,12 +86,8 @@ fn zone(net: &Value, side: &str) -> u64 {
 fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_leaves_nothing() {
     require_root();
     let images = archives();
-    let control_ns = Netns::new(format!("mn-rn-ctl-{}", std::process::id()));
     let (mut s, _spec) = seed_scenario("real", false);
     let mut cluster = TestCluster::start("real-node").expect("starting the control plane");
-    cluster
-        .add_node(PROCESS, &control_ns.0, &[])
-        .expect("the process node");
     let started = Instant::now();
     cluster
         .add_real_node(RealNodeSpec {
@@ -106,18 +96,18 @@ fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_le
             index: 7,
             root: PathBuf::new(),
             labels: BTreeMap::new(),
-            taints: vec![TAINT.into()],
+            taints: Vec::new(),
             images,
             sandbox_image: format!("docker.io/mirrornet/pause:{TAG}"),
         })
         .expect("starting the real node");
-    cluster.wait_for("both nodes Ready", STEP, |c| {
+    cluster.wait_for("the node Ready", STEP, |c| {
         let ready = c
             .list("nodes", None)
             .iter()
             .filter(|n| condition(&n["status"]["conditions"], "Ready") == Some("True"))
             .count();
-        (ready == 2).then_some(())
+        (ready == 1).then_some(())
     });
     eprintln!(
         "[real node] kubelet and containerd Ready in {:.1?}",
@@ -125,13 +115,49 @@ fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_le
     );
     // Standing in for the node lifecycle controller the harness does not run.
     let _ = cluster.kubectl(&["taint", "node", REAL, "node.kubernetes.io/not-ready-"]);
-    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
 
     let installed = Instant::now();
     cluster.install_chart(&[
         &format!("operator.image.tag={TAG}"),
         &format!("agent.image.tag={TAG}"),
     ]);
+    // The operator runs from its image as the restricted context wants it: user 65532, no
+    // capabilities; one replica holds the Lease.
+    let operators = cluster.pods("operator");
+    assert_eq!(operators.len(), 2, "two operator replicas");
+    for pod in &operators {
+        let status = &pod["status"]["containerStatuses"][0];
+        assert_eq!(
+            status["image"].as_str().unwrap_or_default(),
+            format!("docker.io/mirrornet/mirrornet-operator:{TAG}"),
+            "{status:#}"
+        );
+        let pid = cluster
+            .real_node(REAL)
+            .and_then(|n| n.task_pid(status["containerID"].as_str().unwrap_or_default()))
+            .expect("the operator container's process");
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |key: &str| {
+            proc_status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap()
+        };
+        assert_eq!(field("Uid:"), ["65532"; 4], "{proc_status}");
+        assert_eq!(field("CapEff:"), ["0000000000000000"], "{proc_status}");
+    }
+    let lease = cluster
+        .get("lease", "mirrornet-operator", Some(NAMESPACE))
+        .expect("the operator's Lease");
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+    assert!(
+        operators.iter().any(|p| p["metadata"]["name"] == holder),
+        "the Lease is held by an operator pod: {holder}"
+    );
+    // What the network will leave must equal this: the chart's pods (and the CNI bridge
+    // they sit on) are not the network's.
+    let before = steady(&snapshot(&s.lab, MIDDLEMAN).unwrap());
     cluster.kubectl_ok(&["label", "node", REAL, &format!("{GATEWAY_LABEL}=true")]);
     let applied = cluster.apply_yaml(SEED);
     assert!(
@@ -232,7 +258,7 @@ fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_le
     assert!(metrics.contains("mirrornet_"), "{metrics}");
 
     // Scenario 1 on the real node: both ways, identical tuples in two zones.
-    assert_ne!(snapshot(&s.lab, MIDDLEMAN).unwrap(), before);
+    assert_ne!(steady(&snapshot(&s.lab, MIDDLEMAN).unwrap()), before);
     assert!(ping(&s.lab, "inner-10", "192.168.3.11"));
     assert!(ping(&s.lab, "outer-10", "192.168.3.11"));
     crosses_both_ways_to_every_host(&mut s, 7300);
@@ -252,7 +278,7 @@ fn the_seed_crosses_both_ways_through_an_agent_in_a_real_container_and_delete_le
     });
     assert_same(
         &before,
-        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        &steady(&snapshot(&s.lab, MIDDLEMAN).unwrap()),
         "the real node after delete",
     );
     cluster.wait_for("the agent pod gone", STEP, |c| {

@@ -277,7 +277,7 @@ impl RealNode {
         let cni = root.join("cni");
         let conflist = format!(
             r#"{{"cniVersion": "1.0.0", "name": "mn-node", "plugins": [{{"type": "bridge",
-"bridge": "mnbr{i}", "isGateway": true, "ipam": {{"type": "host-local",
+"bridge": "mnbr{i}", "isDefaultGateway": true, "ipam": {{"type": "host-local",
 "dataDir": "{ipam}", "ranges": [[{{"subnet": "10.251.{i}.0/24"}}]]}}}}]}}"#,
             i = self.spec.index,
             ipam = root.join("cni-ipam").display()
@@ -552,6 +552,19 @@ registerWithTaints:
     }
 }
 
+/// Removes cgroup directory `dir` and every one below it (a cgroup goes with `rmdir`, its
+/// control files with it).
+fn remove_cgroups(dir: &Path) {
+    if let Ok(children) = fs::read_dir(dir) {
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroups(&child.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 fn path_with(bin: &Path) -> std::ffi::OsString {
     let mut dirs = vec![bin.to_path_buf()];
     dirs.extend(std::env::split_paths(
@@ -610,14 +623,27 @@ impl Drop for RealNode {
             }
         }
         let _ = fs::remove_dir_all(&self.state);
-        // The kubelet's QoS cgroups (`kubepods`, with burstable and besteffort), once empty.
+        // The pods' network namespaces containerd made (`/run/netns/cni-<uuid>`): killing
+        // the tasks does not run CNI's teardown. Ours hold an address of this node's range.
+        let range = format!("10.251.{}.", self.spec.index);
+        if let Ok(entries) = fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with("cni-") {
+                    continue;
+                }
+                let ours = run(Path::new("ip"), &["-n", &name, "-4", "addr"])
+                    .is_ok_and(|a| a.contains(&range));
+                if ours {
+                    let _ = run(Path::new("ip"), &["netns", "del", &name]);
+                }
+            }
+        }
+        // The kubelet's cgroups (`kubepods` and the pods' below it), deepest first, once
+        // their processes are gone.
         if let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") {
             for controller in controllers.flatten() {
-                let kubepods = controller.path().join("kubepods");
-                for dir in ["burstable", "besteffort"] {
-                    let _ = fs::remove_dir(kubepods.join(dir));
-                }
-                let _ = fs::remove_dir(&kubepods);
+                remove_cgroups(&controller.path().join("kubepods"));
             }
         }
         let _ = Command::new("ip")
