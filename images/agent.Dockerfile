@@ -4,6 +4,14 @@
 # It runs as root with only NET_ADMIN (the operator's DaemonSet drops every other capability).
 # Build from the repository root:
 #   docker build -f images/agent.Dockerfile -t mirrornet/mirrornet-agent:0.1.0 .
+#
+# CI builds the same image without a container engine: `cargo xtask images` (xtask/src/images.rs)
+# makes the base with `debootstrap --variant=minbase` of the same release plus the same packages,
+# trimmed as -slim is, adds the release binary as a second layer with umoci and writes
+# target/images/mirrornet-agent.oci.tar. Both builds read their facts from one place each: the
+# xtask's `AGENT` constant (release, packages, binary path, user, entrypoint, cmd) is checked
+# against this file's final stage by xtask's tests, and the built archive's config and file list
+# are checked after every build. Change both together.
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds the test control plane from the Go modules beside this file and prints the
-# directory holding the binaries. The directory is outside the work tree and named after the
+# Builds the test control plane and the real node's kubelet and containerd from the Go modules
+# beside this file and prints the directory holding the binaries. The directory is outside the work tree and named after the
 # pinned versions and the modules' go.sum, so a second run on the same machine builds nothing
 # and a version bump builds anew beside the old one. Go's own build and module caches
 # (~/.cache/go-build, ~/go/pkg/mod) make a rebuild after a bump incremental.
@@ -30,8 +30,9 @@ declare -A stamp=(
     [kubernetes]=$kube_version
     [etcd]=""
     [helm]="-X helm.sh/helm/v3/internal/version.version=$HELM"
+    [containerd]="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD"
 )
-for module in kubernetes etcd helm; do
+for module in kubernetes etcd helm containerd; do
     echo "building $module tools into $bin" >&2
     (cd "$module" && go build -ldflags="-s -w ${stamp[$module]}" -o "$bin/" tool)
 done

@@ -1,13 +1,15 @@
 #!/bin/bash
 # Writes go.mod and go.sum of the Go module that builds the test control plane
-# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm) at the
-# versions pinned below. k8s.io/kubernetes requires its staging modules (k8s.io/api,
-# k8s.io/client-go, ...) at v0.0.0 and replaces them with ./staging in its own tree; a module
-# that imports it must replace each with the published v0.N.M of the same release. The list
-# is read from that release's own go.mod, so a version bump is: change KUBERNETES, run this.
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm) and of the
+# real node (kubelet, containerd with its runc shim and ctr) at the versions pinned below.
+# k8s.io/kubernetes requires its staging modules (k8s.io/api, k8s.io/client-go, ...) at v0.0.0
+# and replaces them with ./staging in its own tree; a module that imports it must replace each
+# with the published v0.N.M of the same release. The list is read from that release's own
+# go.mod, so a version bump is: change KUBERNETES, run this.
 #
-# etcd and helm get modules of their own (etcd/, helm/): they pin gRPC, otel and client-go
-# differently from Kubernetes, and one module would force one version of each on all three.
+# etcd, helm and containerd get modules of their own (etcd/, helm/, containerd/): they pin
+# gRPC, otel and client-go differently from Kubernetes, and one module would force one version
+# of each on all of them.
 set -euo pipefail
 cd "$(dirname "$0")"
 source ./versions.env
@@ -55,7 +57,8 @@ write_module kubernetes mirrornet.io/e2e/k8s/kubernetes "$go_directive" \
     "	k8s.io/kubernetes/cmd/kube-apiserver
 	k8s.io/kubernetes/cmd/kube-controller-manager
 	k8s.io/kubernetes/cmd/kube-scheduler
-	k8s.io/kubernetes/cmd/kubectl"
+	k8s.io/kubernetes/cmd/kubectl
+	k8s.io/kubernetes/cmd/kubelet"
 
 write_module etcd mirrornet.io/e2e/k8s/etcd "$go_directive" \
     "	go.etcd.io/etcd/server/v3 $ETCD" "" \
@@ -64,4 +67,9 @@ write_module etcd mirrornet.io/e2e/k8s/etcd "$go_directive" \
 write_module helm mirrornet.io/e2e/k8s/helm "$go_directive" \
     "	helm.sh/helm/v3 $HELM" "" \
     "	helm.sh/helm/v3/cmd/helm"
-echo "wrote kubernetes/, etcd/ and helm/ for Kubernetes $KUBERNETES, etcd $ETCD, helm $HELM"
+write_module containerd mirrornet.io/e2e/k8s/containerd "$go_directive" \
+    "	github.com/containerd/containerd/v2 $CONTAINERD" "" \
+    "	github.com/containerd/containerd/v2/cmd/containerd
+	github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+	github.com/containerd/containerd/v2/cmd/ctr"
+echo "wrote kubernetes/, etcd/, helm/ and containerd/ for Kubernetes $KUBERNETES, etcd $ETCD, helm $HELM, containerd $CONTAINERD"

@@ -246,8 +246,13 @@ pub fn desired(
                         name: "agent".into(),
                         image: Some(agent.image.clone()),
                         image_pull_policy: Some(agent.image_pull_policy.clone()),
+                        // JSON at info, as the operator logs by default: the agent's own
+                        // defaults (text, warn) are for a person at a terminal, and left
+                        // a DaemonSet's container log empty.
                         args: Some(vec![
                             "run".into(),
+                            "--log-format".into(),
+                            "json".into(),
                             "--metrics-address".into(),
                             format!("0.0.0.0:{}", agent.metrics_port),
                         ]),
@@ -267,6 +272,11 @@ pub fn desired(
                         env: Some(vec![
                             env_from_field("NODE_NAME", "spec.nodeName"),
                             env_from_field("POD_NAMESPACE", "metadata.namespace"),
+                            EnvVar {
+                                name: "MIRRORNET_LOG".into(),
+                                value: Some("info".into()),
+                                ..Default::default()
+                            },
                         ]),
                         resources: Some(ResourceRequirements {
                             requests: Some(BTreeMap::from([
@@ -501,7 +511,13 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(
             c.args.clone().unwrap(),
-            ["run", "--metrics-address", "0.0.0.0:9090"]
+            [
+                "run",
+                "--log-format",
+                "json",
+                "--metrics-address",
+                "0.0.0.0:9090"
+            ]
         );
         let probe = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.clone()).unwrap();
         assert_eq!(probe(&c.liveness_probe).path.as_deref(), Some("/healthz"));

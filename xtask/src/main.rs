@@ -4,6 +4,7 @@
 
 mod bench;
 mod chart;
+mod images;
 mod prerequisites;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,15 @@ enum Task {
     },
     /// Build the seed scenario in network namespaces and show traffic crossing it.
     Demo,
+    /// Build the agent and operator images as OCI archives in target/images (no engine needed).
+    Images {
+        /// The tag recorded in the archives.
+        #[arg(long, default_value = "0.1.0")]
+        tag: String,
+        /// Build the images the real-node test runs instead (tag `e2e`, with pause).
+        #[arg(long)]
+        test: bool,
+    },
     /// Rewrite crds/mirrornetwork.yaml from the API types.
     Crdgen,
     /// Install the system packages the tests need, and nothing else.
@@ -46,6 +56,15 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
+        Task::Images { tag, test } => {
+            prerequisites::ensure(prerequisites::IMAGES)?;
+            prerequisites::require_root("debootstrap and the image layers need root")?;
+            if test {
+                test_images().map(drop)
+            } else {
+                images::build(&root, &tag).map(drop)
+            }
+        }
         Task::Crdgen => crdgen(&root),
         Task::Prerequisites => prerequisites::ensure(prerequisites::TEST),
         // The kind e2e lives with the other scenario code in the e2e crate (e2e/src/kind.rs).
@@ -137,6 +156,30 @@ fn control_plane() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// The tag the test images carry.
+const TEST_TAG: &str = "e2e";
+
+/// Builds the agent, operator and pause images for the real-node test and returns their
+/// directory.
+fn test_images() -> Result<PathBuf> {
+    let root = workspace_root();
+    let versions = std::fs::read_to_string(root.join("e2e/k8s/versions.env"))?;
+    let kubernetes = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBERNETES="))
+        .context("e2e/k8s/versions.env names no KUBERNETES")?
+        .trim();
+    let started = std::time::Instant::now();
+    let mut built = images::build(&root, TEST_TAG)?;
+    built.push(images::build_pause(&root, kubernetes, TEST_TAG)?);
+    for image in &built {
+        eprintln!("image {}: {} bytes", image.name, image.bytes);
+    }
+    eprintln!("test images built in {:.0?}", started.elapsed());
+    let dir = built[0].archive.parent().context("archive directory")?;
+    Ok(dir.to_path_buf())
+}
+
 /// Features the test suites need in the agent binary.
 const AGENT_TEST_FEATURES: &str = "mirrornet-agent/failpoints";
 
@@ -173,6 +216,9 @@ fn test(extra: &[String]) -> Result<()> {
     )?;
     // The cluster tests run a real control plane built from Kubernetes' Go modules.
     let k8s = control_plane()?;
+    // The real-node test runs the images, built as `cargo xtask images` builds them, in
+    // containerd; its sandbox image is Kubernetes' pause, built here too.
+    let images = test_images()?;
     let mut args = vec![
         "test",
         "--workspace",
@@ -182,7 +228,15 @@ fn test(extra: &[String]) -> Result<()> {
     ];
     args.extend(extra.iter().map(String::as_str));
     eprintln!("MIRRORNET_K8S_BIN={}", k8s.display());
-    run_with_env("cargo", &args, &[("MIRRORNET_K8S_BIN", k8s.as_os_str())])?;
+    eprintln!("MIRRORNET_IMAGES={}", images.display());
+    run_with_env(
+        "cargo",
+        &args,
+        &[
+            ("MIRRORNET_K8S_BIN", k8s.as_os_str()),
+            ("MIRRORNET_IMAGES", images.as_os_str()),
+        ],
+    )?;
     chart::test(&workspace_root())?;
     eprintln!(
         "\x1b[1;32mall tests passed\x1b[0m in {:.0?}",

@@ -12,7 +12,13 @@ use anyhow::{Context, Result, bail};
 /// `apt-get download`, not installed. xz-utils decompresses the kernel's `.ko.xz` modules.
 /// python3-venv makes the `.venv` the chart tests run Helm's SDK in. The cluster tests make
 /// their certificates with openssl and drop a pod's capabilities with util-linux's setpriv.
+/// The images are built with debootstrap and umoci; the real node runs them with Debian's
+/// runc and CNI plugins (its kubelet and containerd are built from Go modules).
 pub const TEST: &[&str] = &[
+    "debootstrap",
+    "umoci",
+    "runc",
+    "containernetworking-plugins",
     "openssl",
     "util-linux",
     "iproute2",
@@ -25,6 +31,10 @@ pub const TEST: &[&str] = &[
     "xz-utils",
     "python3-venv",
 ];
+
+/// What `cargo xtask images` needs: debootstrap makes the agent's Debian root filesystem, umoci
+/// turns root filesystems and binaries into OCI image layers and configs.
+pub const IMAGES: &[&str] = &["debootstrap", "umoci", "tar"];
 
 /// What the demo needs: the namespace tools, and tcpdump to show each host's view.
 pub const DEMO: &[&str] = &[

@@ -47,7 +47,7 @@
 //!   the Node authorizer;
 //! * back-off between restarts is 1 s doubling to 10 s (kubelet: 10 s doubling to 5 min).
 
-mod netns;
+pub(crate) mod netns;
 mod plan;
 mod pod;
 mod probe;

@@ -8,6 +8,7 @@
 pub mod control_plane;
 pub mod kubelet;
 pub mod pki;
+pub mod real_node;
 pub mod test_cluster;
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::control_plane::ControlPlane;
 use super::kubelet::{ApiEndpoint, Images, NodeSpec, ProcessKubelet};
+use super::real_node::{RealNode, RealNodeSpec};
 use super::{ClusterError, binaries};
 
 /// The namespace the chart is installed into, as the chart README tells users.
@@ -27,6 +28,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct TestCluster {
     // Field order is drop order: kubelets stop their pods before the control plane goes.
     kubelets: BTreeMap<String, ProcessKubelet>,
+    /// Nodes with Kubernetes' own kubelet and containerd (`real_node`).
+    real_nodes: BTreeMap<String, RealNode>,
     /// Each node's network namespace.
     netns: BTreeMap<String, String>,
     pub plane: ControlPlane,
@@ -76,6 +79,7 @@ impl TestCluster {
         })?;
         Ok(Self {
             kubelets: BTreeMap::new(),
+            real_nodes: BTreeMap::new(),
             netns: BTreeMap::new(),
             plane,
             client,
@@ -114,6 +118,29 @@ impl TestCluster {
         self.kubelets.insert(name.to_owned(), kubelet);
         self.netns.insert(name.to_owned(), netns.to_owned());
         Ok(())
+    }
+
+    /// Starts a real node (Kubernetes' kubelet, containerd, runc) whose hostNetwork pods share
+    /// the namespace `spec.netns`. The caller waits for its Node to be Ready.
+    pub fn add_real_node(&mut self, mut spec: RealNodeSpec) -> Result<(), ClusterError> {
+        spec.root = self.root.join("nodes").join(&spec.name);
+        let name = spec.name.clone();
+        let netns = spec.netns.clone();
+        let node = RealNode::start(
+            spec,
+            &binaries()?,
+            &self.plane.kubeconfig,
+            self.plane.api,
+            self.runtime.handle(),
+        )?;
+        self.real_nodes.insert(name.clone(), node);
+        self.netns.insert(name, netns);
+        Ok(())
+    }
+
+    /// The real node `name`.
+    pub fn real_node(&self, name: &str) -> Option<&RealNode> {
+        self.real_nodes.get(name)
     }
 
     /// Stops node `name`'s kubelet and every pod process it ran (the Node object stays).
@@ -213,8 +240,13 @@ impl TestCluster {
         let started = Instant::now();
         let found = wait_for(limit, Duration::from_millis(250), || {
             let value = check(self);
+            let running = self.plane.check_running().and_then(|()| {
+                self.real_nodes
+                    .values_mut()
+                    .try_for_each(RealNode::check_running)
+            });
             if value.is_none()
-                && let Err(e) = self.plane.check_running()
+                && let Err(e) = running
             {
                 panic!("while waiting for {what}: {e}\n{}", self.diagnostics());
             }
@@ -246,12 +278,16 @@ impl TestCluster {
     /// The log a pod's container wrote, as its node's kubelet kept it.
     pub fn pod_log(&self, pod: &Value) -> String {
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-        let Some(kubelet) = self.kubelets.get(node) else {
-            return String::new();
-        };
         let container = pod["spec"]["containers"][0]["name"]
             .as_str()
             .unwrap_or_default();
+        let meta = |k: &str| pod["metadata"][k].as_str().unwrap_or_default();
+        if let Some(real) = self.real_nodes.get(node) {
+            return real.pod_log(meta("namespace"), meta("name"), meta("uid"), container);
+        }
+        let Some(kubelet) = self.kubelets.get(node) else {
+            return String::new();
+        };
         let path = kubelet.log_path(
             pod["metadata"]["namespace"].as_str().unwrap_or_default(),
             pod["metadata"]["name"].as_str().unwrap_or_default(),
@@ -314,6 +350,9 @@ impl TestCluster {
                 lines[lines.len().saturating_sub(40)..].join("\n")
             ));
         }
+        for real in self.real_nodes.values() {
+            text.push_str(&real.logs());
+        }
         text.push_str(&self.plane.logs());
         text
     }
@@ -342,6 +381,7 @@ impl Drop for TestCluster {
         // Pods first (their processes hold the node namespaces' state), then the control
         // plane; the directory goes unless the test failed and asked to keep it.
         self.kubelets.clear();
+        self.real_nodes.clear();
         if std::env::var_os("MIRRORNET_E2E_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.root);
         } else {

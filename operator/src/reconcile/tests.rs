@@ -278,7 +278,13 @@ async fn a_valid_network_gets_ids_status_and_agents() {
                 assert_eq!(pod["hostNetwork"], true);
                 assert_eq!(
                     pod["containers"][0]["args"],
-                    json!(["run", "--metrics-address", "0.0.0.0:9090"])
+                    json!([
+                        "run",
+                        "--log-format",
+                        "json",
+                        "--metrics-address",
+                        "0.0.0.0:9090"
+                    ])
                 );
                 assert_eq!(
                     pod["securityContext"]["seccompProfile"]["type"],

@@ -48,7 +48,7 @@ fn ip(args: &[&str]) -> io::Result<()> {
 
 /// Runs `f` on a new thread inside network namespace `name` and waits for it. The thread
 /// ends with `f`, so no thread of the process is left in another namespace.
-pub(super) fn run_in<T: Send + 'static>(
+pub(crate) fn run_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
@@ -87,7 +87,7 @@ pub(super) fn bind_loopback(name: &str) -> io::Result<TcpListener> {
 /// Accepts on `listener` (inside a pod's namespace) and joins each connection to `api` from
 /// the root namespace, bytes copied both ways, until the task is aborted. Must run inside
 /// the runtime's context.
-pub(super) fn forward(
+pub(crate) fn forward(
     listener: TcpListener,
     api: SocketAddr,
 ) -> io::Result<tokio::task::JoinHandle<()>> {
