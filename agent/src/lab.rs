@@ -196,7 +196,26 @@ impl Lab {
         }
         self.ip_batch(a, &create)?;
         self.ip_batch(a, &up)?;
-        self.ip_batch(b, &up)
+        self.ip_batch(b, &up)?;
+        // A veth end reports NO-CARRIER until the kernel has seen its peer up, a moment after
+        // the batch returns: a snapshot taken in that moment differs from every later one.
+        let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let carrying = || {
+            let links = self.stdout(a, &["ip", "-o", "link", "show"]).ok()?;
+            let waiting = links.lines().any(|l| {
+                let name = l.split(':').nth(1).unwrap_or("").trim();
+                let name = name.split('@').next().unwrap_or(name);
+                wanted.contains(name) && l.contains("NO-CARRIER")
+            });
+            (!waiting).then_some(())
+        };
+        wait_for(Duration::from_secs(10), Duration::from_millis(20), carrying).ok_or_else(|| {
+            LabError::Failed {
+                command: format!("veth pairs {a} <-> {b}"),
+                status: "no carrier after 10 s".into(),
+                stderr: String::new(),
+            }
+        })
     }
 
     /// A veth pair with one end in each namespace, both up.
