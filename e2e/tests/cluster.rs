@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_api::conditions::{self, NodeReason};
-use mirrornet_e2e::cluster::test_cluster::{GATEWAY_LABEL, NAMESPACE, TestCluster};
+use mirrornet_e2e::cluster::test_cluster::{
+    GATEWAY_LABEL, NAMESPACE, TestCluster, condition, zone,
+};
 use mirrornet_e2e::node::{
     assert_same, crosses_both_ways_to_every_host, identical_tuples_land_in_two_zones, ping,
     require_root, seed_scenario, snapshot,
@@ -152,20 +154,6 @@ impl Fixture {
             })
             .collect()
     }
-}
-
-/// The `status` of condition `kind` in a conditions array.
-fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a str> {
-    conditions.as_array()?.iter().find(|c| c["type"] == kind)?["status"].as_str()
-}
-
-/// The zone the operator allocated to `side`.
-fn zone(net: &Value, side: &str) -> u64 {
-    net["status"]["allocation"]["sides"]
-        .as_array()
-        .and_then(|sides| sides.iter().find(|s| s["side"] == side))
-        .and_then(|s| s["zone"].as_u64())
-        .unwrap_or_else(|| panic!("no zone allocated to {side}: {net}"))
 }
 
 #[test]

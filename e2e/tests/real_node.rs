@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use mirrornet_agent::lab::MIDDLEMAN;
 use mirrornet_e2e::cluster::real_node::{Archive, RealNodeSpec};
-use mirrornet_e2e::cluster::test_cluster::{GATEWAY_LABEL, NAMESPACE, TestCluster};
+use mirrornet_e2e::cluster::test_cluster::{
+    GATEWAY_LABEL, NAMESPACE, TestCluster, condition, zone,
+};
 use mirrornet_e2e::node::{
     assert_same, crosses_both_ways_to_every_host, identical_tuples_land_in_two_zones, ping,
     require_root, seed_scenario, snapshot,
@@ -68,18 +70,6 @@ fn steady(snapshot: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a str> {
-    conditions.as_array()?.iter().find(|c| c["type"] == kind)?["status"].as_str()
-}
-
-fn zone(net: &Value, side: &str) -> u64 {
-    net["status"]["allocation"]["sides"]
-        .as_array()
-        .and_then(|sides| sides.iter().find(|s| s["side"] == side))
-        .and_then(|s| s["zone"].as_u64())
-        .unwrap_or_else(|| panic!("no zone allocated to {side}: {net}"))
 }
 
 #[test]

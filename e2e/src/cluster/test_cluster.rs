@@ -390,6 +390,21 @@ impl Drop for TestCluster {
     }
 }
 
+/// The `status` of condition `kind` in a conditions array (of a Node, a Pod, a MirrorNetwork
+/// or one of its node entries).
+pub fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a str> {
+    conditions.as_array()?.iter().find(|c| c["type"] == kind)?["status"].as_str()
+}
+
+/// The conntrack zone the operator allocated to `side`, from a MirrorNetwork as JSON.
+pub fn zone(net: &Value, side: &str) -> u64 {
+    net["status"]["allocation"]["sides"]
+        .as_array()
+        .and_then(|sides| sides.iter().find(|s| s["side"] == side))
+        .and_then(|s| s["zone"].as_u64())
+        .unwrap_or_else(|| panic!("no zone allocated to {side}: {net}"))
+}
+
 /// The `kubectl` commands that make [`NAMESPACE`], labelled for the Pod Security level the
 /// agents need (hostNetwork, NET_ADMIN), as the chart README tells users.
 pub fn namespace_for_agents() -> [Vec<&'static str>; 2] {
