@@ -459,9 +459,17 @@ impl RunningAgent {
 
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&self, lab: &Lab) {
-        let ready = || (self.get(lab, "/readyz").0 == 200).then_some(());
+        let mut last = (0, String::new());
+        let ready = || {
+            last = self.get(lab, "/readyz");
+            (last.0 == 200).then_some(())
+        };
         if wait_for(Duration::from_secs(10), Duration::from_millis(20), ready).is_none() {
-            panic!("the agent did not become ready:\n{}", self.log_text());
+            let (status, body) = last;
+            panic!(
+                "the agent did not become ready: /readyz last answered {status} {body:?}\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -482,8 +490,11 @@ impl RunningAgent {
             .output()
             .expect("running the http probe");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
-        (status.trim().parse().unwrap_or(0), body.to_owned())
+        match text.split_once('\n') {
+            Some((status, body)) => (status.trim().parse().unwrap_or(0), body.to_owned()),
+            // Unreachable: the probe's own words say why (refused, timed out, no such netns).
+            None => (0, String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        }
     }
 
     /// The value of a counter or gauge in `/metrics`.
