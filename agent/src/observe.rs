@@ -24,7 +24,7 @@ use crate::plan::{self, NodeFacts, Route, Rule};
 use crate::sysctl;
 
 /// What the kernel holds that concerns mirrornet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KernelView {
     pub links: BTreeMap<String, Link>,
     pub addresses: Vec<ObservedAddress>,

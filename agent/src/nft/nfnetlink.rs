@@ -603,6 +603,96 @@ fn jump_target(nest: &[u8]) -> Option<String> {
     (code == Some(NFT_JUMP)).then_some(chain).flatten()
 }
 
+/// What one nftables notification (a message of the NFNLGRP_NFTABLES group) is about: enough
+/// to tell which network owns the object, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// A table itself was added or deleted.
+    Table { table: String },
+    /// A chain, or a rule in it.
+    Chain { table: String, chain: String },
+    /// A set or map itself.
+    Set { table: String, set: String },
+    /// Elements of a map, with the chains they jump to.
+    Elements {
+        table: String,
+        set: String,
+        targets: Vec<String>,
+    },
+    /// The end of a transaction (`NFT_MSG_NEWGEN`): names no object.
+    Generation,
+    /// Objects, flowtables and what a newer kernel adds.
+    Other,
+}
+
+/// The notifications in one datagram of the nftables multicast group.
+pub fn notifications(mut datagram: &[u8]) -> Vec<Notification> {
+    const NFT_MSG_NEWTABLE: u16 = 0;
+    const NFT_MSG_DELTABLE: u16 = 2;
+    const NFT_MSG_NEWCHAIN: u16 = 3;
+    const NFT_MSG_DELCHAIN: u16 = 5;
+    const NFT_MSG_NEWRULE: u16 = 6;
+    const NFT_MSG_DELRULE: u16 = 8;
+    const NFT_MSG_NEWSET: u16 = 9;
+    const NFT_MSG_DELSET: u16 = 11;
+    const NFT_MSG_NEWSETELEM: u16 = 12;
+    const NFT_MSG_DELSETELEM: u16 = 14;
+    let mut found = Vec::new();
+    while datagram.len() >= 16 {
+        let length = u32::from_ne_bytes(datagram[0..4].try_into().unwrap_or_default()) as usize;
+        if length < 20 || length > datagram.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes(datagram[4..6].try_into().unwrap_or_default());
+        // After the header (16 bytes) and the nfgenmsg (4).
+        let body = &datagram[20..length];
+        datagram = &datagram[length.next_multiple_of(4).min(datagram.len())..];
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES {
+            continue;
+        }
+        let text = |wanted: u16| {
+            attributes(body)
+                .find(|(k, _)| *k == wanted)
+                .map(|(_, v)| string(v))
+                .unwrap_or_default()
+        };
+        found.push(match kind & 0xff {
+            NFT_MSG_NEWTABLE | NFT_MSG_DELTABLE => Notification::Table {
+                table: text(NFTA_TABLE_NAME),
+            },
+            NFT_MSG_NEWCHAIN | NFT_MSG_DELCHAIN => Notification::Chain {
+                table: text(NFTA_CHAIN_TABLE),
+                chain: text(NFTA_CHAIN_NAME),
+            },
+            NFT_MSG_NEWRULE | NFT_MSG_DELRULE => Notification::Chain {
+                table: text(NFTA_RULE_TABLE),
+                chain: text(NFTA_RULE_CHAIN),
+            },
+            NFT_MSG_NEWSET | NFT_MSG_DELSET => Notification::Set {
+                table: text(NFTA_SET_TABLE),
+                set: text(NFTA_SET_NAME),
+            },
+            NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM => Notification::Elements {
+                table: text(NFTA_SET_ELEM_LIST_TABLE),
+                set: text(NFTA_SET_ELEM_LIST_SET),
+                targets: attributes(body)
+                    .filter(|(k, _)| *k == NFTA_SET_ELEM_LIST_ELEMENTS)
+                    .flat_map(|(_, list)| attributes(list))
+                    .filter(|(k, _)| *k == NFTA_LIST_ELEM)
+                    .filter_map(|(_, element)| {
+                        attributes(element)
+                            .find(|(k, _)| *k == NFTA_SET_ELEM_DATA)
+                            .and_then(|(_, data)| jump_target(data))
+                    })
+                    .collect(),
+            },
+            NFT_MSG_NEWGEN => Notification::Generation,
+            _ => Notification::Other,
+        });
+    }
+    found
+}
+
 /// The attributes in `data`, each as (type without the nested/byte-order flags, value).
 fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
@@ -681,6 +771,74 @@ mod tests {
         data.extend_from_slice(&[200, 0, 2, 0]);
         let seen: Vec<_> = attributes(&data).collect();
         assert_eq!(seen, vec![(1, &[1u8, 2, 3, 4][..])]);
+    }
+
+    /// One attribute: length, type, value, padded to 4.
+    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    /// One nftables notification of type `message` with `body` after the nfgenmsg.
+    fn notification(message: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = ((20 + body.len()) as u32).to_ne_bytes().to_vec();
+        out.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | message).to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn notifications_name_the_chain_or_the_jump_targets() {
+        let nested = 0x8000;
+        let verdict = [
+            attribute(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes()),
+            attribute(NFTA_VERDICT_CHAIN, b"xlate-dst.b\0"),
+        ]
+        .concat();
+        let element = attribute(
+            NFTA_SET_ELEM_DATA | nested,
+            &attribute(NFTA_DATA_VERDICT | nested, &verdict),
+        );
+        let elements = [
+            attribute(NFTA_SET_ELEM_LIST_TABLE, b"mirrornet\0"),
+            attribute(NFTA_SET_ELEM_LIST_SET, b"dnat\0"),
+            attribute(
+                NFTA_SET_ELEM_LIST_ELEMENTS | nested,
+                &attribute(NFTA_LIST_ELEM | nested, &element),
+            ),
+        ]
+        .concat();
+        let rule = [
+            attribute(NFTA_RULE_TABLE, b"mirrornet\0"),
+            attribute(NFTA_RULE_CHAIN, b"steer.a.inner.outer\0"),
+        ]
+        .concat();
+        let datagram = [
+            notification(14, &elements),
+            notification(8, &rule),
+            notification(NFT_MSG_NEWGEN, &attribute(NFTA_GEN_ID, &7u32.to_be_bytes())),
+        ]
+        .concat();
+        assert_eq!(
+            notifications(&datagram),
+            vec![
+                Notification::Elements {
+                    table: "mirrornet".into(),
+                    set: "dnat".into(),
+                    targets: vec!["xlate-dst.b".into()],
+                },
+                Notification::Chain {
+                    table: "mirrornet".into(),
+                    chain: "steer.a.inner.outer".into(),
+                },
+                Notification::Generation,
+            ]
+        );
     }
 
     #[test]

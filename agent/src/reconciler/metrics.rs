@@ -58,6 +58,8 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     pub networks_programmed: Gauge,
     pub networks_failing: Gauge,
+    /// Networks the last pass converged: all desired ones, or those an event concerned.
+    pub last_pass_networks: Gauge,
     /// Packets and bytes per network and direction, read from the steering chains' counters
     /// when /metrics is scraped.
     pub side_packets: Family<TrafficLabels, Gauge>,
@@ -76,6 +78,7 @@ impl Default for Metrics {
         let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let networks_programmed = Gauge::default();
         let networks_failing = Gauge::default();
+        let last_pass_networks = Gauge::default();
         let side_packets = Family::<TrafficLabels, Gauge>::default();
         let side_bytes = Family::<TrafficLabels, Gauge>::default();
         registry.register(
@@ -90,7 +93,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_passes",
-            "Reconcile passes, by what caused them",
+            "Reconcile passes, by what caused them and whether they converged the whole node",
             passes.clone(),
         );
         registry.register(
@@ -115,6 +118,11 @@ impl Default for Metrics {
             "Desired networks that could not be programmed",
             networks_failing.clone(),
         );
+        registry.register(
+            "last_pass_networks",
+            "Networks the last pass converged (a repair converges the networks the event concerned)",
+            last_pass_networks.clone(),
+        );
         Self {
             registry,
             passes,
@@ -124,6 +132,7 @@ impl Default for Metrics {
             pass_seconds,
             networks_programmed,
             networks_failing,
+            last_pass_networks,
             side_packets,
             side_bytes,
             last_pass_ms: AtomicU64::new(0),

@@ -21,9 +21,11 @@
 pub mod metrics;
 pub mod pass;
 pub mod report;
+pub mod scope;
 pub mod triggers;
 pub mod verdicts;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,7 +38,8 @@ use tracing::info;
 pub use metrics::{Metrics, TrafficLabels};
 pub use pass::pass;
 pub use report::{NetworkReport, NodeReport, reason_of};
-pub use triggers::{Cause, Trigger};
+pub use scope::{KernelEvent, Owners, Scope};
+pub use triggers::{Breadth, Cause, Trigger};
 pub use verdicts::Verdicts;
 
 use crate::allocate::BackendChoice;
@@ -84,7 +87,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (kick, mut kicks) = mpsc::channel::<Cause>(64);
+    let (kick, mut kicks) = mpsc::unbounded_channel::<KernelEvent>();
     spawn_netlink_watch(kick.clone());
     spawn_nft_watch(kick.clone());
     let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -96,45 +99,85 @@ pub async fn run(
     resync.tick().await;
     let mut first = true;
     let mut verdicts = Verdicts::default();
+    let mut owners = Owners::default();
+    let mut last = NodeReport::default();
+    let mut sysctls: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     loop {
-        let cause = if std::mem::take(&mut first) {
-            Cause::Spec
+        let (cause, scope) = if std::mem::take(&mut first) {
+            (Cause::Spec, Scope::Node)
         } else {
             tokio::select! {
             _ = shutdown.changed() => break,
             changed = desired.changed() => {
                 if changed.is_err() { break; }
-                Cause::Spec
+                (Cause::Spec, Scope::Node)
             }
-            _ = resync.tick() => Cause::Resync,
-            Some(cause) = kicks.recv() => cause,
+            _ = resync.tick() => (Cause::Resync, Scope::Node),
+            Some(event) = kicks.recv() => (Cause::Drift, owners.scope(&event)),
             }
         };
         // Let a burst (our own writes echo back as events too) settle into one pass.
         tokio::time::sleep(settings.debounce).await;
-        let mut cause = cause;
-        while let Ok(more) = kicks.try_recv() {
-            cause = cause.min(more);
+        let (mut cause, mut scope) = (cause, scope);
+        while let Ok(event) = kicks.try_recv() {
+            cause = cause.min(Cause::Drift);
+            scope = scope.merge(owners.scope(&event));
+        }
+        if scope == Scope::Nothing {
+            continue;
+        }
+        // Until a full pass has completed, there is nothing to start a partial one from.
+        if !last.synced {
+            scope = Scope::Node;
         }
         let networks = desired.borrow_and_update().clone();
         let started = Instant::now();
-        metrics.passes.get_or_create(&Trigger { cause }).inc();
-        let (next, sysctls) = pass(
+        let breadth = match scope {
+            Scope::Networks(_) => Breadth::Networks,
+            Scope::Node | Scope::Nothing => Breadth::Node,
+        };
+        metrics
+            .passes
+            .get_or_create(&Trigger {
+                cause,
+                scope: breadth,
+            })
+            .inc();
+        let passed = pass(
             &engine,
             &settings,
             &networks,
-            cause,
+            pass::Brief {
+                cause,
+                scope: &scope,
+                previous: &last,
+            },
             &metrics,
             &mut verdicts,
         )
         .await;
-        if let Ok(mut w) = watched_sysctls.lock() {
-            *w = sysctls;
+        match &scope {
+            Scope::Networks(names) => {
+                owners.forget(names);
+                owners.absorb(passed.owners);
+                sysctls.retain(|name, _| !names.contains(name));
+                sysctls.extend(passed.sysctls);
+            }
+            Scope::Node | Scope::Nothing => {
+                owners = passed.owners;
+                sysctls = passed.sysctls;
+            }
         }
+        if let Ok(mut w) = watched_sysctls.lock() {
+            *w = sysctls.values().flatten().cloned().collect();
+        }
+        metrics.last_pass_networks.set(passed.converged as i64);
         metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+        let next = passed.report;
+        last = next.clone();
         report.send_if_modified(|current| {
             if *current == next {
                 false

@@ -2,7 +2,7 @@
 //! One bad network does not block the others: each is planned and checked against the node's
 //! claims on its own, and only those that pass go into the one change.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use mirrornet_api::allocation::Allocator;
@@ -10,6 +10,7 @@ use mirrornet_api::conditions::NodeReason;
 use tracing::{debug, error, info, info_span, warn};
 
 use super::report::{NetworkReport, NodeReport, reason_of};
+use super::scope::{Owners, Scope};
 use super::triggers::Cause;
 use super::verdicts::Verdicts;
 use super::{DesiredNetwork, Metrics, Settings};
@@ -22,19 +23,57 @@ use crate::plan::NetworkPlan;
 use crate::rollback::VerifiedOutcome;
 use crate::session::{Change, Session};
 
-/// One pass; returns the report and the sysctls to watch until the next one.
+/// What a pass leaves for the next: the report, the sysctls to watch (by network) and who owns
+/// what among the networks it converged.
+#[derive(Debug, Default)]
+pub struct Passed {
+    pub report: NodeReport,
+    pub sysctls: BTreeMap<String, Vec<(String, String)>>,
+    pub owners: Owners,
+    /// The networks it converged.
+    pub converged: usize,
+}
+
+/// What a pass is asked to converge, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Brief<'a> {
+    pub cause: Cause,
+    /// Every desired network for [`Scope::Node`].
+    pub scope: &'a Scope,
+    /// The last pass's report, which a pass over some networks starts from.
+    pub previous: &'a NodeReport,
+}
+
+/// One pass over the networks of the brief. A pass over some networks replaces their entries
+/// of the previous report only: the others were not looked at, so what was said of them still
+/// holds.
 pub async fn pass(
     engine: &Engine,
     settings: &Settings,
     networks: &[DesiredNetwork],
-    cause: Cause,
+    brief: Brief<'_>,
     metrics: &Metrics,
     verdicts: &mut Verdicts,
-) -> (NodeReport, Vec<(String, String)>) {
-    let mut report = NodeReport {
-        synced: true,
-        ..Default::default()
+) -> Passed {
+    let Brief {
+        cause,
+        scope,
+        previous,
+    } = brief;
+    let only = match scope {
+        Scope::Networks(names) => Some(names),
+        Scope::Node | Scope::Nothing => None,
     };
+    let concerned = |name: &str| only.is_none_or(|names| names.contains(name));
+    let mut report = match only {
+        Some(names) => {
+            let mut report = previous.clone();
+            report.networks.retain(|name, _| !names.contains(name));
+            report
+        }
+        None => NodeReport::default(),
+    };
+    report.synced = true;
     // Held for the whole change: a guard reverting a dead agent's change, or a file-mode
     // `apply`, never interleaves its writes with ours.
     let mut session = match Session::locked(engine).await {
@@ -43,11 +82,18 @@ pub async fn pass(
             error!(error = %e, "observing the node failed");
             metrics.errors.inc();
             report.synced = false;
-            return (report, Vec::new());
+            return Passed {
+                report,
+                ..Default::default()
+            };
         }
     };
     verdicts.forget_changed_specs(networks);
     let (effective, substituted) = verdicts.effective(networks, Some(&session.memory));
+    let effective: Vec<DesiredNetwork> = effective
+        .into_iter()
+        .filter(|n| concerned(n.loaded.name()))
+        .collect();
     let ready = plan_networks(&session, &effective, settings.backend, &mut report);
     // Networks held on the node that nobody wants any more go; those waiting for an interface
     // stay as they are.
@@ -56,10 +102,22 @@ pub async fn pass(
     let remove: Vec<String> = report
         .held
         .iter()
-        .filter(|n| !wanted.contains(n.as_str()))
+        .filter(|n| !wanted.contains(n.as_str()) && concerned(n))
         .cloned()
         .collect();
     let accepted = accept(&session, ready, &remove, &mut report);
+    let mut owners = Owners::default();
+    for network in &effective {
+        let name = network.loaded.name();
+        let plan = accepted.iter().map(|(p, _)| p).find(|p| p.name == name);
+        let interfaces = network
+            .loaded
+            .valid
+            .sides
+            .iter()
+            .map(|s| s.interface.as_str().to_owned());
+        owners.add(name, plan, interfaces, &session.view);
+    }
     let plans: Vec<NetworkPlan> = accepted.iter().map(|(p, _)| p.clone()).collect();
     let specs: Vec<&mirrornet_api::MirrorNetworkSpec> = accepted
         .iter()
@@ -82,6 +140,7 @@ pub async fn pass(
         .map(|(n, _)| n.clone())
         .collect();
     let converged = crate::rollback::converge_verified(&session, change).await;
+    let earlier_removals = only.map(|_| report.removed.clone()).unwrap_or_default();
     let checked = record(
         converged,
         &accepted,
@@ -91,13 +150,25 @@ pub async fn pass(
         verdicts,
         &mut report,
     );
-    verdicts.report_rejections(&mut report, networks, &substituted, &remembered);
+    // A pass over some networks removed none of the others: what the last full pass removed
+    // is still news for whoever has not read it yet.
+    for name in earlier_removals {
+        if !report.removed.contains(&name) {
+            report.removed.push(name);
+        }
+    }
+    let concerned_networks: Vec<DesiredNetwork> = networks
+        .iter()
+        .filter(|n| concerned(n.loaded.name()))
+        .cloned()
+        .collect();
+    verdicts.report_rejections(&mut report, &concerned_networks, &substituted, &remembered);
     // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
     // hold up a CLI `apply` or a guard.
     session.unlock();
     // The periodic probes: a path that stops answering later is reported, not rolled back
-    // (there is no earlier state to go back to).
-    if cause != Cause::Spec && verdicts.probes_due(settings.resync) {
+    // (there is no earlier state to go back to). They belong to full passes.
+    if cause != Cause::Spec && only.is_none() && verdicts.probes_due(settings.resync) {
         probe(&accepted, &checked, verdicts, &report).await;
     }
     verdicts.report_checks(&mut report, &wanted);
@@ -107,7 +178,12 @@ pub async fn pass(
     metrics
         .networks_failing
         .set((report.networks.len() - programmed) as i64);
-    (report, sysctls)
+    Passed {
+        report,
+        sysctls,
+        owners,
+        converged: effective.len() + remove.len(),
+    }
 }
 
 /// Plans every network whose interfaces are there, each on its own: one that cannot be
@@ -323,12 +399,18 @@ fn plan_one(
     session.plan_with(&network.loaded, &allocation, backend)
 }
 
-/// The sysctls of the networks programmed, with the values they need: a drift of one kicks a
-/// pass (sysctl writes raise no event this build can decode).
-fn watched_sysctls(plans: &[NetworkPlan], report: &NodeReport) -> Vec<(String, String)> {
+/// The sysctls of the networks programmed, by network, with the values they need: a drift of
+/// one kicks a pass of its network (sysctl writes raise no event this build can decode).
+fn watched_sysctls(
+    plans: &[NetworkPlan],
+    report: &NodeReport,
+) -> BTreeMap<String, Vec<(String, String)>> {
     plans
         .iter()
         .filter(|p| report.networks.get(&p.name).is_some_and(|n| n.programmed))
-        .flat_map(|p| p.sysctls.iter().map(|s| (s.path.clone(), s.value.clone())))
+        .map(|p| {
+            let sysctls = p.sysctls.iter().map(|s| (s.path.clone(), s.value.clone()));
+            (p.name.clone(), sysctls.collect())
+        })
         .collect()
 }

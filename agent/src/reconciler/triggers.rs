@@ -8,10 +8,38 @@ use prometheus_client::encoding::EncodeLabelSet;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::scope::KernelEvent;
+
+/// Where the watches send what they saw. Unbounded, so that no event is dropped: the pass that
+/// follows must know every network a burst touched (a flushed table is a few thousand small
+/// messages, drained in one go).
+pub(super) type Kicks = mpsc::UnboundedSender<KernelEvent>;
+
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 pub struct Trigger {
     pub cause: Cause,
+    /// Whether the pass converged every network or only those an event concerned.
+    pub scope: Breadth,
+}
+
+/// How much of the node a pass converged.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum Breadth {
+    /// Every desired network.
+    Node,
+    /// The networks owning what an event changed.
+    Networks,
 }
 
 #[derive(
@@ -34,8 +62,8 @@ pub enum Cause {
     Resync,
 }
 
-/// Kicks a pass on every link, address, route and rule change.
-pub(super) fn spawn_netlink_watch(kick: mpsc::Sender<Cause>) {
+/// Sends every link, address, route and rule change, decoded as far as ownership needs.
+pub(super) fn spawn_netlink_watch(kick: Kicks) {
     use futures::StreamExt;
     use rtnetlink::MulticastGroup;
     let groups = [
@@ -51,9 +79,9 @@ pub(super) fn spawn_netlink_watch(kick: mpsc::Sender<Cause>) {
         Ok((connection, _handle, mut messages)) => {
             tokio::spawn(connection);
             tokio::spawn(async move {
-                while messages.next().await.is_some() {
-                    if kick.try_send(Cause::Drift).is_err() {
-                        // A pass is already queued; it will see this change too.
+                while let Some((message, _)) = messages.next().await {
+                    if kick.send(route_event(message)).is_err() {
+                        break;
                     }
                 }
             });
@@ -62,11 +90,65 @@ pub(super) fn spawn_netlink_watch(kick: mpsc::Sender<Cause>) {
     }
 }
 
-/// Kicks a pass whenever the nftables ruleset changes: the kernel multicasts every
-/// transaction (elements included, which `nft monitor` 1.0.6 does not print) to the
-/// NFNLGRP_NFTABLES group of a netfilter netlink socket. Any change kicks; a pass over an
-/// untouched table costs one listing and writes nothing.
-pub(super) fn spawn_nft_watch(kick: mpsc::Sender<Cause>) {
+/// What an rtnetlink notification is about.
+fn route_event(
+    message: netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+) -> KernelEvent {
+    use netlink_packet_core::NetlinkPayload;
+    use netlink_packet_route::RouteNetlinkMessage as M;
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::route::RouteAttribute;
+    use netlink_packet_route::rule::RuleAttribute;
+    let NetlinkPayload::InnerMessage(message) = message.payload else {
+        return KernelEvent::Unknown;
+    };
+    match message {
+        M::NewLink(m) | M::DelLink(m) | M::SetLink(m) => KernelEvent::Link {
+            index: m.header.index,
+            name: m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }),
+        },
+        M::NewAddress(m) | M::DelAddress(m) => KernelEvent::Address {
+            index: m.header.index,
+        },
+        M::NewRoute(m) | M::DelRoute(m) => KernelEvent::Route {
+            table: m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table)),
+            interface: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+        },
+        M::NewRule(m) | M::DelRule(m) => KernelEvent::Rule {
+            table: m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table)),
+            priority: m.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            }),
+        },
+        _ => KernelEvent::Unknown,
+    }
+}
+
+/// Sends every change of the nftables ruleset: the kernel multicasts every transaction
+/// (elements included, which `nft monitor` 1.0.6 does not print) to the NFNLGRP_NFTABLES group
+/// of a netfilter netlink socket, one message per object.
+pub(super) fn spawn_nft_watch(kick: Kicks) {
     /// NFNLGRP_NFTABLES from linux/netfilter/nfnetlink.h.
     const NFNLGRP_NFTABLES: u32 = 7;
     spawn_group_watch(
@@ -74,15 +156,21 @@ pub(super) fn spawn_nft_watch(kick: mpsc::Sender<Cause>) {
         1 << (NFNLGRP_NFTABLES - 1),
         "nftables",
         kick,
+        |datagram| {
+            crate::nft::nfnetlink::notifications(datagram)
+                .into_iter()
+                .map(KernelEvent::Nft)
+                .collect()
+        },
     );
 }
 
-/// Kicks a pass whenever an interface's forwarding or reverse-path setting changes: the kernel
+/// Sends every change of an interface's forwarding or reverse-path setting: the kernel
 /// announces those sysctls in netconf messages (RTNLGRP_IPV4_NETCONF, RTNLGRP_IPV6_NETCONF).
-/// This build cannot decode them (netlink-packet-route 0.34), and need not: any message kicks.
-/// Returns whether the subscription holds, so that the sysctl watch polls only what no
-/// message announces.
-pub(super) fn spawn_netconf_watch(kick: mpsc::Sender<Cause>) -> bool {
+/// netlink-packet-route 0.34 cannot decode them; the link they concern is their one attribute
+/// this needs. Returns whether the subscription holds, so that the sysctl watch polls only
+/// what no message announces.
+pub(super) fn spawn_netconf_watch(kick: Kicks) -> bool {
     /// RTNLGRP_IPV4_NETCONF and RTNLGRP_IPV6_NETCONF from linux/rtnetlink.h.
     const GROUPS: [u32; 2] = [24, 25];
     spawn_group_watch(
@@ -90,16 +178,54 @@ pub(super) fn spawn_netconf_watch(kick: mpsc::Sender<Cause>) -> bool {
         GROUPS.iter().map(|g| 1 << (g - 1)).sum(),
         "netconf",
         kick,
+        netconf_events,
     )
 }
 
-/// Kicks a pass on every message of the multicast `groups` of netlink `protocol`; returns
-/// whether the subscription holds (if not, the resync is the backstop).
+/// The links the netconf messages of one datagram are about (`struct netconfmsg`, then
+/// NETCONFA_IFINDEX; negative for `all` and `default`).
+fn netconf_events(mut datagram: &[u8]) -> Vec<KernelEvent> {
+    const NETCONFA_IFINDEX: u16 = 1;
+    let mut events = Vec::new();
+    while datagram.len() >= 20 {
+        let length = u32::from_ne_bytes(datagram[0..4].try_into().unwrap_or_default()) as usize;
+        if length < 20 || length > datagram.len() {
+            events.push(KernelEvent::Unknown);
+            break;
+        }
+        // The header (16 bytes), then the family padded to 4.
+        let mut attributes = &datagram[20..length];
+        datagram = &datagram[length.next_multiple_of(4).min(datagram.len())..];
+        let mut index = None;
+        while attributes.len() >= 8 {
+            let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+            let kind = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
+            if len < 4 || len > attributes.len() {
+                break;
+            }
+            if kind == NETCONFA_IFINDEX && len >= 8 {
+                index = Some(i32::from_ne_bytes(
+                    attributes[4..8].try_into().unwrap_or_default(),
+                ));
+            }
+            attributes = &attributes[len.next_multiple_of(4).min(attributes.len())..];
+        }
+        events.push(index.map_or(KernelEvent::Unknown, |index| KernelEvent::Netconf { index }));
+    }
+    if events.is_empty() {
+        events.push(KernelEvent::Unknown);
+    }
+    events
+}
+
+/// Sends the events `decode` finds in every datagram of the multicast `groups` of netlink
+/// `protocol`; returns whether the subscription holds (if not, the resync is the backstop).
 fn spawn_group_watch(
     protocol: isize,
     groups: u32,
     what: &'static str,
-    kick: mpsc::Sender<Cause>,
+    kick: Kicks,
+    decode: fn(&[u8]) -> Vec<KernelEvent>,
 ) -> bool {
     use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
     let socket = TokioSocket::new(protocol).and_then(|mut s| {
@@ -116,8 +242,12 @@ fn spawn_group_watch(
     tokio::spawn(async move {
         loop {
             match socket.recv_from_full().await {
-                Ok(_) => {
-                    let _ = kick.try_send(Cause::Drift);
+                Ok((datagram, _)) => {
+                    for event in decode(&datagram) {
+                        if kick.send(event).is_err() {
+                            return;
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "reading {what} events");
@@ -148,7 +278,7 @@ pub fn announced(path: &str) -> bool {
 /// a sysctl write raises no other event; at a thousand networks, polling every sysctl cost
 /// ten per cent of a core while idle (BENCHMARKS.md), hence only these.
 pub(super) fn spawn_sysctl_watch(
-    kick: mpsc::Sender<Cause>,
+    kick: Kicks,
     watched: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     announced_by_netconf: bool,
 ) {
@@ -156,16 +286,22 @@ pub(super) fn spawn_sysctl_watch(
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            let drifted = watched
+            let drifted: Vec<String> = watched
                 .lock()
                 .map(|w| {
                     w.iter()
                         .filter(|(path, _)| !(announced_by_netconf && announced(path)))
-                        .any(|(path, value)| crate::sysctl::read(path).is_some_and(|v| v != *value))
+                        .filter(|(path, value)| {
+                            crate::sysctl::read(path).is_some_and(|v| v != *value)
+                        })
+                        .map(|(path, _)| path.clone())
+                        .collect()
                 })
-                .unwrap_or(false);
-            if drifted {
-                let _ = kick.try_send(Cause::Drift);
+                .unwrap_or_default();
+            for path in drifted {
+                if kick.send(KernelEvent::Sysctl { path }).is_err() {
+                    return;
+                }
             }
         }
     });
@@ -173,7 +309,31 @@ pub(super) fn spawn_sysctl_watch(
 
 #[cfg(test)]
 mod tests {
-    use super::announced;
+    use super::{KernelEvent, announced, netconf_events};
+
+    #[test]
+    fn netconf_messages_name_their_link() {
+        // RTM_NEWNETCONF for link 7, then one for `all` (-1): header, family, NETCONFA_IFINDEX.
+        let message = |index: i32| {
+            let mut m = 28u32.to_ne_bytes().to_vec();
+            m.extend_from_slice(&80u16.to_ne_bytes());
+            m.extend_from_slice(&[0; 10]);
+            m.extend_from_slice(&[2, 0, 0, 0]);
+            m.extend_from_slice(&8u16.to_ne_bytes());
+            m.extend_from_slice(&1u16.to_ne_bytes());
+            m.extend_from_slice(&index.to_ne_bytes());
+            m
+        };
+        let datagram = [message(7), message(-1)].concat();
+        assert_eq!(
+            netconf_events(&datagram),
+            vec![
+                KernelEvent::Netconf { index: 7 },
+                KernelEvent::Netconf { index: -1 }
+            ]
+        );
+        assert_eq!(netconf_events(&[1, 2, 3]), vec![KernelEvent::Unknown]);
+    }
 
     #[test]
     fn netconf_announces_forwarding_and_rp_filter_only() {
