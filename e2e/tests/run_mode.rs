@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    RunningAgent, SEED, SpecFile, assert_same, ping, require_root, seed_scenario, snapshot,
-    time_until, vrf,
+    RunningAgent, SEED, SpecFile, add_network, assert_same, ping, require_root, seed_scenario,
+    snapshot, time_until, vrf,
 };
 
 fn sh(s: &Scenario, command: &str) -> String {
@@ -377,5 +377,119 @@ fn a_side_link_going_down_is_reported_and_restored_when_up() {
             "192.168.3.11"
         ))
         .is_some()
+    );
+}
+
+/// Network `k` of [`several_networks`]: the seed renamed `net-<k>`, on eth(2k+1) and
+/// eth(2k+2), subnet 10.k.2.0/24 and alias 10.k.3.0/24.
+fn numbered_seed(k: u32) -> String {
+    SEED.replace("name: plant-twin", &format!("name: net-{k}"))
+        .replace("eth1", &format!("eth{}", 2 * k + 1))
+        .replace("eth2", &format!("eth{}", 2 * k + 2))
+        .replace("192.168.2.", &format!("10.{k}.2."))
+        .replace("192.168.3.", &format!("10.{k}.3."))
+}
+
+/// The passes `/metrics` counts for `cause` over the whole node or over some networks.
+fn passes(agent: &RunningAgent, s: &Scenario, cause: &str, scope: &str) -> f64 {
+    agent.metric(
+        &s.lab,
+        &format!("mirrornet_agent_reconcile_passes_total{{cause=\"{cause}\",scope=\"{scope}\"}}"),
+    )
+}
+
+/// A node holding the seed and three more networks, each tampered with in turn: every repair
+/// is a pass over the tampered network alone (the others are neither planned nor diffed), and
+/// a change to something no network owns runs no pass at all.
+#[test]
+fn a_tampered_network_among_several_is_repaired_alone() {
+    let seed = SpecFile::new("several-seed", SEED);
+    let mut s = Scenario::build("several", &seed.networks[0].valid, &[10, 11], false).unwrap();
+    let mut yaml = SEED.to_owned();
+    for k in 1..=3 {
+        let text = numbered_seed(k);
+        let network = SpecFile::new(&format!("several-{k}"), &text).networks[0]
+            .valid
+            .clone();
+        add_network(&mut s.lab, &network, &format!("n{k}"), &[]);
+        yaml.push_str("---\n");
+        yaml.push_str(&text);
+    }
+    let spec = SpecFile::new("several", &yaml);
+    assert_eq!(spec.networks.len(), 4);
+    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    agent.wait_ready(&s.lab);
+    let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    // net-2 is on eth5 and eth6.
+    let route = sh(&s, "ip route show table all | grep '^10.2.2.0/24 dev eth6'");
+    let route = route
+        .lines()
+        .next()
+        .expect("net-2's route of side outer")
+        .to_owned();
+    let cases = [
+        ("route", format!("ip route del {route}")),
+        ("address", "ip addr del 10.2.2.1/24 dev eth5".to_owned()),
+        (
+            "nat chain",
+            "nft flush chain inet mirrornet xlate-dst.net-2".to_owned(),
+        ),
+        (
+            "steering element",
+            "nft delete element inet mirrornet ingress-v4 '{ \"eth5\" . 10.2.3.0/24 }'".to_owned(),
+        ),
+        (
+            "forwarding sysctl",
+            "sysctl -qw net.ipv4.conf.eth6.forwarding=0".to_owned(),
+        ),
+    ];
+    for (what, tamper) in &cases {
+        let (node, scoped) = (
+            passes(&agent, &s, "Drift", "Node"),
+            passes(&agent, &s, "Drift", "Networks"),
+        );
+        let repairs = agent.metric(&s.lab, "mirrornet_agent_repairs_total");
+        sh(&s, tamper);
+        let repaired = time_until(Duration::from_secs(20), || {
+            snapshot(&s.lab, MIDDLEMAN).unwrap() == converged
+        });
+        if repaired.is_none() {
+            assert_same(&converged, &snapshot(&s.lab, MIDDLEMAN).unwrap(), what);
+        }
+        assert!(
+            agent.metric(&s.lab, "mirrornet_agent_repairs_total") > repairs,
+            "{what}: counted as a repair"
+        );
+        assert!(
+            passes(&agent, &s, "Drift", "Networks") > scoped,
+            "{what}: repaired by a pass over its network"
+        );
+        assert_eq!(
+            passes(&agent, &s, "Drift", "Node"),
+            node,
+            "{what}: no pass over the whole node\n{}",
+            agent.log_text()
+        );
+        assert_eq!(
+            agent.metric(&s.lab, "mirrornet_agent_last_pass_networks"),
+            1.0,
+            "{what}: the last pass converged net-2 alone"
+        );
+    }
+    assert!(
+        ping(&s.lab, "inner-10", "192.168.3.11"),
+        "the seed still crosses"
+    );
+    // Nobody's link comes and goes: no pass of any kind follows.
+    let drift = passes(&agent, &s, "Drift", "Node") + passes(&agent, &s, "Drift", "Networks");
+    sh(
+        &s,
+        "ip link add mnx-a type veth peer name mnx-b && ip link set mnx-a up && ip link del mnx-a",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        passes(&agent, &s, "Drift", "Node") + passes(&agent, &s, "Drift", "Networks"),
+        drift,
+        "a link no network owns runs no pass"
     );
 }
