@@ -417,7 +417,8 @@ fn a_tampered_network_among_several_is_repaired_alone() {
     }
     let spec = SpecFile::new("several", &yaml);
     assert_eq!(spec.networks.len(), 4);
-    let agent = RunningAgent::start(&s.lab, &spec, &[]);
+    // No resync while it runs: every full pass here would be one an event caused.
+    let agent = RunningAgent::start(&s.lab, &spec, &["--resync-seconds", "3600"]);
     agent.wait_ready(&s.lab);
     let converged = snapshot(&s.lab, MIDDLEMAN).unwrap();
     // net-2 is on eth5 and eth6.
@@ -480,6 +481,46 @@ fn a_tampered_network_among_several_is_repaired_alone() {
         ping(&s.lab, "inner-10", "192.168.3.11"),
         "the seed still crosses"
     );
+    // One network edited in the file, then removed from it: each time a pass over that
+    // network alone, which leaves the others as they were.
+    for (what, text) in [
+        (
+            "net-3 suspended",
+            yaml.replace(
+                "name: net-3\nspec:\n",
+                "name: net-3\nspec:\n  suspend: true\n",
+            ),
+        ),
+        (
+            "net-3 removed",
+            yaml.split("---\n")
+                .filter(|d| !d.contains("name: net-3"))
+                .collect::<Vec<_>>()
+                .join("---\n"),
+        ),
+    ] {
+        assert_ne!(text, yaml, "{what}: the edit applies");
+        let scoped = passes(&agent, &s, "Spec", "Networks");
+        let node = passes(&agent, &s, "Spec", "Node");
+        let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+        std::fs::write(&spec.path, &text).unwrap();
+        let followed = time_until(Duration::from_secs(20), || {
+            passes(&agent, &s, "Spec", "Networks") > scoped
+                && snapshot(&s.lab, MIDDLEMAN).unwrap() != before
+        });
+        assert!(
+            followed.is_some(),
+            "{what}: not followed\n{}",
+            agent.log_text()
+        );
+        assert_eq!(passes(&agent, &s, "Spec", "Node"), node, "{what}");
+        assert_eq!(
+            agent.metric(&s.lab, "mirrornet_agent_last_pass_networks"),
+            1.0,
+            "{what}: the last pass converged net-3 alone"
+        );
+        assert!(ping(&s.lab, "inner-10", "192.168.3.11"), "{what}: the seed");
+    }
     // Nobody's link comes and goes: no pass of any kind follows.
     let drift = passes(&agent, &s, "Drift", "Node") + passes(&agent, &s, "Drift", "Networks");
     sh(

@@ -25,7 +25,7 @@ pub mod scope;
 pub mod triggers;
 pub mod verdicts;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ use tracing::info;
 pub use metrics::{Metrics, TrafficLabels};
 pub use pass::pass;
 pub use report::{NetworkReport, NodeReport, reason_of};
-pub use scope::{KernelEvent, Owners, Scope};
+pub use scope::{KernelEvent, Owners, Scope, spec_change};
 pub use triggers::{Breadth, Cause, Trigger};
 pub use verdicts::Verdicts;
 
@@ -101,6 +101,7 @@ pub async fn run(
     let mut verdicts = Verdicts::default();
     let mut owners = Owners::default();
     let mut last = NodeReport::default();
+    let mut seen: Vec<DesiredNetwork> = Vec::new();
     let mut sysctls: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     loop {
         let (cause, scope) = if std::mem::take(&mut first) {
@@ -110,7 +111,8 @@ pub async fn run(
             _ = shutdown.changed() => break,
             changed = desired.changed() => {
                 if changed.is_err() { break; }
-                (Cause::Spec, Scope::Node)
+                // Which networks changed is known once the burst has settled, below.
+                (Cause::Spec, Scope::Nothing)
             }
             _ = resync.tick() => (Cause::Resync, Scope::Node),
             Some(event) = kicks.recv() => (Cause::Drift, owners.scope(&event)),
@@ -123,6 +125,16 @@ pub async fn run(
             cause = cause.min(Cause::Drift);
             scope = scope.merge(owners.scope(&event));
         }
+        let networks = desired.borrow_and_update().clone();
+        if cause == Cause::Spec {
+            scope = scope.merge(spec_change(&seen, &networks, &last));
+        }
+        let live: BTreeSet<&str> = networks
+            .iter()
+            .map(|n| n.loaded.name())
+            .chain(last.held.iter().map(String::as_str))
+            .collect();
+        scope = scope.within(&live);
         if scope == Scope::Nothing {
             continue;
         }
@@ -130,7 +142,6 @@ pub async fn run(
         if !last.synced {
             scope = Scope::Node;
         }
-        let networks = desired.borrow_and_update().clone();
         let started = Instant::now();
         let breadth = match scope {
             Scope::Networks(_) => Breadth::Networks,
@@ -158,7 +169,8 @@ pub async fn run(
         .await;
         match &scope {
             Scope::Networks(names) => {
-                owners.forget(names);
+                // What the networks owned before stays known until the next full pass: the
+                // echo of the writes that withdrew it is still theirs, not the node's.
                 owners.absorb(passed.owners);
                 sysctls.retain(|name, _| !names.contains(name));
                 sysctls.extend(passed.sysctls);
@@ -178,6 +190,7 @@ pub async fn run(
         metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
         let next = passed.report;
         last = next.clone();
+        seen = networks;
         report.send_if_modified(|current| {
             if *current == next {
                 false

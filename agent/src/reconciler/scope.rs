@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::{DesiredNetwork, NodeReport};
 use crate::nft::nfnetlink::Notification;
 use crate::observe::KernelView;
 use crate::plan::NetworkPlan;
@@ -63,6 +64,22 @@ impl Scope {
         }
     }
 
+    /// Only the networks in `live` (desired or held): an event can outlive its network, as
+    /// the echo of the writes that removed it does.
+    pub fn within(self, live: &BTreeSet<&str>) -> Scope {
+        match self {
+            Scope::Networks(mut names) => {
+                names.retain(|n| live.contains(n.as_str()));
+                if names.is_empty() {
+                    Scope::Nothing
+                } else {
+                    Scope::Networks(names)
+                }
+            }
+            other => other,
+        }
+    }
+
     fn of(owners: Option<&BTreeSet<String>>) -> Scope {
         owners.map_or(Scope::Nothing, |o| Scope::Networks(o.clone()))
     }
@@ -71,6 +88,41 @@ impl Scope {
     fn known_or_node(owners: Option<&BTreeSet<String>>) -> Scope {
         owners.map_or(Scope::Node, |o| Scope::Networks(o.clone()))
     }
+}
+
+/// The networks a change of the desired list concerns: those added, removed or changed (spec,
+/// generation or ids), and every network the last pass could not program, since what held it
+/// back (an interface another network used, a conflict) may be what just went away.
+pub fn spec_change(
+    before: &[DesiredNetwork],
+    after: &[DesiredNetwork],
+    last: &NodeReport,
+) -> Scope {
+    let key = |n: &DesiredNetwork| {
+        (
+            n.loaded.object.spec.clone(),
+            n.loaded.object.metadata.generation,
+            n.allocation.clone(),
+        )
+    };
+    let before: BTreeMap<&str, _> = before.iter().map(|n| (n.loaded.name(), key(n))).collect();
+    let after: BTreeMap<&str, _> = after.iter().map(|n| (n.loaded.name(), key(n))).collect();
+    let mut changed: BTreeSet<String> = before
+        .iter()
+        .filter(|(name, k)| after.get(*name) != Some(k))
+        .chain(after.iter().filter(|(name, _)| !before.contains_key(*name)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if changed.is_empty() {
+        return Scope::Nothing;
+    }
+    changed.extend(
+        last.networks
+            .iter()
+            .filter(|(name, n)| !n.programmed && after.contains_key(name.as_str()))
+            .map(|(name, _)| name.clone()),
+    );
+    Scope::Networks(changed)
 }
 
 /// Which network owns which kernel object, from the plans of the last pass and the view it
@@ -222,12 +274,13 @@ mod tests {
     use mirrornet_api::allocation::IdRanges;
     use mirrornet_api::file::LoadedNetwork;
 
-    use super::{KernelEvent, Owners, Scope};
+    use super::{KernelEvent, Owners, Scope, spec_change};
     use crate::allocate::{self, BackendChoice};
     use crate::memory::Memory;
     use crate::netlink::{Link, LinkConf};
     use crate::nft::nfnetlink::Notification;
     use crate::observe::KernelView;
+    use crate::reconciler::{DesiredNetwork, NetworkReport, NodeReport};
 
     /// The seed as network `name` on `inner` and `outer`.
     fn network(name: &str, inner: &str, outer: &str) -> LoadedNetwork {
@@ -475,6 +528,48 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    fn desired(network: LoadedNetwork) -> DesiredNetwork {
+        DesiredNetwork {
+            loaded: network,
+            allocation: None,
+        }
+    }
+
+    #[test]
+    fn a_spec_change_concerns_what_changed_and_what_could_not_be_programmed() {
+        let a = desired(network("a", "eth1", "eth2"));
+        let b = desired(network("b", "eth3", "eth4"));
+        let c = desired(network("c", "eth5", "eth6"));
+        let mut b_suspended = b.clone();
+        b_suspended.loaded.object.spec.suspend = true;
+        let mut last = NodeReport::default();
+        for (name, programmed) in [("a", true), ("b", true), ("c", false)] {
+            let mut entry = NetworkReport::new(name, None);
+            entry.programmed = programmed;
+            last.networks.insert(name.into(), entry);
+        }
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(spec_change(&all, &all, &last), Scope::Nothing);
+        // b changed: b, and c, which is waiting.
+        assert_eq!(
+            spec_change(&all, &[a.clone(), b_suspended, c.clone()], &last),
+            networks(&["b", "c"])
+        );
+        // a removed, d added.
+        let d = desired(network("d", "eth7", "eth8"));
+        assert_eq!(
+            spec_change(&all, &[b.clone(), c.clone(), d], &last),
+            networks(&["a", "c", "d"])
+        );
+        // New ids for a.
+        let mut a_moved = a.clone();
+        a_moved.allocation = Some(mirrornet_api::fixtures::first_allocation());
+        assert_eq!(
+            spec_change(&all, &[a_moved, b, c], &last),
+            networks(&["a", "c"])
+        );
     }
 
     #[test]
