@@ -2,14 +2,16 @@
 //! whatever changes it — a new spec, a tampered rule, an interface that comes and goes.
 //!
 //! ```text
-//!  desired (file or cluster) ──┐
-//!  rtnetlink events ───────────┤  kick ──debounce──> pass: one Session ─> NodeReport
-//!  nftables events (nfnetlink) ┤   (triggers)        observe, plan, converge,   metrics
-//!  drifted sysctls, resync ────┘                     verify (pass)
+//!  desired (file or cluster) ──┐                   scope: the networks
+//!  rtnetlink events ───────────┤  kick ──debounce──> that own what changed ──> pass: one Session
+//!  nftables events (nfnetlink) ┤   (triggers)        (or the whole node)       observe, plan,
+//!  drifted sysctls, resync ────┘                                               converge, verify
+//!                                                                              ─> NodeReport
 //! ```
 //!
-//! * [`triggers`]: what kicks a pass, and why ([`Cause`]).
-//! * [`pass`]: one pass over every desired network.
+//! * [`triggers`]: what kicks a pass, and why ([`Cause`]), with the event decoded.
+//! * [`scope`]: which networks an event or a spec change concerns ([`Scope`]).
+//! * [`pass`]: one pass over those networks (every desired one for a full pass).
 //! * [`verdicts`], [`report`]: the pure decisions a pass makes from what happened (a rejected
 //!   spec kept, the report built from the outcome).
 //! * [`metrics`]: what a pass counts.
