@@ -31,7 +31,9 @@ use mirrornet_api::file::{self, LoadedNetwork};
                   ids on the node yet. In a cluster the operator allocates ids. Give every \
                   command on one node the same ranges: a network re-applied under another mark \
                   mask gets new ids, and a node holds one mask, so a change that would leave \
-                  networks under two is refused; move every network in one apply."
+                  networks under two is refused; move every network in one apply. New table, \
+                  zone or priority ranges leave the networks a node holds as they are (their \
+                  re-apply writes nothing); only networks new to the node draw from them."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -319,3 +319,74 @@ fn a_node_moves_to_another_mark_mask_with_every_network_at_once() {
         "after the delete",
     );
 }
+
+/// The table, zone and priority ranges changed on a node that holds a network: the network
+/// keeps the ids it holds (its converged re-apply under the new ranges writes nothing, so its
+/// connections and its conntrack zones stay), and only a network new to the node draws from
+/// the new ranges, next to it; both delete without residue.
+#[test]
+fn new_id_ranges_leave_the_networks_held_as_they_are() {
+    require_root();
+    let mut lab = Lab::new("range-move");
+    lab.add_namespace(MIDDLEMAN).unwrap();
+    lab.add_namespace("sink").unwrap();
+    lab.veth_pairs(
+        MIDDLEMAN,
+        "sink",
+        &["n0a", "n0b", "n1a", "n1b"].map(String::from),
+    )
+    .expect("the networks' interfaces");
+    let both = many(2);
+    let (first, _) = both.split_once("---\n").unwrap();
+    let (first, both) = (
+        SpecFile::new("range-first", first),
+        SpecFile::new("range-both", &both),
+    );
+    let before = snapshot(&lab, MIDDLEMAN).unwrap();
+    let held = ids(&apply(&lab, &first, &[]), 0);
+    let programmed = snapshot(&lab, MIDDLEMAN).unwrap();
+
+    let moved = [
+        "--table-range",
+        "30000-30099",
+        "--zone-range",
+        "3000-3099",
+        "--rule-priority-range",
+        "700-799",
+    ];
+    let again = apply(&lab, &first, &moved);
+    assert_eq!(
+        again["writes"], 0,
+        "the held network was rewritten: {again}"
+    );
+    assert_eq!(ids(&again, 0), held);
+    assert_same(
+        &programmed,
+        &snapshot(&lab, MIDDLEMAN).unwrap(),
+        "re-applied under new ranges",
+    );
+
+    let report = apply(&lab, &both, &moved);
+    let zones = |i: usize| -> Vec<u64> {
+        report["networks"][i]["allocation"]["sides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["zone"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&report, 0), held, "the first network kept its ids");
+    for ((priority, _, table), zone) in ids(&report, 1).into_iter().zip(zones(1)) {
+        assert!((700..=799).contains(&priority), "priority {priority}");
+        assert!((30000..=30099).contains(&table), "table {table}");
+        assert!((3000..=3099).contains(&zone), "zone {zone}");
+    }
+    let mut args = vec!["delete", "--file", both.path()];
+    args.extend(moved);
+    assert!(agent(&lab, &args, &[]).status.success());
+    assert_same(
+        &before,
+        &snapshot(&lab, MIDDLEMAN).unwrap(),
+        "after the delete",
+    );
+}

@@ -101,9 +101,9 @@ pub fn measure(lab: &mut Lab, scale: &ScaleLab, max: usize, s: &Settings) -> Res
             .filter(|l| {
                 l.starts_with("mirrornet_agent_repairs")
                     || l.starts_with("mirrornet_agent_kernel_writes")
-                    || l.starts_with("mirrornet_agent_passes")
-                    || l.starts_with("mirrornet_agent_pass_seconds_sum")
-                    || l.starts_with("mirrornet_agent_pass_seconds_count")
+                    || l.starts_with("mirrornet_agent_reconcile_passes_total")
+                    || l.starts_with("mirrornet_agent_reconcile_pass_seconds_sum")
+                    || l.starts_with("mirrornet_agent_reconcile_pass_seconds_count")
             })
             .map(str::to_owned)
             .collect();
