@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::scope::KernelEvent;
 
@@ -79,11 +79,15 @@ pub(super) fn spawn_netlink_watch(kick: Kicks) {
         Ok((connection, _handle, mut messages)) => {
             tokio::spawn(connection);
             tokio::spawn(async move {
+                // An overflow of the socket arrives as an `Overrun` message, which
+                // `route_event` cannot trace: a full pass follows.
                 while let Some((message, _)) = messages.next().await {
                     if kick.send(route_event(message)).is_err() {
-                        break;
+                        return;
                     }
                 }
+                warn!("the rtnetlink event stream ended; relying on resync");
+                let _ = kick.send(KernelEvent::Unknown);
             });
         }
         Err(e) => warn!(error = %e, "cannot subscribe to rtnetlink events; relying on resync"),
@@ -182,6 +186,9 @@ pub(super) fn spawn_netconf_watch(kick: Kicks) -> bool {
     )
 }
 
+/// ENOBUFS: what a netlink socket answers once the kernel dropped messages it had no room for.
+const ENOBUFS: i32 = 105;
+
 /// The links the netconf messages of one datagram are about (`struct netconfmsg`, then
 /// NETCONFA_IFINDEX; negative for `all` and `default`).
 fn netconf_events(mut datagram: &[u8]) -> Vec<KernelEvent> {
@@ -249,8 +256,20 @@ fn spawn_group_watch(
                         }
                     }
                 }
+                // The socket's buffer overflowed (a burst such as a first transaction of a
+                // thousand networks): some events are lost, so nobody knows which networks
+                // they concerned, and the pass that follows is over the whole node.
+                Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
+                    debug!("{what} events overflowed the socket; a full pass follows");
+                    if kick.send(KernelEvent::Unknown).is_err() {
+                        return;
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "reading {what} events");
+                    if kick.send(KernelEvent::Unknown).is_err() {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
