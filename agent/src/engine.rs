@@ -8,6 +8,7 @@ use mirrornet_api::allocation::IdRanges;
 
 use crate::apply::{self, Failpoints};
 use crate::error::Result;
+use crate::memory::{Memory, MemoryCache};
 use crate::netlink::Netlink;
 use crate::observe::{self, KernelView, NftCache};
 use crate::step::Changes;
@@ -19,6 +20,7 @@ pub struct Engine {
     failpoints: Failpoints,
     /// Present when the engine lives long enough (`run`) for a cache to pay.
     nft_cache: Option<NftCache>,
+    memory_cache: Option<MemoryCache>,
 }
 
 impl Engine {
@@ -28,6 +30,7 @@ impl Engine {
             ranges,
             failpoints: Failpoints::from_env(),
             nft_cache: None,
+            memory_cache: None,
         }
     }
 
@@ -37,10 +40,17 @@ impl Engine {
     }
 
     /// The same engine, re-reading our nft table only when the ruleset has changed since the
-    /// last listing ([`NftCache`]). Only for one long-lived process in one namespace.
-    pub fn with_nft_cache(mut self) -> Self {
+    /// last listing ([`NftCache`]), and the memory file only when it was replaced
+    /// ([`MemoryCache`]). Only for one long-lived process in one namespace.
+    pub fn with_caches(mut self) -> Self {
         self.nft_cache = Some(NftCache::default());
+        self.memory_cache = Some(MemoryCache::default());
         self
+    }
+
+    /// The memory of this namespace, as it stands for `view`.
+    pub fn memory(&self, view: &KernelView) -> Result<Memory> {
+        Ok(Memory::load(view, self.memory_cache.as_ref())?)
     }
 
     /// The engine's netlink connection, for the checks made after a change.

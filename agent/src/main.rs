@@ -550,7 +550,7 @@ async fn run(
         let _ = stop_tx.send(true);
     });
     reconciler::run(
-        engine.with_nft_cache(),
+        engine.with_caches(),
         settings,
         desired,
         report_tx,

@@ -117,8 +117,11 @@ impl Memory {
     /// else is stale: a namespace's inode, the file's key, is reused once the namespace is gone,
     /// and a new namespace must not inherit a dead one's memory. The traces are broad on
     /// purpose: a crash part-way through a delete may leave only some of them.
-    pub fn load(state: &KernelView) -> Result<Self, MemoryError> {
-        let mut me = Self::load_all()?;
+    pub fn load(state: &KernelView, cache: Option<&MemoryCache>) -> Result<Self, MemoryError> {
+        let mut me = match cache {
+            Some(cache) => cache.load()?,
+            None => Self::load_all()?,
+        };
         let programmed = state.nft.networks();
         let our_tables: BTreeSet<u32> = state
             .rules
@@ -335,5 +338,53 @@ impl Memory {
                 heir.originals.entry(path).or_insert(original);
             }
         }
+    }
+}
+
+/// The last parse of the memory file, for one long-lived process (`run`): with a thousand
+/// networks the file is megabytes of JSON, and parsing it was a tenth of a repair. Keyed by
+/// the file's identity as the file system gives it: every writer (this process, a CLI
+/// `apply`, a guard) replaces the file by renaming a new one over it, so its inode changes
+/// with every write; its length and modification time are checked too.
+#[derive(Debug, Default)]
+pub struct MemoryCache(std::sync::Mutex<Option<(FileStamp, Memory)>>);
+
+/// What identifies one version of a file: (path, device, inode, length, mtime in ns).
+type FileStamp = (PathBuf, u64, u64, u64, i128);
+
+impl MemoryCache {
+    fn load(&self) -> Result<Memory, MemoryError> {
+        let path = location()?;
+        let stamp = match std::fs::metadata(&path) {
+            Ok(m) => Some((
+                path.clone(),
+                m.dev(),
+                m.ino(),
+                m.len(),
+                i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(MemoryError {
+                    what: "reading",
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        let Some(stamp) = stamp else {
+            return Ok(Memory::default());
+        };
+        if let Ok(cached) = self.0.lock()
+            && let Some((at, memory)) = cached.as_ref()
+            && *at == stamp
+        {
+            return Ok(memory.clone());
+        }
+        let memory = Memory::load_all()?;
+        if let Ok(mut cached) = self.0.lock() {
+            *cached = Some((stamp, memory.clone()));
+        }
+        Ok(memory)
     }
 }

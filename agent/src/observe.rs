@@ -176,6 +176,11 @@ fn observe_nft(cache: Option<&NftCache>) -> Result<ObservedNft> {
         }
     }
     let (generation, observed) = reader.observe().map_err(read_error)?;
+    let observed = if cache.is_some() {
+        observed.indexed()
+    } else {
+        observed
+    };
     if let Some(cache) = cache
         && let Ok(mut cached) = cache.0.lock()
     {
@@ -189,12 +194,36 @@ fn observe_nft(cache: Option<&NftCache>) -> Result<ObservedNft> {
 
 /// Reads everything mirrornet cares about from the kernel.
 pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<KernelView> {
+    let started = std::time::Instant::now();
+    let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1e3;
     let links = netlink.links().await?;
+    let links_ms = ms(started);
+    let at = std::time::Instant::now();
     let addresses = netlink.addresses(&links).await?;
+    let addresses_ms = ms(at);
+    let at = std::time::Instant::now();
     let (routes, route_tables, default_routes) = netlink.routes(&links).await?;
+    let routes_ms = ms(at);
+    let at = std::time::Instant::now();
     let (rules, rule_tables, l3mdev) = netlink.rules().await?;
+    let rules_ms = ms(at);
+    let at = std::time::Instant::now();
     let nft = observe_nft(cache)?;
+    let nft_ms = ms(at);
     let facts = node_facts(&links);
+    // What a read of the node costs, by part: the first thing to look at when a pass is slow.
+    tracing::debug!(
+        links = links.len(),
+        routes = routes.len(),
+        rules = rules.len(),
+        links_ms,
+        addresses_ms,
+        routes_ms,
+        rules_ms,
+        nft_ms,
+        total_ms = ms(started),
+        "observed the node"
+    );
     let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
     tables_in_use.extend(rule_tables);
     Ok(KernelView {

@@ -83,7 +83,13 @@ impl<'e> Session<'e> {
     /// for a caller that holds the lock already (a rollback).
     pub async fn read(engine: &'e Engine) -> Result<Self> {
         let view = engine.observe().await?;
-        let memory = Memory::load(&view)?;
+        let started = std::time::Instant::now();
+        let memory = engine.memory(&view)?;
+        tracing::debug!(
+            networks = memory.networks.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "loaded the memory"
+        );
         Ok(Self {
             engine,
             view,
@@ -185,17 +191,28 @@ impl<'e> Session<'e> {
             }
             return Ok(outcome(0, changes, plans));
         }
+        // A repair (a deleted route put back) changes nothing the memory holds: the file is
+        // then written neither before nor after, which at a thousand networks is most of what
+        // the repair would cost.
         let intent = self.memory.intent(changes, plans, specs);
-        intent.save()?;
+        if intent != self.memory {
+            intent.save()?;
+        }
         let writes = match self.engine.execute(changes).await {
             Ok(writes) => writes,
             Err(e) => {
                 // Rolled back (or not): the memory of before is the truth again.
-                self.memory.save()?;
+                if intent != self.memory {
+                    self.memory.save()?;
+                }
                 return Err(e);
             }
         };
-        intent.done(changes, plans, remove).save()?;
+        // The file holds `intent` now (written above, or equal to what it held).
+        let done = intent.clone().done(changes, plans, remove);
+        if done != intent {
+            done.save()?;
+        }
         Ok(outcome(writes, changes, plans))
     }
 }

@@ -109,6 +109,13 @@ impl ObservedNft {
         self.index.get_or_init(|| NftIndex::build(self))
     }
 
+    /// Builds the index now, so that a copy kept for later passes (the `run` loop's cache)
+    /// carries it instead of building it again in every pass (8 ms at 1024 networks).
+    pub(crate) fn indexed(self) -> Self {
+        let _ = self.index();
+        self
+    }
+
     pub(crate) fn network_index(&self, network: &str) -> Option<&NetworkIndex> {
         self.index().networks.get(network)
     }

@@ -186,6 +186,12 @@ pub async fn run(
             *w = sysctls.values().flatten().cloned().collect();
         }
         metrics.last_pass_networks.set(passed.converged as i64);
+        tracing::debug!(
+            ?cause,
+            networks = passed.converged,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "pass done"
+        );
         metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
