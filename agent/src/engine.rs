@@ -68,6 +68,11 @@ impl Engine {
         observe::observe(&self.netlink, self.nft_cache.as_ref()).await
     }
 
+    /// Reads our nft table (from the cache while the ruleset's generation holds).
+    pub fn observe_nft(&self) -> Result<crate::nft::ObservedNft> {
+        observe::observe_nft(self.nft_cache.as_ref())
+    }
+
     /// Runs `changes`, undoing them all on the first failure; returns the writes made.
     pub async fn execute(&self, changes: &Changes) -> Result<usize> {
         apply::execute(&self.netlink, self.failpoints, changes).await

@@ -227,24 +227,8 @@ impl Netlink {
         let messages: Vec<AddressMessage> =
             dump(self.handle.address().get().execute(), "listing addresses").await?;
         Ok(messages
-            .into_iter()
-            .filter_map(|m| {
-                let interface = by_index.get(&m.header.index)?.to_string();
-                let address = attr!(m, AddressAttribute::Address(ip) => *ip)?;
-                let noprefixroute = m.attributes.iter().any(|a| {
-                    matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Noprefixroute))
-                });
-                let ours = m.attributes.iter().any(|a| {
-                    matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)))
-                });
-                Some(ObservedAddress {
-                    interface,
-                    address,
-                    prefix_len: m.header.prefix_len,
-                    noprefixroute,
-                    ours,
-                })
-            })
+            .iter()
+            .filter_map(|m| address_of(m, &by_index))
             .collect())
     }
 
@@ -310,31 +294,9 @@ impl Netlink {
         let mut defaults = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump_routes(family).await? {
-                let table = route_table(&m);
-                tables.push(table);
+                tables.push(route_table(&m));
                 defaults.extend(default_route(&m, links));
-                if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
-                    continue;
-                }
-                let destination = attr!(m, RouteAttribute::Destination(a) => a).and_then(ip_of);
-                let source = attr!(m, RouteAttribute::PrefSource(a) => a).and_then(ip_of);
-                let oif = attr!(m, RouteAttribute::Oif(i) => *i);
-                let (Some(destination), Some(oif)) = (destination, oif) else {
-                    continue;
-                };
-                let Ok(destination) = IpNet::new(destination, m.header.destination_prefix_length)
-                else {
-                    continue;
-                };
-                ours.push(Route {
-                    table,
-                    destination,
-                    interface: by_index
-                        .get(&oif)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                    source: source.unwrap_or(destination.network()),
-                });
+                ours.extend(our_route(&m, &by_index));
             }
         }
         tables.sort_unstable();
@@ -354,73 +316,13 @@ impl Netlink {
         ] {
             let messages: Vec<RuleMessage> =
                 dump(self.handle.rule().get(version).execute(), "listing rules").await?;
-            for m in messages {
-                let table = m
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        RuleAttribute::Table(t) => Some(*t),
-                        _ => None,
-                    })
-                    .unwrap_or(u32::from(m.header.table));
-                let ours_ = m
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))));
-                let is_l3mdev = m
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RuleAttribute::L3MDev(true)));
-                if is_l3mdev {
-                    let priority = attr!(m, RuleAttribute::Priority(p) => *p);
-                    if ipv6 {
-                        l3mdev.ipv6 = priority;
-                    } else {
-                        l3mdev.ipv4 = priority;
-                    }
-                    continue;
+            for m in &messages {
+                match rule_of(m, ipv6) {
+                    RuleSeen::Ours(rule) => ours.push(rule),
+                    RuleSeen::L3mdev(priority) if ipv6 => l3mdev.ipv6 = priority,
+                    RuleSeen::L3mdev(priority) => l3mdev.ipv4 = priority,
+                    RuleSeen::Foreign(table) => foreign_tables.push(table),
                 }
-                if !ours_ {
-                    foreign_tables.push(table);
-                    continue;
-                }
-                let priority = m
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        RuleAttribute::Priority(p) => Some(*p),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                let mark = attr!(m, RuleAttribute::FwMark(v) => *v);
-                let mask = attr!(m, RuleAttribute::FwMask(v) => *v);
-                let iif = attr!(m, RuleAttribute::Iifname(n) => n.clone());
-                let source = attr!(m, RuleAttribute::Source(ip) => *ip);
-                let goto = attr!(m, RuleAttribute::Goto(t) => *t);
-                let selector = match (mark, iif, source) {
-                    _ if m.header.action == RuleAction::Nop => RuleSelector::SkipTarget,
-                    // The kernel leaves out a zero mark and sends only the mask.
-                    (None | Some(0), None, None) if m.header.action == RuleAction::Goto => {
-                        RuleSelector::Unmarked {
-                            mask: mask.unwrap_or(u32::MAX),
-                            target: goto.unwrap_or(0),
-                        }
-                    }
-                    (Some(value), None, None) => RuleSelector::Mark {
-                        value,
-                        mask: mask.unwrap_or(u32::MAX),
-                    },
-                    (None, Some(name), Some(ip)) if name == "lo" => RuleSelector::LocalSource(ip),
-                    (None, Some(name), None) => RuleSelector::Iif(name),
-                    // Something of ours we no longer make: no plan wants it, so it goes.
-                    _ => RuleSelector::Other,
-                };
-                ours.push(Rule {
-                    ipv6,
-                    priority,
-                    selector,
-                    table,
-                });
             }
         }
         foreign_tables.sort_unstable();
@@ -729,6 +631,117 @@ pub struct DefaultRoute {
 }
 
 /// `m` as a [`DefaultRoute`], if it is one.
+/// An address of a notification or a dump, on a link of `by_index`.
+pub(crate) fn address_of(
+    m: &AddressMessage,
+    by_index: &BTreeMap<u32, &str>,
+) -> Option<ObservedAddress> {
+    let interface = by_index.get(&m.header.index)?.to_string();
+    let address = attr!(m, AddressAttribute::Address(ip) => *ip)?;
+    let noprefixroute = m.attributes.iter().any(
+        |a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Noprefixroute)),
+    );
+    let ours = m.attributes.iter().any(|a| {
+        matches!(
+            a,
+            AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL))
+        )
+    });
+    Some(ObservedAddress {
+        interface,
+        address,
+        prefix_len: m.header.prefix_len,
+        noprefixroute,
+        ours,
+    })
+}
+
+/// The route of a notification or a dump, if it is one of mirrornet's (protocol
+/// [`PROTOCOL`]).
+pub(crate) fn our_route(m: &RouteMessage, by_index: &BTreeMap<u32, &str>) -> Option<Route> {
+    if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
+        return None;
+    }
+    let destination = attr!(m, RouteAttribute::Destination(a) => a).and_then(ip_of)?;
+    let source = attr!(m, RouteAttribute::PrefSource(a) => a).and_then(ip_of);
+    let oif = attr!(m, RouteAttribute::Oif(i) => *i)?;
+    let destination = IpNet::new(destination, m.header.destination_prefix_length).ok()?;
+    Some(Route {
+        table: route_table(m),
+        destination,
+        interface: by_index
+            .get(&oif)
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        source: source.unwrap_or(destination.network()),
+    })
+}
+
+/// What a rule of a notification or a dump is to mirrornet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RuleSeen {
+    /// One of ours (protocol [`PROTOCOL`]).
+    Ours(Rule),
+    /// The kernel's l3mdev rule, at this priority.
+    L3mdev(Option<u32>),
+    /// Somebody else's, looking up this table.
+    Foreign(u32),
+}
+
+pub(crate) fn rule_of(m: &RuleMessage, ipv6: bool) -> RuleSeen {
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    let ours = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))));
+    if m.attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::L3MDev(true)))
+    {
+        return RuleSeen::L3mdev(attr!(m, RuleAttribute::Priority(p) => *p));
+    }
+    if !ours {
+        return RuleSeen::Foreign(table);
+    }
+    let priority = attr!(m, RuleAttribute::Priority(p) => *p).unwrap_or(0);
+    let mark = attr!(m, RuleAttribute::FwMark(v) => *v);
+    let mask = attr!(m, RuleAttribute::FwMask(v) => *v);
+    let iif = attr!(m, RuleAttribute::Iifname(n) => n.clone());
+    let source = attr!(m, RuleAttribute::Source(ip) => *ip);
+    let goto = attr!(m, RuleAttribute::Goto(t) => *t);
+    let selector = match (mark, iif, source) {
+        _ if m.header.action == RuleAction::Nop => RuleSelector::SkipTarget,
+        // The kernel leaves out a zero mark and sends only the mask.
+        (None | Some(0), None, None) if m.header.action == RuleAction::Goto => {
+            RuleSelector::Unmarked {
+                mask: mask.unwrap_or(u32::MAX),
+                target: goto.unwrap_or(0),
+            }
+        }
+        (Some(value), None, None) => RuleSelector::Mark {
+            value,
+            mask: mask.unwrap_or(u32::MAX),
+        },
+        (None, Some(name), Some(ip)) if name == "lo" => RuleSelector::LocalSource(ip),
+        (None, Some(name), None) => RuleSelector::Iif(name),
+        // Something of ours we no longer make: no plan wants it, so it goes.
+        _ => RuleSelector::Other,
+    };
+    RuleSeen::Ours(Rule {
+        ipv6,
+        priority,
+        selector,
+        table,
+    })
+}
+
 fn default_route(m: &RouteMessage, links: &BTreeMap<String, Link>) -> Option<DefaultRoute> {
     if route_table(m) != 254 || m.header.destination_prefix_length != 0 {
         return None;
@@ -751,6 +764,6 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_table(m: &RouteMessage) -> u32 {
+pub(crate) fn route_table(m: &RouteMessage) -> u32 {
     attr!(m, RouteAttribute::Table(t) => *t).unwrap_or(u32::from(m.header.table))
 }

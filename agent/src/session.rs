@@ -79,6 +79,24 @@ impl<'e> Session<'e> {
         Ok(session)
     }
 
+    /// Locks the node and takes `view` as what it holds, where the caller kept it up to date
+    /// from the kernel's notifications ([`KernelView::patch`]); our nft table is still checked
+    /// against the ruleset's generation. Without a view, as [`Session::locked`].
+    pub async fn locked_with(engine: &'e Engine, view: Option<KernelView>) -> Result<Self> {
+        let Some(mut view) = view else {
+            return Self::locked(engine).await;
+        };
+        let lock = NodeLock::acquire().await?;
+        view.nft = engine.observe_nft()?;
+        let memory = engine.memory(&view)?;
+        Ok(Self {
+            engine,
+            view,
+            memory,
+            lock: Some(lock),
+        })
+    }
+
     /// Observes the node and loads the memory without locking: to look (`plan`, `show`), or
     /// for a caller that holds the lock already (a rollback).
     pub async fn read(engine: &'e Engine) -> Result<Self> {

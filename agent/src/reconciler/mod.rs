@@ -46,7 +46,10 @@ pub use verdicts::Verdicts;
 
 use crate::allocate::BackendChoice;
 use crate::engine::Engine;
-use triggers::{spawn_netconf_watch, spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch};
+use crate::observe::KernelView;
+use triggers::{
+    Notice, spawn_netconf_watch, spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch,
+};
 
 #[derive(Debug, Clone)]
 pub struct DesiredNetwork {
@@ -89,7 +92,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (kick, mut kicks) = mpsc::unbounded_channel::<KernelEvent>();
+    let (kick, mut kicks) = mpsc::unbounded_channel::<Notice>();
     spawn_netlink_watch(kick.clone());
     spawn_nft_watch(kick.clone());
     let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -104,6 +107,9 @@ pub async fn run(
     let mut owners = Owners::default();
     let mut last = NodeReport::default();
     let mut seen: Vec<DesiredNetwork> = Vec::new();
+    // The node as the last pass that wrote nothing saw it, kept up to date by the notifications
+    // since; `None` once one could not be applied (the next pass reads the node).
+    let mut view: Option<KernelView> = None;
     let mut sysctls: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     loop {
         let (cause, scope) = if std::mem::take(&mut first) {
@@ -117,15 +123,15 @@ pub async fn run(
                 (Cause::Spec, Scope::Nothing)
             }
             _ = resync.tick() => (Cause::Resync, Scope::Node),
-            Some(event) = kicks.recv() => (Cause::Drift, owners.scope(&event)),
+            Some(notice) = kicks.recv() => (Cause::Drift, noticed(notice, &mut view, &owners)),
             }
         };
         // Let a burst (our own writes echo back as events too) settle into one pass.
         tokio::time::sleep(settings.debounce).await;
         let (mut cause, mut scope) = (cause, scope);
-        while let Ok(event) = kicks.try_recv() {
+        while let Ok(notice) = kicks.try_recv() {
             cause = cause.min(Cause::Drift);
-            scope = scope.merge(owners.scope(&event));
+            scope = scope.merge(noticed(notice, &mut view, &owners));
         }
         let networks = desired.borrow_and_update().clone();
         if cause == Cause::Spec {
@@ -164,6 +170,12 @@ pub async fn run(
                 cause,
                 scope: &scope,
                 previous: &last,
+                // Only a repair trusts the kept view; a spec change and the resync read the
+                // node, as the backstop for anything a notification did not say.
+                view: match (cause, &scope) {
+                    (Cause::Drift, Scope::Networks(_)) => view.take(),
+                    _ => None,
+                },
             },
             &metrics,
             &mut verdicts,
@@ -196,6 +208,7 @@ pub async fn run(
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+        view = passed.view;
         let next = passed.report;
         last = next.clone();
         seen = networks;
@@ -209,6 +222,21 @@ pub async fn run(
         });
     }
     info!("stopping; the datapath stays in place");
+}
+
+/// Takes in one notification: keeps `view` up to date where the notification says enough
+/// (drops it where not), and says which networks it concerns.
+fn noticed(notice: Notice, view: &mut Option<KernelView>, owners: &Owners) -> Scope {
+    let keeps = match (&notice.message, view.as_mut()) {
+        (Some(message), Some(v)) => v.patch(message),
+        // Our nft table is checked against its generation in every pass anyway.
+        (None, _) => matches!(notice.event, KernelEvent::Nft(_)),
+        (Some(_), None) => false,
+    };
+    if !keeps {
+        *view = None;
+    }
+    owners.scope(&notice.event)
 }
 
 fn now_ms() -> u64 {

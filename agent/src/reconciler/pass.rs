@@ -32,16 +32,20 @@ pub struct Passed {
     pub owners: Owners,
     /// The networks it converged.
     pub converged: usize,
+    /// The node as the pass saw it, if the pass wrote nothing.
+    pub view: Option<KernelView>,
 }
 
 /// What a pass is asked to converge, and why.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Brief<'a> {
     pub cause: Cause,
     /// Every desired network for [`Scope::Node`].
     pub scope: &'a Scope,
     /// The last pass's report, which a pass over some networks starts from.
     pub previous: &'a NodeReport,
+    /// The node as kept up to date from notifications, instead of reading it.
+    pub view: Option<KernelView>,
 }
 
 /// One pass over the networks of the brief. A pass over some networks replaces their entries
@@ -59,6 +63,7 @@ pub async fn pass(
         cause,
         scope,
         previous,
+        view,
     } = brief;
     let only = match scope {
         Scope::Networks(names) => Some(names),
@@ -76,7 +81,7 @@ pub async fn pass(
     report.synced = true;
     // Held for the whole change: a guard reverting a dead agent's change, or a file-mode
     // `apply`, never interleaves its writes with ours.
-    let mut session = match Session::locked(engine).await {
+    let mut session = match Session::locked_with(engine, view).await {
         Ok(session) => session,
         Err(e) => {
             error!(error = %e, "observing the node failed");
@@ -140,6 +145,8 @@ pub async fn pass(
         .map(|(n, _)| n.clone())
         .collect();
     let converged = crate::rollback::converge_verified(&session, change).await;
+    // The node is as the session saw it only if nothing was written.
+    let untouched = matches!(&converged, Ok(v) if v.outcome.writes == 0);
     let earlier_removals = only.map(|_| report.removed.clone()).unwrap_or_default();
     let checked = record(
         converged,
@@ -183,6 +190,7 @@ pub async fn pass(
         sysctls,
         owners,
         converged: effective.len() + remove.len(),
+        view: untouched.then(|| std::mem::take(&mut session.view)),
     }
 }
 

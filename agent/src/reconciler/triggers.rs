@@ -13,7 +13,24 @@ use super::scope::KernelEvent;
 /// Where the watches send what they saw. Unbounded, so that no event is dropped: the pass that
 /// follows must know every network a burst touched (a flushed table is a few thousand small
 /// messages, drained in one go).
-pub(super) type Kicks = mpsc::UnboundedSender<KernelEvent>;
+pub(super) type Kicks = mpsc::UnboundedSender<Notice>;
+
+/// One kernel notification: what it concerns, and the rtnetlink message itself, with which the
+/// loop keeps its view of the node up to date.
+#[derive(Debug)]
+pub(super) struct Notice {
+    pub event: KernelEvent,
+    pub message: Option<netlink_packet_route::RouteNetlinkMessage>,
+}
+
+impl From<KernelEvent> for Notice {
+    fn from(event: KernelEvent) -> Self {
+        Self {
+            event,
+            message: None,
+        }
+    }
+}
 
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
@@ -82,12 +99,17 @@ pub(super) fn spawn_netlink_watch(kick: Kicks) {
                 // An overflow of the socket arrives as an `Overrun` message, which
                 // `route_event` cannot trace: a full pass follows.
                 while let Some((message, _)) = messages.next().await {
-                    if kick.send(route_event(message)).is_err() {
+                    let event = route_event(&message);
+                    let message = match message.payload {
+                        netlink_packet_core::NetlinkPayload::InnerMessage(m) => Some(m),
+                        _ => None,
+                    };
+                    if kick.send(Notice { event, message }).is_err() {
                         return;
                     }
                 }
                 warn!("the rtnetlink event stream ended; relying on resync");
-                let _ = kick.send(KernelEvent::Unknown);
+                let _ = kick.send(KernelEvent::Unknown.into());
             });
         }
         Err(e) => warn!(error = %e, "cannot subscribe to rtnetlink events; relying on resync"),
@@ -96,14 +118,14 @@ pub(super) fn spawn_netlink_watch(kick: Kicks) {
 
 /// What an rtnetlink notification is about.
 fn route_event(
-    message: netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+    message: &netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
 ) -> KernelEvent {
     use netlink_packet_core::NetlinkPayload;
     use netlink_packet_route::RouteNetlinkMessage as M;
     use netlink_packet_route::link::LinkAttribute;
     use netlink_packet_route::route::RouteAttribute;
     use netlink_packet_route::rule::RuleAttribute;
-    let NetlinkPayload::InnerMessage(message) = message.payload else {
+    let NetlinkPayload::InnerMessage(message) = &message.payload else {
         return KernelEvent::Unknown;
     };
     match message {
@@ -251,7 +273,7 @@ fn spawn_group_watch(
             match socket.recv_from_full().await {
                 Ok((datagram, _)) => {
                     for event in decode(&datagram) {
-                        if kick.send(event).is_err() {
+                        if kick.send(event.into()).is_err() {
                             return;
                         }
                     }
@@ -261,13 +283,13 @@ fn spawn_group_watch(
                 // they concerned, and the pass that follows is over the whole node.
                 Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
                     debug!("{what} events overflowed the socket; a full pass follows");
-                    if kick.send(KernelEvent::Unknown).is_err() {
+                    if kick.send(KernelEvent::Unknown.into()).is_err() {
                         return;
                     }
                 }
                 Err(e) => {
                     warn!(error = %e, "reading {what} events");
-                    if kick.send(KernelEvent::Unknown).is_err() {
+                    if kick.send(KernelEvent::Unknown.into()).is_err() {
                         return;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -318,7 +340,7 @@ pub(super) fn spawn_sysctl_watch(
                 })
                 .unwrap_or_default();
             for path in drifted {
-                if kick.send(KernelEvent::Sysctl { path }).is_err() {
+                if kick.send(KernelEvent::Sysctl { path }.into()).is_err() {
                     return;
                 }
             }
