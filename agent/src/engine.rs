@@ -69,7 +69,7 @@ impl Engine {
     }
 
     /// Reads our nft table (from the cache while the ruleset's generation holds).
-    pub fn observe_nft(&self) -> Result<crate::nft::ObservedNft> {
+    pub fn observe_nft(&self) -> Result<std::sync::Arc<crate::nft::ObservedNft>> {
         observe::observe_nft(self.nft_cache.as_ref())
     }
 

@@ -12,7 +12,7 @@
 //! chains of our own table, VRF devices named `mnv<their table>`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use mirrornet_api::{Allocation, SideAllocation};
 
@@ -34,7 +34,8 @@ pub struct KernelView {
     pub rules: Vec<Rule>,
     /// Every routing table some route or foreign rule uses.
     pub tables_in_use: BTreeSet<u32>,
-    pub nft: ObservedNft,
+    /// Shared with the `run` loop's cache: a copy per pass was a tenth of a repair.
+    pub nft: Arc<ObservedNft>,
     pub facts: NodeFacts,
     pub l3mdev: L3mdevRules,
     /// The main table's default routes.
@@ -247,11 +248,11 @@ pub struct NftCache(Mutex<Option<NftSnapshot>>);
 #[derive(Debug, Clone)]
 struct NftSnapshot {
     generation: u32,
-    observed: ObservedNft,
+    observed: Arc<ObservedNft>,
 }
 
 /// Our table as the diff compares it, from `cache` while the generation holds.
-pub fn observe_nft(cache: Option<&NftCache>) -> Result<ObservedNft> {
+pub fn observe_nft(cache: Option<&NftCache>) -> Result<Arc<ObservedNft>> {
     let read_error = |e: std::io::Error| AgentError::Nft {
         what: format!("reading table inet {} over nfnetlink", nft::TABLE),
         detail: e.to_string(),
@@ -266,11 +267,11 @@ pub fn observe_nft(cache: Option<&NftCache>) -> Result<ObservedNft> {
         }
     }
     let (generation, observed) = reader.observe().map_err(read_error)?;
-    let observed = if cache.is_some() {
+    let observed = Arc::new(if cache.is_some() {
         observed.indexed()
     } else {
         observed
-    };
+    });
     if let Some(cache) = cache
         && let Ok(mut cached) = cache.0.lock()
     {

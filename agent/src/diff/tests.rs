@@ -73,7 +73,7 @@ impl Node {
                 routes: Vec::new(),
                 rules: Vec::new(),
                 tables_in_use: BTreeSet::from([254, 255]),
-                nft: ObservedNft::default(),
+                nft: Default::default(),
                 facts: NodeFacts {
                     ipv4_rp_filter: BTreeMap::from([("all".into(), 0), ("default".into(), 0)]),
                     ipv6_force_forwarding: false,
@@ -207,7 +207,9 @@ impl Node {
             }
             Step::DeleteL3mdevRule { ipv6: true, .. } => view.l3mdev.ipv6 = None,
             Step::DeleteL3mdevRule { ipv6: false, .. } => view.l3mdev.ipv4 = None,
-            Step::Nft { commands, .. } => view.nft = transacted(&view.nft, commands),
+            Step::Nft { commands, .. } => {
+                view.nft = std::sync::Arc::new(transacted(&view.nft, commands))
+            }
         }
     }
 }
@@ -481,7 +483,7 @@ fn an_older_agents_iif_rules_go_after_the_nft_transaction_marks_every_side() {
     let (mut chains, mut maps) = (node.view.nft.chains.clone(), node.view.nft.maps.clone());
     chains.retain(|name, _| !name.starts_with("home."));
     maps.insert("home".into(), BTreeSet::new());
-    node.view.nft = ObservedNft::from_parts(chains, maps, BTreeMap::new());
+    node.view.nft = std::sync::Arc::new(ObservedNft::from_parts(chains, maps, BTreeMap::new()));
     for (priority, interface, table) in [(502, "eth1", 20000), (503, "eth2", 20001)] {
         node.view.rules.push(Rule {
             ipv6: false,

@@ -51,6 +51,9 @@ pub(crate) struct NetworkIndex {
     pub(crate) elements: Vec<(String, String, String)>,
     /// Side interfaces, from the first field of its ingress map keys.
     interfaces: BTreeSet<String>,
+    /// The ids its `ids.<network>` chain records, parsed once: every pass asks for every
+    /// network's (the allocator starts from them), a few milliseconds at 1024 networks.
+    recorded: Vec<RecordedSide>,
 }
 
 impl NftIndex {
@@ -61,6 +64,14 @@ impl NftIndex {
                 let entry = networks.entry(network.to_owned()).or_default();
                 entry.has_chains = true;
                 entry.chains.push(chain.clone());
+            }
+        }
+        for (name, entry) in networks.iter_mut() {
+            if let Some(comments) = observed.chains.get(&format!("ids.{name}")) {
+                entry.recorded = comments
+                    .iter()
+                    .filter_map(|c| parse_ids_comment(c))
+                    .collect();
             }
         }
         for (map, elements) in &observed.maps {
@@ -139,10 +150,14 @@ impl ObservedNft {
 
     /// The ids recorded for `network`, one entry per side.
     pub fn recorded_ids(&self, network: &str) -> Vec<RecordedSide> {
-        self.chains
-            .get(&format!("ids.{network}"))
-            .map(|c| c.iter().filter_map(|s| parse_ids_comment(s)).collect())
-            .unwrap_or_default()
+        match self.network_index(network) {
+            Some(index) if !index.recorded.is_empty() => index.recorded.clone(),
+            _ => self
+                .chains
+                .get(&format!("ids.{network}"))
+                .map(|c| c.iter().filter_map(|s| parse_ids_comment(s)).collect())
+                .unwrap_or_default(),
+        }
     }
 
     /// Everything of `network` that is present, for `show`.
