@@ -688,15 +688,13 @@ pub(crate) enum RuleSeen {
     Foreign(u32),
 }
 
+/// The table a rule looks up: the attribute where the header's byte cannot hold it.
+pub(crate) fn rule_table(m: &RuleMessage) -> u32 {
+    attr!(m, RuleAttribute::Table(t) => *t).unwrap_or(u32::from(m.header.table))
+}
+
 pub(crate) fn rule_of(m: &RuleMessage, ipv6: bool) -> RuleSeen {
-    let table = m
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RuleAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table));
+    let table = rule_table(m);
     let ours = m
         .attributes
         .iter()

@@ -187,6 +187,22 @@ fn many(count: usize) -> String {
         .join("---\n")
 }
 
+/// A middleman with the interfaces of the first two networks of [`many`] (their peers in a
+/// `sink` namespace), and those two networks' file.
+fn two_networks_lab(tag: &str) -> (Lab, String) {
+    require_root();
+    let mut lab = Lab::new(tag);
+    lab.add_namespace(MIDDLEMAN).unwrap();
+    lab.add_namespace("sink").unwrap();
+    lab.veth_pairs(
+        MIDDLEMAN,
+        "sink",
+        &["n0a", "n0b", "n1a", "n1b"].map(String::from),
+    )
+    .expect("the networks' interfaces");
+    (lab, many(2))
+}
+
 /// 160 two-sided networks (320 sides: the default mask's 255 marks would not do) with the
 /// mask 0xfff00000, and 80 rule priorities for 320 sides: all apply, with distinct marks and
 /// tables and four sides per priority; a converged re-apply writes nothing; the delete leaves
@@ -255,17 +271,7 @@ fn a_wide_mark_mask_holds_more_than_127_networks() {
 /// no rule of the old mask is left.
 #[test]
 fn a_node_moves_to_another_mark_mask_with_every_network_at_once() {
-    require_root();
-    let mut lab = Lab::new("mask-move");
-    lab.add_namespace(MIDDLEMAN).unwrap();
-    lab.add_namespace("sink").unwrap();
-    lab.veth_pairs(
-        MIDDLEMAN,
-        "sink",
-        &["n0a", "n0b", "n1a", "n1b"].map(String::from),
-    )
-    .expect("the networks' interfaces");
-    let both = many(2);
+    let (lab, both) = two_networks_lab("mask-move");
     let (first, second) = both.split_once("---\n").unwrap();
     let (first, second, both) = (
         SpecFile::new("mask-first", first),
@@ -326,17 +332,7 @@ fn a_node_moves_to_another_mark_mask_with_every_network_at_once() {
 /// the new ranges, next to it; both delete without residue.
 #[test]
 fn new_id_ranges_leave_the_networks_held_as_they_are() {
-    require_root();
-    let mut lab = Lab::new("range-move");
-    lab.add_namespace(MIDDLEMAN).unwrap();
-    lab.add_namespace("sink").unwrap();
-    lab.veth_pairs(
-        MIDDLEMAN,
-        "sink",
-        &["n0a", "n0b", "n1a", "n1b"].map(String::from),
-    )
-    .expect("the networks' interfaces");
-    let both = many(2);
+    let (lab, both) = two_networks_lab("range-move");
     let (first, _) = both.split_once("---\n").unwrap();
     let (first, both) = (
         SpecFile::new("range-first", first),

@@ -140,28 +140,14 @@ fn route_event(
             index: m.header.index,
         },
         M::NewRoute(m) | M::DelRoute(m) => KernelEvent::Route {
-            table: m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(m.header.table)),
+            table: crate::netlink::route_table(m),
             interface: m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(i) => Some(*i),
                 _ => None,
             }),
         },
         M::NewRule(m) | M::DelRule(m) => KernelEvent::Rule {
-            table: m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RuleAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(m.header.table)),
+            table: crate::netlink::rule_table(m),
             priority: m.attributes.iter().find_map(|a| match a {
                 RuleAttribute::Priority(p) => Some(*p),
                 _ => None,
