@@ -245,3 +245,42 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{KernelEvent, Notice, Owners, Scope, noticed};
+    use crate::nft::nfnetlink::Notification;
+    use crate::observe::KernelView;
+
+    #[test]
+    fn the_kept_view_survives_what_it_can_take_in_and_nothing_else() {
+        let owners = Owners::default();
+        let mut view = Some(KernelView::default());
+        let nft = Notice::from(KernelEvent::Nft(Notification::Generation));
+        assert_eq!(noticed(nft, &mut view, &owners), Scope::Nothing);
+        assert!(
+            view.is_some(),
+            "nft is checked by generation: the view stays"
+        );
+        let sysctl = Notice::from(KernelEvent::Sysctl {
+            path: "net/ipv4/conf/eth1/forwarding".into(),
+        });
+        assert_eq!(noticed(sysctl, &mut view, &owners), Scope::Node);
+        assert!(view.is_none(), "a sysctl is part of the view: read again");
+    }
+
+    #[test]
+    fn a_scope_keeps_only_networks_that_are_desired_or_held() {
+        let live = BTreeSet::from(["a"]);
+        let both = Scope::Networks(BTreeSet::from(["a".to_owned(), "gone".to_owned()]));
+        assert_eq!(
+            both.within(&live),
+            Scope::Networks(BTreeSet::from(["a".to_owned()]))
+        );
+        let gone = Scope::Networks(BTreeSet::from(["gone".to_owned()]));
+        assert_eq!(gone.within(&live), Scope::Nothing);
+        assert_eq!(Scope::Node.within(&live), Scope::Node);
+    }
+}
