@@ -69,6 +69,22 @@ pub struct Link {
     pub conf: LinkConf,
 }
 
+#[cfg(test)]
+impl Link {
+    /// A plain link that is up, for tests that build a node in memory.
+    pub(crate) fn up(index: u32, name: &str) -> Self {
+        Self {
+            index,
+            name: name.into(),
+            up: true,
+            controller: None,
+            vrf_table: None,
+            alias: None,
+            conf: LinkConf::default(),
+        }
+    }
+}
+
 /// The per-interface settings mirrornet plans, as the link dump carries them (IFLA_AF_SPEC):
 /// reading them there costs nothing per interface, where /proc/sys costs a file each (a few
 /// ms for a few hundred interfaces, on every pass).

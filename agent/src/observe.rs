@@ -389,23 +389,12 @@ mod tests {
     use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 
     use super::KernelView;
-    use crate::netlink::{Link, LinkConf};
+    use crate::netlink::Link;
     use crate::plan::PROTOCOL;
 
     fn view() -> KernelView {
         let mut view = KernelView::default();
-        view.links.insert(
-            "eth1".into(),
-            Link {
-                index: 3,
-                name: "eth1".into(),
-                up: true,
-                controller: None,
-                vrf_table: None,
-                alias: None,
-                conf: LinkConf::default(),
-            },
-        );
+        view.links.insert("eth1".into(), Link::up(3, "eth1"));
         view
     }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::allocate::{self, BackendChoice};
 use crate::memory::Memory;
-use crate::netlink::{DefaultRoute, L3mdevRules, Link, LinkConf, ObservedAddress};
+use crate::netlink::{DefaultRoute, L3mdevRules, Link, ObservedAddress};
 use crate::nft::ObservedNft;
 use crate::observe::{KernelView, Sysctls};
 use crate::plan::{L3MDEV_PRIORITY, NetworkPlan, NodeFacts, Rule, RuleSelector};
@@ -25,27 +25,15 @@ struct Node {
     memory: Memory,
 }
 
-fn link(index: u32, name: &str) -> Link {
-    Link {
-        index,
-        name: name.into(),
-        up: true,
-        controller: None,
-        vrf_table: None,
-        alias: None,
-        conf: LinkConf::default(),
-    }
-}
-
 impl Node {
     /// The seed's gateway before mirrornet: eth0 carries the node's own address and default
     /// route, eth1 and eth2 are the sides; nothing forwards.
     fn fresh(vrf_available: bool) -> Self {
         let links: BTreeMap<String, Link> = [
-            link(1, "lo"),
-            link(2, "eth0"),
-            link(3, "eth1"),
-            link(4, "eth2"),
+            Link::up(1, "lo"),
+            Link::up(2, "eth0"),
+            Link::up(3, "eth1"),
+            Link::up(4, "eth2"),
         ]
         .into_iter()
         .map(|l| (l.name.clone(), l))
@@ -171,7 +159,7 @@ impl Node {
             }
             Step::AddVrf { vrf, .. } => {
                 let index = view.links.values().map(|l| l.index).max().unwrap_or(0) + 1;
-                let mut device = link(index, &vrf.name);
+                let mut device = Link::up(index, &vrf.name);
                 device.vrf_table = Some(vrf.table);
                 device.alias = Some(vrf.alias.clone());
                 view.links.insert(vrf.name.clone(), device);

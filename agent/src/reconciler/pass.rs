@@ -111,10 +111,12 @@ pub async fn pass(
         .cloned()
         .collect();
     let accepted = accept(&session, ready, &remove, &mut report);
+    let accepted_by_name: BTreeMap<&str, &NetworkPlan> =
+        accepted.iter().map(|(p, _)| (p.name.as_str(), p)).collect();
     let mut owners = Owners::default();
     for network in &effective {
         let name = network.loaded.name();
-        let plan = accepted.iter().map(|(p, _)| p).find(|p| p.name == name);
+        let plan = accepted_by_name.get(name).copied();
         let interfaces = network
             .loaded
             .valid
@@ -147,7 +149,6 @@ pub async fn pass(
     let converged = crate::rollback::converge_verified(&session, change).await;
     // The node is as the session saw it only if nothing was written.
     let untouched = matches!(&converged, Ok(v) if v.outcome.writes == 0);
-    let earlier_removals = only.map(|_| report.removed.clone()).unwrap_or_default();
     let checked = record(
         converged,
         &accepted,
@@ -159,17 +160,19 @@ pub async fn pass(
     );
     // A pass over some networks removed none of the others: what the last full pass removed
     // is still news for whoever has not read it yet.
-    for name in earlier_removals {
-        if !report.removed.contains(&name) {
-            report.removed.push(name);
+    if only.is_some() {
+        for name in &previous.removed {
+            if !report.removed.contains(name) {
+                report.removed.push(name.clone());
+            }
         }
     }
-    let concerned_networks: Vec<DesiredNetwork> = networks
-        .iter()
-        .filter(|n| concerned(n.loaded.name()))
-        .cloned()
-        .collect();
-    verdicts.report_rejections(&mut report, &concerned_networks, &substituted, &remembered);
+    verdicts.report_rejections(
+        &mut report,
+        networks.iter().filter(|n| concerned(n.loaded.name())),
+        &substituted,
+        &remembered,
+    );
     // The kernel is no longer touched in this pass: probes that wait for silent hosts must not
     // hold up a CLI `apply` or a guard.
     session.unlock();

@@ -98,18 +98,18 @@ pub fn spec_change(
     after: &[DesiredNetwork],
     last: &NodeReport,
 ) -> Scope {
-    let key = |n: &DesiredNetwork| {
-        (
-            n.loaded.object.spec.clone(),
-            n.loaded.object.metadata.generation,
-            n.allocation.clone(),
-        )
+    let same = |a: &DesiredNetwork, b: &DesiredNetwork| {
+        a.loaded.object.spec == b.loaded.object.spec
+            && a.loaded.object.metadata.generation == b.loaded.object.metadata.generation
+            && a.allocation == b.allocation
     };
-    let before: BTreeMap<&str, _> = before.iter().map(|n| (n.loaded.name(), key(n))).collect();
-    let after: BTreeMap<&str, _> = after.iter().map(|n| (n.loaded.name(), key(n))).collect();
+    let before: BTreeMap<&str, &DesiredNetwork> =
+        before.iter().map(|n| (n.loaded.name(), n)).collect();
+    let after: BTreeMap<&str, &DesiredNetwork> =
+        after.iter().map(|n| (n.loaded.name(), n)).collect();
     let mut changed: BTreeSet<String> = before
         .iter()
-        .filter(|(name, k)| after.get(*name) != Some(k))
+        .filter(|(name, b)| !after.get(*name).is_some_and(|a| same(a, b)))
         .chain(after.iter().filter(|(name, _)| !before.contains_key(*name)))
         .map(|(name, _)| name.to_string())
         .collect();
@@ -189,16 +189,6 @@ impl Owners {
         join(&mut self.chains, other.chains);
     }
 
-    /// Forgets everything `networks` owned (before a pass over them records it anew).
-    pub fn forget(&mut self, networks: &BTreeSet<String>) {
-        for owners in [&mut self.tables, &mut self.priorities, &mut self.indexes] {
-            forget(owners, networks);
-        }
-        for owners in [&mut self.links, &mut self.chains] {
-            forget(owners, networks);
-        }
-    }
-
     /// The networks `event` concerns.
     pub fn scope(&self, event: &KernelEvent) -> Scope {
         match event {
@@ -260,24 +250,15 @@ fn own<K: Ord>(owners: &mut BTreeMap<K, BTreeSet<String>>, key: K, network: &str
     owners.entry(key).or_default().insert(network.to_owned());
 }
 
-fn forget<K: Ord>(owners: &mut BTreeMap<K, BTreeSet<String>>, networks: &BTreeSet<String>) {
-    owners.retain(|_, o| {
-        o.retain(|n| !networks.contains(n));
-        !o.is_empty()
-    });
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use mirrornet_api::allocation::IdRanges;
     use mirrornet_api::file::LoadedNetwork;
 
     use super::{KernelEvent, Owners, Scope, spec_change};
     use crate::allocate::{self, BackendChoice};
     use crate::memory::Memory;
-    use crate::netlink::{Link, LinkConf};
+    use crate::netlink::Link;
     use crate::nft::nfnetlink::Notification;
     use crate::observe::KernelView;
     use crate::reconciler::{DesiredNetwork, NetworkReport, NodeReport};
@@ -304,18 +285,8 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            view.links.insert(
-                name.into(),
-                Link {
-                    index: index as u32 + 1,
-                    name: name.into(),
-                    up: true,
-                    controller: None,
-                    vrf_table: None,
-                    alias: None,
-                    conf: LinkConf::default(),
-                },
-            );
+            view.links
+                .insert(name.into(), Link::up(index as u32 + 1, name));
         }
         view.facts.vrf_available = true;
         let networks = [network("a", "eth1", "eth2"), network("b", "eth3", "eth4")];
@@ -573,14 +544,20 @@ mod tests {
     }
 
     #[test]
-    fn a_network_forgotten_owns_nothing_and_scopes_merge() {
-        let (mut owners, view) = owners();
-        owners.forget(&BTreeSet::from(["a".to_owned()]));
+    fn what_a_pass_over_some_networks_finds_is_taken_in_and_scopes_merge() {
+        let (_, view) = owners();
+        let links = |names: [&str; 2]| names.map(String::from);
+        // Owners that knew `a`, taking in what a pass over `b` alone found.
+        let mut owners = Owners::default();
+        owners.add("a", None, links(["eth1", "eth2"]), &view);
+        let mut b = Owners::default();
+        b.add("b", None, links(["eth3", "eth4"]), &view);
+        owners.absorb(b);
         assert_eq!(
             owners.scope(&KernelEvent::Address {
                 index: index(&view, "eth1")
             }),
-            Scope::Nothing
+            networks(&["a"])
         );
         assert_eq!(
             owners.scope(&KernelEvent::Address {

@@ -85,10 +85,10 @@ impl Verdicts {
 
     /// The report's entries for rejected changes: the network runs its previous spec, or
     /// nothing, and says why. `remembered`: networks whose spec the memory holds.
-    pub fn report_rejections(
+    pub fn report_rejections<'n>(
         &self,
         report: &mut NodeReport,
-        networks: &[DesiredNetwork],
+        networks: impl IntoIterator<Item = &'n DesiredNetwork>,
         substituted: &BTreeSet<String>,
         remembered: &BTreeSet<String>,
     ) {
