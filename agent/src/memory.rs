@@ -356,14 +356,14 @@ impl MemoryCache {
     fn load(&self) -> Result<Memory, MemoryError> {
         let path = location()?;
         let stamp = match std::fs::metadata(&path) {
-            Ok(m) => Some((
+            Ok(m) => (
                 path.clone(),
                 m.dev(),
                 m.ino(),
                 m.len(),
                 i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Memory::default()),
             Err(source) => {
                 return Err(MemoryError {
                     what: "reading",
@@ -371,9 +371,6 @@ impl MemoryCache {
                     source,
                 });
             }
-        };
-        let Some(stamp) = stamp else {
-            return Ok(Memory::default());
         };
         if let Ok(cached) = self.0.lock()
             && let Some((at, memory)) = cached.as_ref()

@@ -244,7 +244,7 @@ impl Netlink {
             dump(self.handle.address().get().execute(), "listing addresses").await?;
         Ok(messages
             .iter()
-            .filter_map(|m| address_of(m, &by_index))
+            .filter_map(|m| address_of(m, &|i| by_index.get(&i).map(|n| n.to_string())))
             .collect())
     }
 
@@ -312,7 +312,7 @@ impl Netlink {
             for m in self.dump_routes(family).await? {
                 tables.push(route_table(&m));
                 defaults.extend(default_route(&m, links));
-                ours.extend(our_route(&m, &by_index));
+                ours.extend(our_route(&m, &|i| by_index.get(&i).map(|n| n.to_string())));
             }
         }
         tables.sort_unstable();
@@ -647,12 +647,12 @@ pub struct DefaultRoute {
 }
 
 /// `m` as a [`DefaultRoute`], if it is one.
-/// An address of a notification or a dump, on a link of `by_index`.
-pub(crate) fn address_of(
-    m: &AddressMessage,
-    by_index: &BTreeMap<u32, &str>,
-) -> Option<ObservedAddress> {
-    let interface = by_index.get(&m.header.index)?.to_string();
+/// The name of the link with an index: a dump's map, or a lookup in a kept view.
+pub(crate) type LinkNames<'a> = &'a dyn Fn(u32) -> Option<String>;
+
+/// An address of a notification or a dump, on a link `name_of` knows.
+pub(crate) fn address_of(m: &AddressMessage, name_of: LinkNames<'_>) -> Option<ObservedAddress> {
+    let interface = name_of(m.header.index)?;
     let address = attr!(m, AddressAttribute::Address(ip) => *ip)?;
     let noprefixroute = m.attributes.iter().any(
         |a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Noprefixroute)),
@@ -674,7 +674,7 @@ pub(crate) fn address_of(
 
 /// The route of a notification or a dump, if it is one of mirrornet's (protocol
 /// [`PROTOCOL`]).
-pub(crate) fn our_route(m: &RouteMessage, by_index: &BTreeMap<u32, &str>) -> Option<Route> {
+pub(crate) fn our_route(m: &RouteMessage, name_of: LinkNames<'_>) -> Option<Route> {
     if m.header.protocol != RouteProtocol::Other(PROTOCOL) {
         return None;
     }
@@ -685,10 +685,7 @@ pub(crate) fn our_route(m: &RouteMessage, by_index: &BTreeMap<u32, &str>) -> Opt
     Some(Route {
         table: route_table(m),
         destination,
-        interface: by_index
-            .get(&oif)
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        interface: name_of(oif).unwrap_or_default(),
         source: source.unwrap_or(destination.network()),
     })
 }

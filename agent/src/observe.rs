@@ -99,9 +99,7 @@ impl KernelView {
             .values()
             .find(|l| l.index == controller && is_our_vrf(l))
     }
-}
 
-impl KernelView {
     /// Brings the view up to date with one rtnetlink notification, as far as the notification
     /// says it all: mirrornet's own routes and rules, addresses, and routes and rules that only
     /// add a table in use. Returns false where it cannot (a link changed, whose routes the
@@ -114,16 +112,19 @@ impl KernelView {
     pub fn patch(&mut self, message: &netlink_packet_route::RouteNetlinkMessage) -> bool {
         use netlink_packet_route::AddressFamily;
         use netlink_packet_route::RouteNetlinkMessage as M;
-        let by_index: BTreeMap<u32, &str> = self
-            .links
-            .values()
-            .map(|l| (l.index, l.name.as_str()))
-            .collect();
+        // One link looked up per notification, not a map of all of them built for each.
+        let links = &self.links;
+        let name_of = |index: u32| {
+            links
+                .values()
+                .find(|l| l.index == index)
+                .map(|l| l.name.clone())
+        };
         match message {
             M::NewRoute(m) | M::DelRoute(m) => {
                 let added = matches!(message, M::NewRoute(_));
                 let table = crate::netlink::route_table(m);
-                if let Some(route) = crate::netlink::our_route(m, &by_index) {
+                if let Some(route) = crate::netlink::our_route(m, &name_of) {
                     if added {
                         if !self.routes.contains(&route) {
                             self.routes.push(route);
@@ -172,7 +173,7 @@ impl KernelView {
                 }
             }
             M::NewAddress(m) | M::DelAddress(m) => {
-                let Some(address) = crate::netlink::address_of(m, &by_index) else {
+                let Some(address) = crate::netlink::address_of(m, &name_of) else {
                     return false;
                 };
                 let same = |a: &ObservedAddress| {
@@ -286,21 +287,11 @@ pub fn observe_nft(cache: Option<&NftCache>) -> Result<Arc<ObservedNft>> {
 /// Reads everything mirrornet cares about from the kernel.
 pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<KernelView> {
     let started = std::time::Instant::now();
-    let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1e3;
-    let links = netlink.links().await?;
-    let links_ms = ms(started);
-    let at = std::time::Instant::now();
-    let addresses = netlink.addresses(&links).await?;
-    let addresses_ms = ms(at);
-    let at = std::time::Instant::now();
-    let (routes, route_tables, default_routes) = netlink.routes(&links).await?;
-    let routes_ms = ms(at);
-    let at = std::time::Instant::now();
-    let (rules, rule_tables, l3mdev) = netlink.rules().await?;
-    let rules_ms = ms(at);
-    let at = std::time::Instant::now();
-    let nft = observe_nft(cache)?;
-    let nft_ms = ms(at);
+    let (links, links_ms) = timed(netlink.links()).await?;
+    let (addresses, addresses_ms) = timed(netlink.addresses(&links)).await?;
+    let ((routes, route_tables, default_routes), routes_ms) = timed(netlink.routes(&links)).await?;
+    let ((rules, rule_tables, l3mdev), rules_ms) = timed(netlink.rules()).await?;
+    let (nft, nft_ms) = timed(async { observe_nft(cache) }).await?;
     let facts = node_facts(&links);
     // What a read of the node costs, by part: the first thing to look at when a pass is slow.
     tracing::debug!(
@@ -312,7 +303,7 @@ pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<Kern
         routes_ms,
         rules_ms,
         nft_ms,
-        total_ms = ms(started),
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
         "observed the node"
     );
     let mut tables_in_use: BTreeSet<u32> = route_tables.into_iter().collect();
@@ -328,6 +319,15 @@ pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<Kern
         l3mdev,
         default_routes,
     })
+}
+
+/// `read`'s result and how long it took, in milliseconds.
+async fn timed<T, E>(
+    read: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<(T, f64), E> {
+    let started = std::time::Instant::now();
+    let value = read.await?;
+    Ok((value, started.elapsed().as_secs_f64() * 1e3))
 }
 
 /// Reads the node facts that change plans; the links' own settings come from their dump.
