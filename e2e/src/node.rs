@@ -129,11 +129,17 @@ pub const SEED: &str = include_str!("../../examples/seed.yaml");
 /// The seed network again as a second network of the same node: named `lab-twin`, on eth3 and
 /// eth4, subnet 172.16.2.0/24 with alias 172.16.3.0/24.
 pub fn second_seed() -> String {
-    SEED.replace("name: plant-twin", "name: lab-twin")
-        .replace("eth1", "eth3")
-        .replace("eth2", "eth4")
-        .replace("192.168.2.", "172.16.2.")
-        .replace("192.168.3.", "172.16.3.")
+    seed_as("lab-twin", ["eth3", "eth4"], "172.16")
+}
+
+/// The seed as network `name` on the side interfaces `interfaces` (inner, outer), with subnet
+/// `<prefix>.2.0/24` and alias `<prefix>.3.0/24`, so that one node can hold several.
+pub fn seed_as(name: &str, interfaces: [&str; 2], prefix: &str) -> String {
+    SEED.replace("name: plant-twin", &format!("name: {name}"))
+        .replace("eth1", interfaces[0])
+        .replace("eth2", interfaces[1])
+        .replace("192.168.2.", &format!("{prefix}.2."))
+        .replace("192.168.3.", &format!("{prefix}.3."))
 }
 
 /// The seed topology (hosts .10 and .11 on each side, optionally the unrelated `eth9` LAN) and

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    RunningAgent, SEED, SpecFile, add_network, assert_same, ping, require_root, seed_scenario,
-    snapshot, time_until, vrf,
+    RunningAgent, SEED, SpecFile, add_network, assert_same, ping, require_root, seed_as,
+    seed_scenario, snapshot, time_until, vrf,
 };
 
 fn sh(s: &Scenario, command: &str) -> String {
@@ -383,11 +383,12 @@ fn a_side_link_going_down_is_reported_and_restored_when_up() {
 /// Network `k` of [`several_networks`]: the seed renamed `net-<k>`, on eth(2k+1) and
 /// eth(2k+2), subnet 10.k.2.0/24 and alias 10.k.3.0/24.
 fn numbered_seed(k: u32) -> String {
-    SEED.replace("name: plant-twin", &format!("name: net-{k}"))
-        .replace("eth1", &format!("eth{}", 2 * k + 1))
-        .replace("eth2", &format!("eth{}", 2 * k + 2))
-        .replace("192.168.2.", &format!("10.{k}.2."))
-        .replace("192.168.3.", &format!("10.{k}.3."))
+    let interfaces = [format!("eth{}", 2 * k + 1), format!("eth{}", 2 * k + 2)];
+    seed_as(
+        &format!("net-{k}"),
+        [&interfaces[0], &interfaces[1]],
+        &format!("10.{k}"),
+    )
 }
 
 /// The passes `/metrics` counts for `cause` over the whole node or over some networks.

@@ -626,7 +626,7 @@ pub enum Notification {
 }
 
 /// The notifications in one datagram of the nftables multicast group.
-pub fn notifications(mut datagram: &[u8]) -> Vec<Notification> {
+pub fn notifications(datagram: &[u8]) -> Vec<Notification> {
     const NFT_MSG_NEWTABLE: u16 = 0;
     const NFT_MSG_DELTABLE: u16 = 2;
     const NFT_MSG_NEWCHAIN: u16 = 3;
@@ -638,15 +638,7 @@ pub fn notifications(mut datagram: &[u8]) -> Vec<Notification> {
     const NFT_MSG_NEWSETELEM: u16 = 12;
     const NFT_MSG_DELSETELEM: u16 = 14;
     let mut found = Vec::new();
-    while datagram.len() >= 16 {
-        let length = u32::from_ne_bytes(datagram[0..4].try_into().unwrap_or_default()) as usize;
-        if length < 20 || length > datagram.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes(datagram[4..6].try_into().unwrap_or_default());
-        // After the header (16 bytes) and the nfgenmsg (4).
-        let body = &datagram[20..length];
-        datagram = &datagram[length.next_multiple_of(4).min(datagram.len())..];
+    for (kind, body) in messages(datagram) {
         if kind >> 8 != NFNL_SUBSYS_NFTABLES {
             continue;
         }
@@ -693,8 +685,27 @@ pub fn notifications(mut datagram: &[u8]) -> Vec<Notification> {
     found
 }
 
+/// The messages of one multicast datagram, each as (type, body): the body follows the netlink
+/// header (16 bytes) and the 4-byte family header that netfilter's `nfgenmsg` and a padded
+/// `netconfmsg` alike take. Stops at a malformed length.
+pub(crate) fn messages(mut datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if datagram.len() < 20 {
+            return None;
+        }
+        let length = u32::from_ne_bytes(datagram[0..4].try_into().unwrap_or_default()) as usize;
+        if length < 20 || length > datagram.len() {
+            return None;
+        }
+        let kind = u16::from_ne_bytes(datagram[4..6].try_into().unwrap_or_default());
+        let body = &datagram[20..length];
+        datagram = &datagram[length.next_multiple_of(4).min(datagram.len())..];
+        Some((kind, body))
+    })
+}
+
 /// The attributes in `data`, each as (type without the nested/byte-order flags, value).
-fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if data.len() < 4 {
             return None;

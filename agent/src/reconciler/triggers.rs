@@ -199,34 +199,18 @@ const ENOBUFS: i32 = 105;
 
 /// The links the netconf messages of one datagram are about (`struct netconfmsg`, then
 /// NETCONFA_IFINDEX; negative for `all` and `default`).
-fn netconf_events(mut datagram: &[u8]) -> Vec<KernelEvent> {
+fn netconf_events(datagram: &[u8]) -> Vec<KernelEvent> {
+    use crate::nft::nfnetlink::{attributes, messages};
     const NETCONFA_IFINDEX: u16 = 1;
-    let mut events = Vec::new();
-    while datagram.len() >= 20 {
-        let length = u32::from_ne_bytes(datagram[0..4].try_into().unwrap_or_default()) as usize;
-        if length < 20 || length > datagram.len() {
-            events.push(KernelEvent::Unknown);
-            break;
-        }
-        // The header (16 bytes), then the family padded to 4.
-        let mut attributes = &datagram[20..length];
-        datagram = &datagram[length.next_multiple_of(4).min(datagram.len())..];
-        let mut index = None;
-        while attributes.len() >= 8 {
-            let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
-            let kind = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
-            if len < 4 || len > attributes.len() {
-                break;
-            }
-            if kind == NETCONFA_IFINDEX && len >= 8 {
-                index = Some(i32::from_ne_bytes(
-                    attributes[4..8].try_into().unwrap_or_default(),
-                ));
-            }
-            attributes = &attributes[len.next_multiple_of(4).min(attributes.len())..];
-        }
-        events.push(index.map_or(KernelEvent::Unknown, |index| KernelEvent::Netconf { index }));
-    }
+    let mut events: Vec<KernelEvent> = messages(datagram)
+        .map(|(_, body)| {
+            attributes(body)
+                .find(|(kind, value)| *kind == NETCONFA_IFINDEX && value.len() >= 4)
+                .map_or(KernelEvent::Unknown, |(_, value)| KernelEvent::Netconf {
+                    index: i32::from_ne_bytes(value[..4].try_into().unwrap_or_default()),
+                })
+        })
+        .collect();
     if events.is_empty() {
         events.push(KernelEvent::Unknown);
     }
