@@ -44,6 +44,7 @@ pub fn spec(sides: Vec<Side>) -> MirrorNetworkSpec {
         node_selector: Some(LabelSelector::default()),
         subnet: "192.168.2.0/24".into(),
         gateway_address: "192.168.2.1".into(),
+        host_prefix: None,
         sides,
         backend: Default::default(),
         direction: Default::default(),

@@ -43,8 +43,15 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!isCIDR(self.subnet) || !isIP(self.gatewayAddress) || ip(self.gatewayAddress).family() != cidr(self.subnet).ip().family() || cidr(self.subnet).containsIP(self.gatewayAddress)").message("spec.gatewayAddress: must lie inside spec.subnet").field_path(".gatewayAddress"),
     validation = Rule::new("!isCIDR(self.subnet) || !isIP(self.gatewayAddress) || ip(self.gatewayAddress).family() == cidr(self.subnet).ip().family()").message("spec.gatewayAddress: IPv4 and IPv6 are mixed; use the family of spec.subnet").field_path(".gatewayAddress"),
     validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() == cidr(self.subnet).ip().family())").message("spec.sides[].aliasPrefix: IPv4 and IPv6 are mixed; use the family of spec.subnet").field_path(".sides"),
-    validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || cidr(s.aliasPrefix).prefixLength() == cidr(self.subnet).prefixLength())").message("spec.sides[].aliasPrefix: prefix length must equal the length of spec.subnet").field_path(".sides"),
-    validation = Rule::new("!isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || !(cidr(s.aliasPrefix).containsCIDR(self.subnet) || cidr(self.subnet).containsCIDR(s.aliasPrefix)))").message("spec.sides[].aliasPrefix: overlaps spec.subnet").field_path(".sides"),
+    validation = Rule::new("has(self.hostPrefix) || !isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || cidr(s.aliasPrefix).prefixLength() == cidr(self.subnet).prefixLength())").message("spec.sides[].aliasPrefix: prefix length must equal the length of spec.subnet").field_path(".sides"),
+    validation = Rule::new("has(self.hostPrefix) || !isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || !(cidr(s.aliasPrefix).containsCIDR(self.subnet) || cidr(self.subnet).containsCIDR(s.aliasPrefix)))").message("spec.sides[].aliasPrefix: overlaps spec.subnet (to place aliases inside it, set spec.hostPrefix)").field_path(".sides"),
+    validation = Rule::new("!has(self.hostPrefix) || isCIDR(self.hostPrefix)").message("spec.hostPrefix: not a CIDR prefix (expected e.g. 192.168.2.0/26)").field_path(".hostPrefix"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || cidr(self.hostPrefix).masked() == cidr(self.hostPrefix)").message("spec.hostPrefix: host bits are set; write the network address of the prefix").field_path(".hostPrefix"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || !isCIDR(self.subnet) || (cidr(self.hostPrefix).ip().family() == cidr(self.subnet).ip().family() && cidr(self.subnet).containsCIDR(self.hostPrefix) && cidr(self.hostPrefix).prefixLength() > cidr(self.subnet).prefixLength())").message("spec.hostPrefix: must be a smaller part of spec.subnet, leaving room for the alias prefixes").field_path(".hostPrefix"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || cidr(self.hostPrefix).prefixLength() >= (cidr(self.hostPrefix).ip().family() == 4 ? 24 : 120)").message("spec.hostPrefix: on-link aliases cover at most 256 addresses (an IPv4 /24 or longer, an IPv6 /120 or longer)").field_path(".hostPrefix"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || !isCIDR(self.subnet) || self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != cidr(self.subnet).ip().family() || (cidr(s.aliasPrefix).prefixLength() == cidr(self.hostPrefix).prefixLength() && cidr(self.subnet).containsCIDR(s.aliasPrefix) && !cidr(self.hostPrefix).containsCIDR(s.aliasPrefix)))").message("spec.sides[].aliasPrefix: with spec.hostPrefix, every alias prefix has its length and lies inside spec.subnet, outside spec.hostPrefix").field_path(".sides"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || !isIP(self.gatewayAddress) || ip(self.gatewayAddress).family() != cidr(self.hostPrefix).ip().family() || (!cidr(self.hostPrefix).containsIP(self.gatewayAddress) && self.sides.all(s, !isCIDR(s.aliasPrefix) || cidr(s.aliasPrefix).ip().family() != ip(self.gatewayAddress).family() || !cidr(s.aliasPrefix).containsIP(self.gatewayAddress)))").message("spec.gatewayAddress: with spec.hostPrefix it must lie outside spec.hostPrefix and every alias prefix").field_path(".gatewayAddress"),
+    validation = Rule::new("!has(self.hostPrefix) || !isCIDR(self.hostPrefix) || !has(self.verify) || !has(self.verify.probes) || self.verify.probes.all(p, !isIP(p.address) || ip(p.address).family() != cidr(self.hostPrefix).ip().family() || cidr(self.hostPrefix).containsIP(p.address))").message("spec.verify.probes[].address: must be a host's address inside spec.hostPrefix").field_path(".verify"),
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.name == a.name))").message("spec.sides[].name: side names must be unique").field_path(".sides"),
     validation = Rule::new("self.sides.all(a, self.sides.exists_one(b, b.interface == a.interface))").message("spec.sides[].interface: interface names must be unique in the network").field_path(".sides"),
     validation = Rule::new("size(self.sides) < 3 || self.sides.all(a, self.sides.exists_one(b, b.aliasPrefix == a.aliasPrefix))").message("spec.sides[].aliasPrefix: with three or more sides every alias prefix must be distinct").field_path(".sides"),
@@ -67,9 +74,20 @@ pub struct MirrorNetworkSpec {
     pub subnet: String,
 
     /// The middleman's own address on every side; it must lie inside `subnet`. Hosts route the
-    /// alias prefixes via this address.
+    /// alias prefixes via this address (with `hostPrefix`, they need no route at all).
     #[schemars(length(max = 39))]
     pub gateway_address: String,
+
+    /// The part of `subnet` the hosts use, when the alias prefixes lie inside `subnet` too
+    /// (on-link aliases): hosts then reach the other sides with no route and no gateway,
+    /// because the node answers ARP (IPv4) and neighbour solicitations (IPv6) for the alias
+    /// addresses on each side. Each alias prefix then has the length of `hostPrefix`, lies in
+    /// `subnet` outside it, and covers at most 256 addresses; `gatewayAddress` lies outside
+    /// all of them. An alias address a host already uses is not claimed, and is reported.
+    /// Absent: the hosts may use all of `subnet`, and the aliases lie outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 43))]
+    pub host_prefix: Option<String>,
 
     /// The networks that share `subnet`: two or more, each reached by the others through its
     /// alias prefix. The list is keyed by side name.
@@ -236,8 +254,9 @@ pub struct Side {
     pub interface: String,
 
     /// How this side's hosts appear to the other sides: a prefix of the same length as
-    /// `subnet` that does not overlap it. Two sides may share one alias; with three or more
-    /// sides every alias must be distinct.
+    /// `subnet` that does not overlap it (with `hostPrefix`: of the length of `hostPrefix`,
+    /// inside `subnet`). Two sides may share one alias; with three or more sides every alias
+    /// must be distinct.
     #[schemars(length(max = 43))]
     pub alias_prefix: String,
 

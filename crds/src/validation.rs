@@ -136,6 +136,10 @@ pub struct ValidSide {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidNetwork {
     pub subnet: IpNet,
+    /// The part of `subnet` the hosts use: all of it, unless `spec.hostPrefix` places the
+    /// aliases inside `subnet` (see [`ValidNetwork::on_link`]). The 1:1 mapping translates
+    /// between it and the alias prefixes.
+    pub hosts: IpNet,
     pub gateway: IpAddr,
     pub sides: Vec<ValidSide>,
     pub backend: Backend,
@@ -177,7 +181,17 @@ impl ValidNetwork {
     pub fn is_ipv6(&self) -> bool {
         matches!(self.subnet, IpNet::V6(_))
     }
+
+    /// The aliases lie inside `subnet`, where the hosts reach them without a route: the node
+    /// answers address resolution for them on every side.
+    pub fn on_link(&self) -> bool {
+        self.hosts != self.subnet
+    }
 }
+
+/// Most addresses one on-link alias prefix may cover: the node answers for, and probes,
+/// each one on each side (and the kernel's neighbour table keeps 1024 entries by default).
+pub const MAX_ON_LINK_ALIAS_ADDRESSES: u32 = 256;
 
 /// Parses a prefix and insists on the canonical form (host bits clear), because a prefix with
 /// host bits set is nearly always a typo for another network.
@@ -256,6 +270,61 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
         }
     }
 
+    // The hosts' part of the subnet: all of it, or the `hostPrefix` that leaves room for
+    // on-link aliases.
+    let hosts = match (subnet, spec.host_prefix.as_deref()) {
+        (subnet, None) => subnet,
+        (None, Some(_)) => None,
+        (Some(subnet), Some(text)) => match parse_prefix(text) {
+            Ok(hosts) if family(&hosts) != family(&subnet) => {
+                err(
+                    "spec.hostPrefix".into(),
+                    format!(
+                        "{hosts} is {} but spec.subnet {subnet} is {}; IPv4 and IPv6 cannot be mixed in one network",
+                        family(&hosts),
+                        family(&subnet)
+                    ),
+                );
+                None
+            }
+            Ok(hosts) if !subnet.contains(&hosts) || hosts.prefix_len() == subnet.prefix_len() => {
+                err(
+                    "spec.hostPrefix".into(),
+                    format!(
+                        "{hosts} is not a smaller part of spec.subnet {subnet}; it must leave room in the subnet for the alias prefixes"
+                    ),
+                );
+                None
+            }
+            Ok(hosts) if hosts.max_prefix_len() - hosts.prefix_len() > 8 => {
+                err(
+                    "spec.hostPrefix".into(),
+                    format!(
+                        "{hosts} covers more than {MAX_ON_LINK_ALIAS_ADDRESSES} addresses, the most an on-link alias prefix may (an IPv4 /24 or longer, an IPv6 /120 or longer); for larger ranges leave spec.hostPrefix out and route alias prefixes outside spec.subnet"
+                    ),
+                );
+                None
+            }
+            Ok(hosts) => Some(hosts),
+            Err(reason) => {
+                err("spec.hostPrefix".into(), reason);
+                None
+            }
+        },
+    };
+    let on_link = spec.host_prefix.is_some();
+    if on_link
+        && let (Some(hosts), Some(gateway)) = (hosts, gateway)
+        && hosts.contains(&gateway)
+    {
+        err(
+            "spec.gatewayAddress".into(),
+            format!(
+                "{gateway} is inside spec.hostPrefix {hosts}; the node needs an address no host uses"
+            ),
+        );
+    }
+
     if spec.sides.len() < 2 {
         err(
             "spec.sides".into(),
@@ -325,6 +394,18 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
                             ),
                         );
                         ok = false;
+                    } else if on_link {
+                        ok = hosts.is_none_or(|hosts| {
+                            on_link_alias(&mut err, &at("aliasPrefix"), alias, subnet, hosts)
+                        });
+                        if let Some(gateway) = gateway.filter(|g| alias.contains(g)) {
+                            err(
+                                "spec.gatewayAddress".into(),
+                                format!(
+                                    "{gateway} is inside spec.sides[{i}].aliasPrefix {alias}; the node needs an address no alias stands for"
+                                ),
+                            );
+                        }
                     } else if alias.prefix_len() != subnet.prefix_len() {
                         err(
                             at("aliasPrefix"),
@@ -338,7 +419,9 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
                     } else if alias.contains(&subnet) || subnet.contains(&alias) {
                         err(
                             at("aliasPrefix"),
-                            format!("{alias} overlaps spec.subnet {subnet}"),
+                            format!(
+                                "{alias} overlaps spec.subnet {subnet}; to place the aliases inside the subnet, set spec.hostPrefix to the part the hosts use"
+                            ),
                         );
                         ok = false;
                     }
@@ -508,7 +591,15 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
             }
             let address = match probe.address.trim().parse::<IpAddr>() {
                 Ok(a) => {
-                    if subnet.is_some_and(|n| !n.contains(&a)) {
+                    if on_link && hosts.is_some_and(|h| h.addr().is_ipv4() == a.is_ipv4() && !h.contains(&a)) {
+                        err(
+                            at("address"),
+                            format!(
+                                "{a} is outside spec.hostPrefix {}; probe a host by its own address on its side",
+                                spec.host_prefix.as_deref().unwrap_or_default()
+                            ),
+                        );
+                    } else if subnet.is_some_and(|n| !n.contains(&a)) {
                         err(
                             at("address"),
                             format!(
@@ -549,9 +640,10 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
-    match (subnet, gateway) {
-        (Some(subnet), Some(gateway)) => Ok(ValidNetwork {
+    match (subnet, hosts, gateway) {
+        (Some(subnet), Some(hosts), Some(gateway)) => Ok(ValidNetwork {
             subnet,
+            hosts,
             gateway,
             sides,
             backend: spec.backend,
@@ -561,6 +653,34 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
             probes,
             verify_timeout: std::time::Duration::from_secs(verify_timeout.into()),
         }),
-        _ => unreachable!("a missing subnet or gateway was reported as an error"),
+        _ => unreachable!("a missing subnet, host prefix or gateway was reported as an error"),
     }
+}
+
+/// Checks an alias prefix placed inside the subnet (`spec.hostPrefix` is set): the hosts'
+/// length, inside the subnet, apart from the hosts. True when it passes.
+fn on_link_alias(
+    err: &mut impl FnMut(String, String),
+    field: &str,
+    alias: IpNet,
+    subnet: IpNet,
+    hosts: IpNet,
+) -> bool {
+    let reason = if alias.prefix_len() != hosts.prefix_len() {
+        format!(
+            "{alias} is a /{} but spec.hostPrefix {hosts} is a /{}; a 1:1 mapping needs equal lengths",
+            alias.prefix_len(),
+            hosts.prefix_len()
+        )
+    } else if !subnet.contains(&alias) {
+        format!(
+            "{alias} is outside spec.subnet {subnet}; with spec.hostPrefix the aliases lie inside the subnet, where hosts reach them without a route"
+        )
+    } else if alias == hosts {
+        format!("{alias} is spec.hostPrefix; an alias must not cover the hosts' own addresses")
+    } else {
+        return true;
+    };
+    err(field.into(), reason);
+    false
 }

@@ -53,6 +53,7 @@ fn plausible_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
             node_selector: None,
             subnet: format!("10.{net}.0.0/16"),
             gateway_address: format!("10.0.0.{host}"),
+            host_prefix: None,
             sides: sides
                 .into_iter()
                 .map(|(name, iface, alias)| Side {
@@ -92,6 +93,7 @@ fn arbitrary_spec() -> impl Strategy<Value = MirrorNetworkSpec> {
                 node_selector: None,
                 subnet,
                 gateway_address,
+                host_prefix: None,
                 sides,
                 backend,
                 direction: Default::default(),
