@@ -162,6 +162,14 @@ impl Run<'_> {
                 netlink.del_route(index, route).await?;
             }
             Step::AddRule { rule, .. } => netlink.add_rule(rule).await?,
+            Step::AddProxy { proxy, .. } => {
+                let index = self.index(&proxy.interface).await?;
+                netlink.add_proxy(index, proxy).await?;
+            }
+            Step::DeleteProxy { proxy, .. } => {
+                let index = self.index(&proxy.interface).await?;
+                netlink.del_proxy(index, proxy).await?;
+            }
             Step::DeleteRule { rule, .. } => netlink.del_rule(rule).await?,
             Step::SetSysctl { path, value, .. } => self.write_sysctl(path, value).await?,
             // A device deleted earlier in the same change (a VRF) took its sysctls with it.

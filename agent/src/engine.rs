@@ -9,6 +9,7 @@ use mirrornet_api::allocation::IdRanges;
 use crate::apply::{self, Failpoints};
 use crate::error::Result;
 use crate::memory::{Memory, MemoryCache};
+use crate::neighbours::ConflictProbe;
 use crate::netlink::Netlink;
 use crate::observe::{self, KernelView, NftCache};
 use crate::step::Changes;
@@ -21,6 +22,8 @@ pub struct Engine {
     /// Present when the engine lives long enough (`run`) for a cache to pay.
     nft_cache: Option<NftCache>,
     memory_cache: Option<MemoryCache>,
+    /// What the conflict probe found of on-link alias addresses, kept for the process.
+    conflicts: ConflictProbe,
 }
 
 impl Engine {
@@ -31,6 +34,7 @@ impl Engine {
             failpoints: Failpoints::from_env(),
             nft_cache: None,
             memory_cache: None,
+            conflicts: ConflictProbe::default(),
         }
     }
 
@@ -56,6 +60,11 @@ impl Engine {
     /// The engine's netlink connection, for the checks made after a change.
     pub fn netlink(&self) -> &Netlink {
         &self.netlink
+    }
+
+    /// The conflict probe's findings of on-link alias addresses.
+    pub fn conflicts(&self) -> &ConflictProbe {
+        &self.conflicts
     }
 
     /// The id ranges networks without recorded ids are allocated from.

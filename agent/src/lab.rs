@@ -233,20 +233,32 @@ impl Lab {
     /// Makes `short` a host: `address` (with its prefix length) on its `eth0`, default route
     /// via `gateway`.
     pub fn host(&self, short: &str, address: IpNet, gateway: IpAddr) -> Result<()> {
-        let (family, with_len, gw) = (
-            family(address.addr()),
-            address.to_string(),
-            gateway.to_string(),
-        );
-        let mut add = vec!["ip", family, "addr", "add", &with_len, "dev", "eth0"];
-        if address.addr().is_ipv6() {
-            add.push("nodad");
-        }
-        self.exec(short, &add)?;
+        self.untouched_host(short, address)?;
+        let (family, gw) = (family(address.addr()), gateway.to_string());
         self.exec(
             short,
             &["ip", family, "route", "add", "default", "via", &gw],
         )?;
+        Ok(())
+    }
+
+    /// Makes `short` a host that nobody configured beyond its address: `address` on its
+    /// `eth0`, no route and no gateway (a PLC, a drive, a lab appliance).
+    pub fn untouched_host(&self, short: &str, address: IpNet) -> Result<()> {
+        let with_len = address.to_string();
+        let mut add = vec![
+            "ip",
+            family(address.addr()),
+            "addr",
+            "add",
+            &with_len,
+            "dev",
+            "eth0",
+        ];
+        if address.addr().is_ipv6() {
+            add.push("nodad");
+        }
+        self.exec(short, &add)?;
         Ok(())
     }
 }
@@ -378,7 +390,8 @@ pub fn alias_of(network: &ValidNetwork, to: &str, host: u32) -> IpAddr {
         .iter()
         .find(|s| s.name.as_str() == to)
         .expect("side exists");
-    nth(side.alias, host)
+    let offset = host - host_number(network.hosts.network());
+    nth(side.alias, offset)
 }
 
 /// A network's topology built in a lab: a middleman namespace `mm` holding every side's
@@ -422,7 +435,12 @@ impl Scenario {
                 lab.veth(&ns, "eth0", &lan, &port)?;
                 lab.exec(&lan, &["ip", "link", "set", &port, "master", "br0"])?;
                 let address = nth(network.subnet, n);
-                lab.host(&ns, with_prefix(address, network.subnet), network.gateway)?;
+                // On-link aliases are for hosts nobody may touch: they get no route at all.
+                if network.on_link() {
+                    lab.untouched_host(&ns, with_prefix(address, network.subnet))?;
+                } else {
+                    lab.host(&ns, with_prefix(address, network.subnet), network.gateway)?;
+                }
                 hosts.push(Host { ns, address });
             }
             sides.push(SideLan {
@@ -519,6 +537,8 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
         &["ip", "-6", "rule", "show"],
         &["ip", "-4", "route", "show", "table", "all"],
         &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-4", "neigh", "show", "proxy"],
+        &["ip", "-6", "neigh", "show", "proxy"],
     ] {
         out.push_str(&format!("### {}\n", args.join(" ")));
         let text = lab.stdout(ns, args)?;
@@ -544,10 +564,19 @@ pub fn snapshot(lab: &Lab, ns: &str) -> Result<String> {
     for line in sysctls.lines() {
         let networking = line.starts_with("net.ipv4.conf.")
             || line.starts_with("net.ipv6.conf.")
+            || line.starts_with("net.ipv4.neigh.")
+            || line.starts_with("net.ipv6.neigh.")
             || line.starts_with("net.ipv4.ip_forward");
-        let touched = ["forwarding", "rp_filter", "ip_forward", "src_valid_mark"]
-            .iter()
-            .any(|k| line.contains(k));
+        let touched = [
+            "forwarding",
+            "rp_filter",
+            "ip_forward",
+            "src_valid_mark",
+            "proxy_ndp",
+            "proxy_delay",
+        ]
+        .iter()
+        .any(|k| line.contains(k));
         if networking && touched {
             out.push_str(line);
             out.push('\n');

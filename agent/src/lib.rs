@@ -37,6 +37,7 @@ pub mod file_source;
 pub mod lab;
 pub mod lock;
 pub mod memory;
+pub mod neighbours;
 pub mod netlink;
 pub mod nft;
 pub mod observe;

@@ -269,7 +269,11 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
                 None => Vec::new(),
             };
             let engine = engine(ranges)?;
-            let session = Session::read(&engine).await?;
+            let mut session = Session::read(&engine).await?;
+            // On-link aliases: whether hosts use any of them, asked now.
+            let held = show::held_specs(&session.memory);
+            let valid: Vec<_> = specs.iter().chain(&held).map(|n| &n.valid).collect();
+            session.probe_on_link(&valid, Duration::ZERO).await?;
             let report = show::show(&session, &specs)?;
             print(output, &serde_json::to_value(&report)?, |out| {
                 show::write_text(out, &report)
@@ -355,10 +359,11 @@ async fn apply(
     let networks = load(&file)?;
     let engine = engine(ranges)?;
     rollback::recover(&engine).await?;
-    let session = Session::locked(&engine).await?;
+    let mut session = Session::locked(&engine).await?;
+    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+    session.probe_on_link(&valid, Duration::ZERO).await?;
     let plans = session.plans(&networks, backend)?;
     let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
-    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
     let change = Change {
         plans: &plans,
         specs: &specs,
@@ -383,6 +388,9 @@ async fn apply(
                 "{}: converged ({}, {} kernel writes)",
                 n.name, n.backend, outcome.writes
             )?;
+            for t in &n.taken {
+                writeln!(out, "  taken: {t}")?;
+            }
         }
         Ok(())
     })?;
@@ -425,7 +433,9 @@ async fn plan(
 ) -> Result<()> {
     let networks = load(&file)?;
     let engine = engine(ranges)?;
-    let session = Session::read(&engine).await?;
+    let mut session = Session::read(&engine).await?;
+    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+    session.probe_on_link(&valid, Duration::ZERO).await?;
     let plans = session.plans(&networks, backend)?;
     let changes = session.diff(&plans, &[]);
     print(output, &serde_json::to_value(&changes)?, |out| {

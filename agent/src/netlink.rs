@@ -16,13 +16,16 @@ use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoData, InfoVrf, LinkAttribute, LinkExtentMask,
     LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
 use crate::error::NetlinkError;
-use crate::plan::{Address, PROTOCOL, Route, Rule, RuleSelector, VrfPlan};
+use crate::plan::{Address, PROTOCOL, Proxy, Route, Rule, RuleSelector, VrfPlan};
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
@@ -147,6 +150,25 @@ pub struct ObservedAddress {
     pub noprefixroute: bool,
     /// Whether the address carries mirrornet's protocol ([`PROTOCOL`]), i.e. we added it.
     pub ours: bool,
+}
+
+/// A proxy neighbour entry the kernel holds (`ip neigh show proxy`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObservedProxy {
+    pub proxy: Proxy,
+    /// Whether it carries mirrornet's protocol ([`PROTOCOL`]), i.e. we added it.
+    pub ours: bool,
+}
+
+/// What the kernel's neighbour table says of an address on a link, for the conflict probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// A host answered (reachable, stale, being confirmed).
+    Answered,
+    /// An administrator fixed it (permanent, or no resolution on the link).
+    Fixed,
+    /// Still being resolved, or nobody answered.
+    Unanswered,
 }
 
 /// The kernel's `l3mdev` rules ("from all lookup [l3mdev-table]"), by priority: added with the
@@ -444,6 +466,117 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("removing route {r}")))
+    }
+
+    /// mirrornet's proxy neighbour entries and everyone else's, both families.
+    pub async fn proxies(&self, links: &BTreeMap<String, Link>) -> Result<Vec<ObservedProxy>> {
+        let names: BTreeMap<u32, &str> =
+            links.values().map(|l| (l.index, l.name.as_str())).collect();
+        let messages: Vec<NeighbourMessage> = dump(
+            self.handle.neighbours().get().proxies().execute(),
+            "listing proxy neighbour entries",
+        )
+        .await?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                let interface = names.get(&m.header.ifindex)?;
+                let address = attr!(m, NeighbourAttribute::Destination(a) => neighbour_ip(a))??;
+                let ours = attr!(m, NeighbourAttribute::Protocol(p) => *p)
+                    == Some(RouteProtocol::Other(PROTOCOL));
+                Some(ObservedProxy {
+                    proxy: Proxy {
+                        interface: (*interface).to_owned(),
+                        address,
+                    },
+                    ours,
+                })
+            })
+            .collect())
+    }
+
+    fn proxy_message(index: u32, address: IpAddr) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of_address(address);
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Proxy;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(address)));
+        m
+    }
+
+    pub async fn add_proxy(&self, index: u32, p: &Proxy) -> Result<()> {
+        let mut request = self
+            .handle
+            .neighbours()
+            .add(index, p.address)
+            .flags(NeighbourFlags::Proxy)
+            .replace();
+        request
+            .message_mut()
+            .attributes
+            .push(NeighbourAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
+        request.execute().await.map_err(ctx(format!("adding {p}")))
+    }
+
+    pub async fn del_proxy(&self, index: u32, p: &Proxy) -> Result<()> {
+        self.handle
+            .neighbours()
+            .del(Self::proxy_message(index, p.address))
+            .execute()
+            .await
+            .map_err(ctx(format!("removing {p}")))
+    }
+
+    /// Starts resolving `address` on link `index`, as a packet to it would (`NTF_USE`): the
+    /// kernel sends an ARP request or a neighbour solicitation from the link's own address.
+    pub async fn resolve(&self, index: u32, address: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, address)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(format!("resolving {address} on link {index}")))
+    }
+
+    /// Forgets the neighbour entry of `address` on link `index`, if there is one.
+    pub async fn forget_neighbour(&self, index: u32, address: IpAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of_address(address);
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(address)));
+        match self.handle.neighbours().del(m).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == ENOENT => Ok(()),
+            other => other.map_err(ctx(format!("forgetting neighbour {address}"))),
+        }
+    }
+
+    /// The neighbour table's state of every address on link `index` it holds.
+    pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<IpAddr, Resolution>> {
+        let messages: Vec<NeighbourMessage> = dump(
+            self.handle.neighbours().get().execute(),
+            "listing neighbours",
+        )
+        .await?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let address = attr!(m, NeighbourAttribute::Destination(a) => neighbour_ip(a))??;
+                let resolution = match m.header.state {
+                    NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe => Resolution::Answered,
+                    NeighbourState::Permanent | NeighbourState::Noarp => Resolution::Fixed,
+                    _ => Resolution::Unanswered,
+                };
+                Some((address, resolution))
+            })
+            .collect())
     }
 
     fn rule_message(r: &Rule) -> RuleMessage {
@@ -777,4 +910,26 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
 
 pub(crate) fn route_table(m: &RouteMessage) -> u32 {
     attr!(m, RouteAttribute::Table(t) => *t).unwrap_or(u32::from(m.header.table))
+}
+
+fn family_of_address(address: IpAddr) -> AddressFamily {
+    match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn neighbour_address(address: IpAddr) -> NeighbourAddress {
+    match address {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
+}
+
+fn neighbour_ip(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(a) => Some((*a).into()),
+        NeighbourAddress::Inet6(a) => Some((*a).into()),
+        _ => None,
+    }
 }

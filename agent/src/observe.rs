@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use mirrornet_api::{Allocation, SideAllocation};
 
 use crate::error::{AgentError, Result};
-use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, ObservedAddress};
+use crate::netlink::{DefaultRoute, L3mdevRules, Link, Netlink, ObservedAddress, ObservedProxy};
 use crate::nft::nfnetlink::Nfnetlink;
 use crate::nft::{self, ObservedNft};
 use crate::plan::{self, NodeFacts, Route, Rule};
@@ -32,6 +32,8 @@ pub struct KernelView {
     pub routes: Vec<Route>,
     /// mirrornet's rules (protocol 77).
     pub rules: Vec<Rule>,
+    /// Proxy neighbour entries, ours and others'.
+    pub proxies: Vec<ObservedProxy>,
     /// Every routing table some route or foreign rule uses.
     pub tables_in_use: BTreeSet<u32>,
     /// Shared with the `run` loop's cache: a copy per pass was a tenth of a repair.
@@ -291,6 +293,7 @@ pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<Kern
     let (addresses, addresses_ms) = timed(netlink.addresses(&links)).await?;
     let ((routes, route_tables, default_routes), routes_ms) = timed(netlink.routes(&links)).await?;
     let ((rules, rule_tables, l3mdev), rules_ms) = timed(netlink.rules()).await?;
+    let (proxies, proxies_ms) = timed(netlink.proxies(&links)).await?;
     let (nft, nft_ms) = timed(async { observe_nft(cache) }).await?;
     let facts = node_facts(&links);
     // What a read of the node costs, by part: the first thing to look at when a pass is slow.
@@ -302,6 +305,7 @@ pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<Kern
         addresses_ms,
         routes_ms,
         rules_ms,
+        proxies_ms,
         nft_ms,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "observed the node"
@@ -313,6 +317,7 @@ pub async fn observe(netlink: &Netlink, cache: Option<&NftCache>) -> Result<Kern
         addresses,
         routes,
         rules,
+        proxies,
         tables_in_use,
         nft,
         facts,
@@ -358,6 +363,7 @@ pub fn node_facts(links: &BTreeMap<String, Link>) -> NodeFacts {
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
         vrf_available: vrf_available(),
         ipv6: has_ipv6(),
+        taken: BTreeMap::new(),
     }
 }
 

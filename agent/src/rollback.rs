@@ -102,7 +102,7 @@ fn programmed_backend(state: &KernelView, allocation: &Allocation) -> BackendKin
 
 /// Returns the networks in `armed` to what they were. The caller holds the [`NodeLock`].
 pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
-    let session = Session::read(engine).await?;
+    let mut session = Session::read(engine).await?;
     let mut loaded = Vec::new();
     let mut remove = Vec::new();
     for n in &armed.networks {
@@ -122,6 +122,12 @@ pub async fn revert(engine: &Engine, armed: &Armed) -> Result<Outcome> {
             None => remove.push(n.name.clone()),
         }
     }
+    // What was taken stays taken: in the agent that made the change the findings are at hand,
+    // a guard of a dead agent probes again.
+    let valid: Vec<&mirrornet_api::ValidNetwork> = loaded.iter().map(|(n, _)| &n.valid).collect();
+    session
+        .probe_on_link(&valid, std::time::Duration::MAX)
+        .await?;
     let mut plans = Vec::new();
     for (network, p) in &loaded {
         let choice = match p.backend {

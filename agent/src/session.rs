@@ -68,6 +68,9 @@ pub struct NetworkSummary {
     pub name: String,
     pub backend: BackendKind,
     pub allocation: Allocation,
+    /// On-link alias addresses left to the hosts that use them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<crate::plan::TakenAlias>,
 }
 
 impl<'e> Session<'e> {
@@ -100,7 +103,8 @@ impl<'e> Session<'e> {
     }
 
     /// The session over `view`, with the memory as it stands for it.
-    fn of(engine: &'e Engine, view: KernelView) -> Result<Self> {
+    fn of(engine: &'e Engine, mut view: KernelView) -> Result<Self> {
+        view.facts.taken = engine.conflicts().taken();
         let started = std::time::Instant::now();
         let memory = engine.memory(&view)?;
         tracing::debug!(
@@ -114,6 +118,21 @@ impl<'e> Session<'e> {
             memory,
             lock: None,
         })
+    }
+
+    /// Probes the on-link alias addresses of `networks` whose findings are older than
+    /// `max_age` ([`crate::neighbours`]), so that the plans made next leave taken ones alone.
+    pub async fn probe_on_link(
+        &mut self,
+        networks: &[&mirrornet_api::ValidNetwork],
+        max_age: std::time::Duration,
+    ) -> Result<()> {
+        self.engine
+            .conflicts()
+            .refresh(self.engine.netlink(), networks, max_age)
+            .await?;
+        self.view.facts.taken = self.engine.conflicts().taken();
+        Ok(())
     }
 
     pub fn engine(&self) -> &'e Engine {
@@ -245,6 +264,7 @@ fn outcome(writes: usize, changes: &Changes, plans: &[NetworkPlan]) -> Outcome {
                 name: p.name.clone(),
                 backend: p.backend,
                 allocation: p.allocation(),
+                taken: p.taken.clone(),
             })
             .collect(),
     }

@@ -31,6 +31,9 @@ pub struct ShownNetwork {
     /// Conntrack entries per side's zone (connections that side opened), where the
     /// `conntrack` tool is installed.
     pub connections: BTreeMap<String, usize>,
+    /// On-link alias addresses a host on their side uses, which the node leaves to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<crate::plan::TakenAlias>,
 }
 
 /// Every network the node holds, compared with its spec in `specs`, or else with the spec
@@ -50,6 +53,7 @@ pub fn show(session: &Session<'_>, specs: &[LoadedNetwork]) -> Result<Vec<ShownN
             .map(|n| n.object.spec.clone())
             .or_else(|| memory.network(&name).and_then(|r| r.spec.clone()));
         let suspended = spec.as_ref().is_some_and(|s| s.suspend);
+        let mut taken = Vec::new();
         let (backend, summary, in_sync, pending) = match spec {
             None => (
                 "unknown".into(),
@@ -76,6 +80,7 @@ pub fn show(session: &Session<'_>, specs: &[LoadedNetwork]) -> Result<Vec<ShownN
                             .iter()
                             .map(ToString::to_string)
                             .collect();
+                        taken.clone_from(&plans[0].taken);
                         let summary = match (suspended, pending.len()) {
                             (false, 0) => "in sync".to_owned(),
                             (false, n) => format!("{n} change(s) pending"),
@@ -108,6 +113,7 @@ pub fn show(session: &Session<'_>, specs: &[LoadedNetwork]) -> Result<Vec<ShownN
             suspended,
             allocation,
             pending,
+            taken,
         });
     }
     Ok(out)
@@ -139,6 +145,9 @@ pub fn write_text(out: &mut dyn Write, report: &[ShownNetwork]) -> io::Result<()
                 out,
                 "  connections opened by side {side}: {count} (conntrack)"
             )?;
+        }
+        for t in &n.taken {
+            writeln!(out, "  taken: {t}")?;
         }
         for step in &n.pending {
             writeln!(out, "  pending: {step}")?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::nft;
-use crate::plan::{Address, L3MDEV_PRIORITY, Route, Rule, VrfPlan};
+use crate::plan::{Address, L3MDEV_PRIORITY, Proxy, Route, Rule, VrfPlan};
 
 /// What the [`Step`]s of node-wide objects (the skip rules) name as their network.
 pub const NODE: &str = "(node)";
@@ -39,6 +39,15 @@ pub enum Step {
     AddRule {
         network: String,
         rule: Rule,
+    },
+    /// The node starts answering address resolution for an on-link alias address.
+    AddProxy {
+        network: String,
+        proxy: Proxy,
+    },
+    DeleteProxy {
+        network: String,
+        proxy: Proxy,
     },
     DeleteRule {
         network: String,
@@ -110,6 +119,8 @@ impl fmt::Display for Step {
             Step::DeleteRoute { route: r, .. } => write!(f, "- route {r}"),
             Step::AddRule { rule: r, .. } => write!(f, "+ rule {r}"),
             Step::DeleteRule { rule: r, .. } => write!(f, "- rule {r}"),
+            Step::AddProxy { proxy: p, .. } => write!(f, "+ neigh {p}"),
+            Step::DeleteProxy { proxy: p, .. } => write!(f, "- neigh {p}"),
             Step::SetSysctl {
                 path,
                 value,
@@ -165,6 +176,9 @@ fn dotted(path: &str) -> String {
 /// that is half gone, and every step can be undone in reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
+    /// On-link alias addresses the node stops answering for: first, so that no host is
+    /// pointed at a path that is about to change.
+    WithdrawProxies,
     /// The kernel's l3mdev rule, before the first VRF device (so a kernel that would add it
     /// with the device finds it there).
     L3mdevRule,
@@ -187,6 +201,8 @@ pub enum Phase {
     /// The skip rules on a node with an older agent's `iif` rules: only once the nft
     /// transaction marks every side's own traffic may unmarked traffic skip the mark rules.
     LegacySkipRules,
+    /// On-link alias addresses the node starts answering for: once their path is live.
+    Proxies,
     /// Rules, lowest priority first: a skip rule before the mark rules it skips.
     WithdrawRules,
     WithdrawRoutes,
@@ -262,6 +278,8 @@ impl Step {
             Step::DeleteRoute { network, route } => Step::AddRoute { network, route },
             Step::AddRule { network, rule } => Step::DeleteRule { network, rule },
             Step::DeleteRule { network, rule } => Step::AddRule { network, rule },
+            Step::AddProxy { network, proxy } => Step::DeleteProxy { network, proxy },
+            Step::DeleteProxy { network, proxy } => Step::AddProxy { network, proxy },
             Step::SetSysctl {
                 network,
                 path,

@@ -220,7 +220,7 @@ pub fn trace(
         "nat prerouting (-100)",
         format!(
             "mark -> chain xlate-dst.{name}: dnat {dst} -> {} (prefix {} -> {})",
-            meaning.real, target.alias, valid.subnet
+            meaning.real, target.alias, valid.hosts
         ),
         true,
     ));
@@ -239,10 +239,10 @@ pub fn trace(
             "mark -> chain xlate-src.{name}.{}: saddr in {} and zone {} -> snat {src} -> {} \
              (prefix {} -> {})",
             target.name.as_str(),
-            valid.subnet,
+            valid.hosts,
             zone.map(|z| z.to_string()).unwrap_or("?".into()),
             seen_as.map(|a| a.to_string()).unwrap_or("?".into()),
-            valid.subnet,
+            valid.hosts,
             ingress.alias
         ),
         seen_as.is_some(),

@@ -72,11 +72,11 @@ pub fn translate(
             .sides
             .iter()
             .filter(|s| s.name.as_str() != host_side)
-            .filter_map(|s| Some((s.name.to_string(), map(real, network.subnet, own_alias?))))
+            .filter_map(|s| Some((s.name.to_string(), map(real, network.hosts, own_alias?))))
             .collect()
     };
-    // Its own LAN: the address is what it says.
-    if network.subnet.contains(&address) {
+    // Its own LAN: the address is what it says (with on-link aliases, the hosts' part of it).
+    if network.hosts.contains(&address) {
         return Ok(Meaning {
             host_side: from.into(),
             real: address,
@@ -86,7 +86,7 @@ pub fn translate(
     // Another side's alias: the host with the same host bits on that side.
     for side in network.sides.iter().filter(|s| s.name.as_str() != from) {
         if side.alias.contains(&address) {
-            let real = map(address, side.alias, network.subnet);
+            let real = map(address, side.alias, network.hosts);
             return Ok(Meaning {
                 host_side: side.name.to_string(),
                 real,
@@ -96,7 +96,7 @@ pub fn translate(
     }
     Err(TranslateError::Outside {
         address,
-        subnet: network.subnet,
+        subnet: network.hosts,
         from: from.into(),
     })
 }

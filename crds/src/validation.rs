@@ -591,7 +591,10 @@ pub fn validate(spec: &MirrorNetworkSpec) -> Result<ValidNetwork, SpecErrors> {
             }
             let address = match probe.address.trim().parse::<IpAddr>() {
                 Ok(a) => {
-                    if on_link && hosts.is_some_and(|h| h.addr().is_ipv4() == a.is_ipv4() && !h.contains(&a)) {
+                    if on_link
+                        && hosts
+                            .is_some_and(|h| h.addr().is_ipv4() == a.is_ipv4() && !h.contains(&a))
+                    {
                         err(
                             at("address"),
                             format!(

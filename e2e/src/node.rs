@@ -625,12 +625,15 @@ pub fn identical_tuples_land_in_two_zones(
 ) {
     serve(s, "inner-11", port, 500);
     serve(s, "outer-11", port, 500);
-    let to = format!("192.168.3.11:{port}");
+    let net = s.network.clone();
+    let alias = |side: &str, n: u32| alias_of(&net, side, n);
+    let to_outer = std::net::SocketAddr::new(alias("outer", 11), port).to_string();
+    let to_inner = std::net::SocketAddr::new(alias("inner", 11), port).to_string();
     let (a, b) = std::thread::scope(|scope| {
         let lab = &s.lab;
-        let to = to.as_str();
-        let a = scope.spawn(move || connect(lab, "inner-10", to, Some(client_port)));
-        let b = scope.spawn(move || connect(lab, "outer-10", to, Some(client_port)));
+        let (to_outer, to_inner) = (to_outer.as_str(), to_inner.as_str());
+        let a = scope.spawn(move || connect(lab, "inner-10", to_outer, Some(client_port)));
+        let b = scope.spawn(move || connect(lab, "outer-10", to_inner, Some(client_port)));
         (a.join().unwrap(), b.join().unwrap())
     });
     let (a, b) = (a.expect("inner-10 connects"), b.expect("outer-10 connects"));
@@ -642,8 +645,8 @@ pub fn identical_tuples_land_in_two_zones(
         b.server, "inner-11",
         "outer's connection must reach inner-11"
     );
-    assert_eq!(host_of(&a.seen_as), "192.168.3.10");
-    assert_eq!(host_of(&b.seen_as), "192.168.3.10");
+    assert_eq!(host_of(&a.seen_as), alias("inner", 10).to_string());
+    assert_eq!(host_of(&b.seen_as), alias("outer", 10).to_string());
     let entries = s
         .lab
         .stdout(
@@ -665,10 +668,15 @@ pub fn identical_tuples_land_in_two_zones(
     let mut want = [zones.0, zones.1];
     want.sort_unstable();
     assert_eq!(seen, want, "one entry in each side's zone:\n{entries}");
-    let tuple = format!("src=192.168.2.10 dst=192.168.3.11 sport={client_port} dport={port}");
+    // The identical original tuple, where both sides use one alias prefix.
+    let real = mirrornet_agent::lab::nth(net.subnet, 10);
+    let tuple = format!(
+        "src={real} dst={} sport={client_port} dport={port}",
+        alias("outer", 11)
+    );
     for line in lines {
         assert!(
-            line.contains(&tuple),
+            alias("outer", 11) != alias("inner", 11) || line.contains(&tuple),
             "both entries carry the identical original tuple: {line}"
         );
     }

@@ -281,7 +281,13 @@ fn every_invalid_example_is_refused_by_the_api_server_naming_the_field() {
     // The valid examples pass the same schema (server-side dry run), so a refusal below is
     // the rule's doing, not a schema that refuses everything.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for name in ["seed.yaml", "three-sides.yaml", "ipv6.yaml", "guarded.yaml", "on-link.yaml"] {
+    for name in [
+        "seed.yaml",
+        "three-sides.yaml",
+        "ipv6.yaml",
+        "guarded.yaml",
+        "on-link.yaml",
+    ] {
         let path = examples.join(name);
         cluster.kubectl_ok(&["apply", "--dry-run=server", "-f", path.to_str().unwrap()]);
     }

@@ -9,6 +9,7 @@
 //! change is the phases' order and nothing else.
 
 mod links;
+mod neighbours;
 mod node_rules;
 mod routing;
 mod sysctls;
@@ -41,6 +42,7 @@ pub fn changes(
         let (tables, interfaces) = owned.of(&p.name, Some(p));
         let released_first = links::network(&mut diff, view, p, &tables, &interfaces);
         routing::network(&mut diff, &owned, p, &tables, &interfaces, &released_first);
+        neighbours::network(&mut diff, &owned, p, &interfaces);
         sysctls::network(&mut diff, sysctls, p, memory);
     }
     for name in remove {
@@ -48,6 +50,7 @@ pub fn changes(
         let (tables, interfaces) = owned.of(name, None);
         links::removed(&mut diff, view, name, &tables);
         routing::removed(&mut diff, &owned, name, &tables, &interfaces);
+        neighbours::removed(&mut diff, &owned, name, &interfaces);
         sysctls::removed(&mut diff, sysctls, name, memory);
     }
     links::l3mdev(&mut diff, view, plans, memory);
@@ -80,6 +83,7 @@ struct Ownership<'a> {
     view: &'a KernelView,
     memory: &'a Memory,
     addresses_by_interface: BTreeMap<&'a str, Vec<usize>>,
+    proxies_by_interface: BTreeMap<&'a str, Vec<usize>>,
     routes_by_table: BTreeMap<u32, Vec<usize>>,
     rules_by_table: BTreeMap<u32, Vec<usize>>,
 }
@@ -90,6 +94,13 @@ impl<'a> Ownership<'a> {
         for (i, a) in view.addresses.iter().enumerate().filter(|(_, a)| a.ours) {
             addresses_by_interface
                 .entry(a.interface.as_str())
+                .or_default()
+                .push(i);
+        }
+        let mut proxies_by_interface: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in view.proxies.iter().enumerate().filter(|(_, p)| p.ours) {
+            proxies_by_interface
+                .entry(p.proxy.interface.as_str())
                 .or_default()
                 .push(i);
         }
@@ -105,6 +116,7 @@ impl<'a> Ownership<'a> {
             view,
             memory,
             addresses_by_interface,
+            proxies_by_interface,
             routes_by_table,
             rules_by_table,
         }
@@ -141,6 +153,18 @@ impl<'a> Ownership<'a> {
                 .iter()
                 .filter_map(|i| self.addresses_by_interface.get(i.as_str())),
         )
+    }
+
+    fn proxies(&self, interfaces: &BTreeSet<String>) -> Vec<&'a crate::plan::Proxy> {
+        select(
+            &self.view.proxies,
+            interfaces
+                .iter()
+                .filter_map(|i| self.proxies_by_interface.get(i.as_str())),
+        )
+        .into_iter()
+        .map(|p| &p.proxy)
+        .collect()
     }
 
     fn routes(&self, tables: &BTreeSet<u32>) -> Vec<&'a crate::plan::Route> {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Diff, Ownership};
 use crate::observe::KernelView;
-use crate::plan::{L3MDEV_PRIORITY, NetworkPlan, Rule, RuleSelector};
+use crate::plan::{L3MDEV_PRIORITY, NetworkPlan, ON_LINK_PRIORITY, Rule, RuleSelector};
 use crate::step::{NODE, Phase, Step};
 
 /// The skip rules the node will need, from the span of every mark rule it will hold: the
@@ -33,7 +33,7 @@ pub(super) fn skip_rules(
     let legacy = view
         .rules
         .iter()
-        .any(|r| matches!(r.selector, RuleSelector::Iif(_)));
+        .any(|r| matches!(r.selector, RuleSelector::Iif(_)) && r.priority != ON_LINK_PRIORITY);
     let phase = if legacy {
         Phase::LegacySkipRules
     } else {

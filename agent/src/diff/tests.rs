@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::allocate::{self, BackendChoice};
 use crate::memory::Memory;
-use crate::netlink::{DefaultRoute, L3mdevRules, Link, ObservedAddress};
+use crate::netlink::{DefaultRoute, L3mdevRules, Link, ObservedAddress, ObservedProxy};
 use crate::nft::ObservedNft;
 use crate::observe::{KernelView, Sysctls};
 use crate::plan::{L3MDEV_PRIORITY, NetworkPlan, NodeFacts, Rule, RuleSelector};
@@ -60,6 +60,7 @@ impl Node {
                 }],
                 routes: Vec::new(),
                 rules: Vec::new(),
+                proxies: Vec::new(),
                 tables_in_use: BTreeSet::from([254, 255]),
                 nft: Default::default(),
                 facts: NodeFacts {
@@ -67,6 +68,7 @@ impl Node {
                     ipv6_force_forwarding: false,
                     vrf_available,
                     ipv6: true,
+                    taken: BTreeMap::new(),
                 },
                 l3mdev: L3mdevRules::default(),
                 default_routes: BTreeSet::from([DefaultRoute {
@@ -147,6 +149,11 @@ impl Node {
             }
             Step::DeleteRoute { route, .. } => view.routes.retain(|r| r != route),
             Step::AddRule { rule, .. } => view.rules.push(rule.clone()),
+            Step::AddProxy { proxy, .. } => view.proxies.push(ObservedProxy {
+                proxy: proxy.clone(),
+                ours: true,
+            }),
+            Step::DeleteProxy { proxy, .. } => view.proxies.retain(|p| p.proxy != *proxy),
             Step::DeleteRule { rule, .. } => view.rules.retain(|r| r != rule),
             Step::SetSysctl { path, value, .. } => {
                 self.sysctls.insert(path.clone(), value.clone());

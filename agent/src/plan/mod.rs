@@ -17,6 +17,18 @@
 //!               before the dnat)
 //! ```
 //!
+//! On-link aliases (`spec.hostPrefix`) add, on every side S, for the alias prefixes of the
+//! other sides:
+//!
+//! ```text
+//!   proxies     a proxy neighbour entry per alias address no host on S uses (ARP / NDP)
+//!   routes      (IPv4) alias dev lo in S's table: the kernel answers ARP for an address
+//!               only if its route leaves by another device
+//!   rules       (IPv4, policy routing) iif S -> S's table, for the ARP's unmarked lookup
+//!   sysctls     proxy_delay 0 (answer at once); IPv6: proxy_ndp and forwarding on S
+//!   nft         a host whose alias is taken on S may not open connections into S
+//! ```
+//!
 //! Every packet a network routes carries a mark, so the node needs no per-interface rules,
 //! and one node-wide rule (`fwmark 0/mask goto`, see [`RuleSelector::Unmarked`]) takes the
 //! node's other traffic past all mark rules: its cost does not grow with the networks.
@@ -24,7 +36,7 @@
 //! A suspended network plans its sides and ids and nothing else: the `ids.<network>` chain
 //! keeps the ids on the node, and the diff withdraws every other piece as for any spec change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -47,6 +59,12 @@ pub const PROTOCOL: u8 = 77;
 /// on a node without a default route), so the node's own traffic never scans them.
 pub const LOCAL_SOURCE_PRIORITY: u32 = 32800;
 
+/// Priority of the `iif <side> lookup <side table>` rules of sides with on-link aliases
+/// (policy routing): the kernel routes an ARP request's target, unmarked, with the interface
+/// it came in on, and answers for a proxied address only if that route leaves by another
+/// device. After the skip rule's target, before main: only unmarked packets get here.
+pub const ON_LINK_PRIORITY: u32 = 32700;
+
 /// Priority of the kernel's l3mdev rule (`FIB_RULE_PREF`), where it puts it itself.
 pub const L3MDEV_PRIORITY: u32 = 1000;
 
@@ -67,6 +85,9 @@ pub struct NodeFacts {
     pub vrf_available: bool,
     /// Whether this namespace has IPv6 (the kernel then keeps an IPv6 l3mdev rule as well).
     pub ipv6: bool,
+    /// On-link alias addresses a host already answers for, by side interface: found by the
+    /// conflict probe ([`crate::neighbours`]), never claimed.
+    pub taken: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 /// One side of a planned network, with its ids.
@@ -112,6 +133,44 @@ pub struct Route {
     pub destination: IpNet,
     pub interface: String,
     pub source: IpAddr,
+}
+
+/// An address the node answers address resolution for on a side interface (a proxy
+/// neighbour entry, `ip neigh add proxy <address> dev <interface> proto 77`): an on-link
+/// alias of another side.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Proxy {
+    pub interface: String,
+    pub address: IpAddr,
+}
+
+/// An on-link alias address that a host on the side already uses: the node does not answer
+/// for it, so the host it stands for is out of reach from that side.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TakenAlias {
+    /// The side where the address is taken, and its interface.
+    pub side: String,
+    pub interface: String,
+    pub address: IpAddr,
+    /// The side and host the address stands for.
+    pub for_side: String,
+    pub for_host: IpAddr,
+}
+
+impl fmt::Display for TakenAlias {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on side {} ({}) is used by a host there, so {}'s {} is out of reach from it",
+            self.address, self.side, self.interface, self.for_side, self.for_host
+        )
+    }
+}
+
+impl fmt::Display for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proxy {} dev {}", self.address, self.interface)
+    }
 }
 
 /// What an ip rule matches.
@@ -169,6 +228,10 @@ pub struct NetworkPlan {
     pub routes: Vec<Route>,
     pub rules: Vec<Rule>,
     pub sysctls: Vec<SysctlPlan>,
+    /// On-link aliases: the addresses the node answers for on each side.
+    pub proxies: Vec<Proxy>,
+    /// On-link alias addresses left unclaimed because a host uses them.
+    pub taken: Vec<TakenAlias>,
     pub nft: NetworkNft,
     /// Interfaces the spec allows even though the node itself uses them.
     pub take_over: std::collections::BTreeSet<String>,
@@ -257,6 +320,8 @@ pub fn plan(
             routes: Vec::new(),
             rules: Vec::new(),
             sysctls: Vec::new(),
+            proxies: Vec::new(),
+            taken: Vec::new(),
             take_over: Default::default(),
             suspended: true,
         });
@@ -365,13 +430,92 @@ pub fn plan(
         });
     }
 
+    let mut proxies = Vec::new();
+    let mut taken = Vec::new();
+    if network.on_link() {
+        for claim in on_link_claims(network) {
+            let Some(side) = sides.iter().find(|s| s.interface == claim.proxy.interface) else {
+                continue;
+            };
+            let used = facts
+                .taken
+                .get(&claim.proxy.interface)
+                .is_some_and(|t| t.contains(&claim.proxy.address));
+            if used {
+                taken.extend(
+                    claim
+                        .stands_for
+                        .iter()
+                        .map(|(for_side, for_host)| TakenAlias {
+                            side: side.name.clone(),
+                            interface: side.interface.clone(),
+                            address: claim.proxy.address,
+                            for_side: for_side.clone(),
+                            for_host: *for_host,
+                        }),
+                );
+            } else {
+                proxies.push(claim.proxy);
+            }
+        }
+        for side in &sides {
+            if ipv6 {
+                for (path, value) in [
+                    (format!("net/ipv6/conf/{}/proxy_ndp", side.interface), "1"),
+                    // Neighbour solicitations are answered for proxied addresses only on an
+                    // interface that forwards (force_forwarding does not count).
+                    (format!("net/ipv6/conf/{}/forwarding", side.interface), "1"),
+                    (
+                        format!("net/ipv6/neigh/{}/proxy_delay", side.interface),
+                        "0",
+                    ),
+                ] {
+                    sysctls.push(SysctlPlan {
+                        path,
+                        value: value.into(),
+                    });
+                }
+                continue;
+            }
+            // Without it, a broadcast request is answered after up to 0.8 s.
+            sysctls.push(SysctlPlan {
+                path: format!("net/ipv4/neigh/{}/proxy_delay", side.interface),
+                value: "0".into(),
+            });
+            let mut aliases: Vec<IpNet> = sides
+                .iter()
+                .filter(|t| t.name != side.name)
+                .map(|t| t.alias)
+                .collect();
+            aliases.sort();
+            aliases.dedup();
+            for alias in aliases {
+                routes.push(Route {
+                    table: side.ids.table,
+                    destination: alias,
+                    interface: "lo".into(),
+                    source: network.gateway,
+                });
+            }
+            if !vrf {
+                rules.push(Rule {
+                    ipv6,
+                    priority: ON_LINK_PRIORITY,
+                    selector: RuleSelector::Iif(side.interface.clone()),
+                    table: side.ids.table,
+                });
+            }
+        }
+    }
+
     let nft = nft::network(
         name,
-        network.subnet,
+        network.hosts,
         allocation.mark_mask,
         &sides,
         &network.allow,
         !vrf,
+        &taken,
     );
     Ok(NetworkPlan {
         name: name.into(),
@@ -385,6 +529,8 @@ pub fn plan(
         routes,
         rules,
         sysctls,
+        proxies,
+        taken,
         nft,
         take_over: network
             .sides
@@ -394,6 +540,65 @@ pub fn plan(
             .collect(),
         suspended: false,
     })
+}
+
+/// One address the node answers for on one side, and the hosts of other sides it stands for
+/// (two sides may share an alias prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub proxy: Proxy,
+    pub stands_for: Vec<(String, IpAddr)>,
+}
+
+/// Every address an on-link network answers for, on every side: each address of each other
+/// side's alias prefix, except the subnet's own network and broadcast addresses (IPv4).
+/// What the conflict probe checks before any of them is claimed. Pure.
+pub fn on_link_claims(network: &ValidNetwork) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    if !network.on_link() {
+        return claims;
+    }
+    let reserved: Vec<IpAddr> = match network.subnet {
+        IpNet::V4(net) => vec![net.network().into(), net.broadcast().into()],
+        IpNet::V6(_) => Vec::new(),
+    };
+    for side in &network.sides {
+        let mut by_address: BTreeMap<IpAddr, Vec<(String, IpAddr)>> = BTreeMap::new();
+        for other in network.sides.iter().filter(|o| o.name != side.name) {
+            for (offset, address) in addresses(other.alias).enumerate() {
+                if reserved.contains(&address) || address == network.gateway {
+                    continue;
+                }
+                let host = nth(network.hosts, offset);
+                by_address
+                    .entry(address)
+                    .or_default()
+                    .push((other.name.to_string(), host));
+            }
+        }
+        claims.extend(by_address.into_iter().map(|(address, stands_for)| Claim {
+            proxy: Proxy {
+                interface: side.interface.to_string(),
+                address,
+            },
+            stands_for,
+        }));
+    }
+    claims
+}
+
+/// Every address of `net`, first to last.
+fn addresses(net: IpNet) -> impl Iterator<Item = IpAddr> {
+    let count = 1u128 << (net.max_prefix_len() - net.prefix_len());
+    (0..count).map(move |i| nth(net, i as usize))
+}
+
+/// The `n`th address of `net`.
+fn nth(net: IpNet, n: usize) -> IpAddr {
+    match net {
+        IpNet::V4(v4) => std::net::Ipv4Addr::from(u32::from(v4.network()) + n as u32).into(),
+        IpNet::V6(v6) => std::net::Ipv6Addr::from(u128::from(v6.network()) + n as u128).into(),
+    }
 }
 
 impl fmt::Display for Address {

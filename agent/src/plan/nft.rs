@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use mirrornet_api::{Protocol, ValidAllow};
 use serde_json::{Value, json};
 
-use super::SidePlan;
+use super::{SidePlan, TakenAlias};
 use crate::nft::{
     MAP_DNAT, MAP_HOME, MAP_SNAT, NetworkNft, NftChain, NftElement, NftRule, family_of,
     ids_comment, prefix,
@@ -27,16 +27,20 @@ pub fn ids_chain(name: &str, mask: u32, sides: &[SidePlan]) -> NftChain {
     }
 }
 
-/// The chains and map elements one network needs. `allow` empty: every connection may open.
+/// The chains and map elements one network needs. `hosts` is the part of the subnet the hosts
+/// use (all of it but with on-link aliases), what the 1:1 mapping translates. `allow` empty:
+/// every connection may open. `taken`: on-link aliases a host on their side uses, whose hosts
+/// may not open connections into that side (their replies would go to that host).
 pub fn network(
     name: &str,
-    subnet: IpNet,
+    hosts: IpNet,
     mask: u32,
     sides: &[SidePlan],
     allow: &[ValidAllow],
     home: bool,
+    taken: &[TakenAlias],
 ) -> NetworkNft {
-    let (proto, ingress_map) = family_of(subnet);
+    let (proto, ingress_map) = family_of(hosts);
     let mut chains = vec![ids_chain(name, mask, sides)];
     let mut elements = Vec::new();
 
@@ -100,10 +104,10 @@ pub fn network(
         })
         .collect();
     // After the answer-only drop, so a refused initiation stays refused whatever is allowed.
-    dnat_rules.extend(allow_list_drop(allow, matches!(subnet, IpNet::V6(_))));
+    dnat_rules.extend(allow_list_drop(allow, matches!(hosts, IpNet::V6(_))));
     dnat_rules.push(NftRule::new(json!([{"dnat": {
         "family": proto,
-        "addr": prefix(subnet),
+        "addr": prefix(hosts),
         "flags": "netmap",
         "type_flags": "prefix"
     }}])));
@@ -123,17 +127,35 @@ pub fn network(
             rules: sides
                 .iter()
                 .filter(|i| i.name != target.name)
-                .map(|ingress| {
-                    NftRule::new(json!([
+                .flat_map(|ingress| {
+                    let mut blocked: Vec<String> = taken
+                        .iter()
+                        .filter(|t| t.side == target.name && t.for_side == ingress.name)
+                        .map(|t| t.for_host.to_string())
+                        .collect();
+                    blocked.sort();
+                    blocked.dedup();
+                    let block = (!blocked.is_empty()).then(|| {
+                        NftRule::new(json!([
+                            {"match": {"op": "==",
+                                "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                                "right": {"set": blocked}}},
+                            {"match": {"op": "==",
+                                "left": {"ct": {"key": "zone", "dir": "original"}},
+                                "right": ingress.ids.zone}},
+                            {"drop": null}
+                        ]))
+                    });
+                    block.into_iter().chain([NftRule::new(json!([
                         {"match": {"op": "==",
                             "left": {"payload": {"protocol": proto, "field": "saddr"}},
-                            "right": prefix(subnet)}},
+                            "right": prefix(hosts)}},
                         {"match": {"op": "==",
                             "left": {"ct": {"key": "zone", "dir": "original"}},
                             "right": ingress.ids.zone}},
                         {"snat": {"family": proto, "addr": prefix(ingress.alias),
                             "flags": "netmap", "type_flags": "prefix"}}
-                    ]))
+                    ]))])
                 })
                 .collect(),
         });
@@ -279,7 +301,7 @@ mod tests {
             allow(Protocol::Icmp, None),
         ];
         let subnet: IpNet = "192.168.2.0/24".parse().unwrap();
-        let nft = network("n", subnet, 0xff00_0000, &sides, &list, true);
+        let nft = network("n", subnet, 0xff00_0000, &sides, &list, true, &[]);
         let dst = nft.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         let text: Vec<String> = dst.rules.iter().map(|r| r.expr.to_string()).collect();
         assert_eq!(text.len(), 3, "{text:#?}");
@@ -307,6 +329,7 @@ mod tests {
             &sides,
             &list[2..],
             true,
+            &[],
         );
         let dst = v6.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         assert_eq!(
@@ -326,6 +349,7 @@ mod tests {
             &sides,
             &[],
             true,
+            &[],
         );
         let dst = nft.chains.iter().find(|c| c.name == "xlate-dst.n").unwrap();
         assert_eq!(dst.rules.len(), 1);
@@ -335,7 +359,7 @@ mod tests {
     fn policy_routing_marks_each_sides_own_traffic_and_vrf_does_not() {
         let sides = [side("inner", 1, false), side("outer", 2, false)];
         let subnet: IpNet = "10.0.0.0/24".parse().unwrap();
-        let policy = network("n", subnet, 0xff00_0000, &sides, &[], true);
+        let policy = network("n", subnet, 0xff00_0000, &sides, &[], true, &[]);
         let home: Vec<&NftElement> = policy
             .elements
             .iter()
@@ -357,7 +381,7 @@ mod tests {
                     .contains(&side.ids.mark.to_string())
             );
         }
-        let vrf = network("n", subnet, 0xff00_0000, &sides, &[], false);
+        let vrf = network("n", subnet, 0xff00_0000, &sides, &[], false, &[]);
         assert!(vrf.elements.iter().all(|e| e.map != MAP_HOME));
         assert!(vrf.chains.iter().all(|c| !c.name.starts_with("home.")));
     }

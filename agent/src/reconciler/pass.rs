@@ -99,6 +99,22 @@ pub async fn pass(
         .into_iter()
         .filter(|n| concerned(n.loaded.name()))
         .collect();
+    // On-link aliases: a full pass asks the sides again which alias addresses hosts use (a
+    // host may have taken one since); any pass probes what was never probed.
+    let on_link: Vec<&mirrornet_api::ValidNetwork> = effective
+        .iter()
+        .map(|n| &n.loaded.valid)
+        .filter(|v| v.on_link() && !v.suspend)
+        .collect();
+    if !on_link.is_empty() {
+        let max_age = match only {
+            None => settings.resync,
+            Some(_) => std::time::Duration::MAX,
+        };
+        if let Err(e) = session.probe_on_link(&on_link, max_age).await {
+            warn!(error = %e, "probing the on-link aliases failed; the last findings stand");
+        }
+    }
     let ready = plan_networks(&session, &effective, settings.backend, &mut report);
     // Networks held on the node that nobody wants any more go; those waiting for an interface
     // stay as they are.

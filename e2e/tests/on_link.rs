@@ -1,0 +1,234 @@
+//! On-link aliases (`spec.hostPrefix`) against the real kernel: hosts with an address and
+//! nothing else (no route, no gateway) reach their twins at addresses inside their own
+//! subnet, because the middleman answers ARP and neighbour solicitations for exactly the
+//! alias addresses, and never for one a host already uses. Backend from the suite
+//! (`MIRRORNET_E2E_BACKEND`): policy routing here, VRF inside a VM (`tests/vm_vrf.rs`).
+
+use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
+use mirrornet_e2e::node::{
+    agent, alias_of, apply, connect, connect_within, delete, identical_tuples_land_in_two_zones,
+    ping, scenario_of, snapshot, tens_reach_the_other_sides_elevens, zone_of,
+};
+
+const ON_LINK: &str = include_str!("../../examples/on-link.yaml");
+
+/// The on-link example in IPv6: hosts in fd00:2::/121, each side's twins in fd00:2::80/121.
+fn ipv6() -> String {
+    ON_LINK
+        .replace("192.168.2.0/24", "fd00:2::/120")
+        .replace("192.168.2.0/26", "fd00:2::/122")
+        .replace("192.168.2.254", "fd00:2::fe")
+        .replace("192.168.2.128/26", "fd00:2::80/122")
+}
+
+/// The proxy entries the middleman holds: `ip neigh show proxy`, one per line.
+fn proxies(s: &Scenario) -> Vec<String> {
+    let out = s
+        .lab
+        .stdout(MIDDLEMAN, &["ip", "neigh", "show", "proxy"])
+        .unwrap();
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    lines.extend(
+        s.lab
+            .stdout(MIDDLEMAN, &["ip", "-6", "neigh", "show", "proxy"])
+            .unwrap()
+            .lines()
+            .map(str::to_owned),
+    );
+    lines.sort();
+    lines.dedup();
+    lines
+}
+
+/// The link-layer address host `ns` holds for `address` (after reaching for it).
+fn neighbour_mac(s: &Scenario, ns: &str, address: &str) -> Option<String> {
+    let out = s
+        .lab
+        .stdout(ns, &["ip", "neigh", "show", address, "dev", "eth0"])
+        .unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "lladdr")?;
+    words.get(at + 1).map(|w| (*w).to_owned())
+}
+
+fn mac_of(s: &Scenario, ns: &str, interface: &str) -> String {
+    s.lab
+        .stdout(ns, &["cat", &format!("/sys/class/net/{interface}/address")])
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn untouched_hosts_reach_their_twins(tag: &str, yaml: &str, port: u16) {
+    let (mut s, spec) = scenario_of(tag, yaml, false);
+    let net = s.network.clone();
+    assert!(net.on_link());
+    // The hosts hold an address and nothing else.
+    for host in ["inner-10", "outer-11"] {
+        let family = if net.is_ipv6() { "-6" } else { "-4" };
+        let routes = s
+            .lab
+            .stdout(host, &["ip", family, "route", "show"])
+            .unwrap();
+        assert!(
+            !routes.contains("via") && !routes.contains("default"),
+            "{host} has a route: {routes}"
+        );
+    }
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let report = apply(&s.lab, &spec, &[]);
+    // Every alias address of the other side, on each side (none is taken).
+    let held = proxies(&s);
+    assert_eq!(held.len(), 2 * 64, "{held:#?}");
+    assert!(held.iter().all(|l| l.contains("proto 77")), "{held:#?}");
+    tens_reach_the_other_sides_elevens(&mut s, port);
+    // The answer came from the middleman: the host resolved the alias to its interface.
+    let alias = alias_of(&net, "outer", 11).to_string();
+    assert_eq!(
+        neighbour_mac(&s, "inner-10", &alias),
+        Some(mac_of(&s, MIDDLEMAN, "eth1")),
+        "inner-10 resolves {alias} to the middleman"
+    );
+    // A host's own LAN stays its own: .11 is inner-11, reached directly.
+    let own = mirrornet_agent::lab::nth(net.subnet, 11).to_string();
+    assert!(ping(&s.lab, "inner-10", &own));
+    assert_eq!(
+        neighbour_mac(&s, "inner-10", &own),
+        Some(mac_of(&s, "inner-11", "eth0"))
+    );
+    let (zone_inner, zone_outer) = (zone_of(&report, "inner"), zone_of(&report, "outer"));
+    identical_tuples_land_in_two_zones(&mut s, (zone_inner, zone_outer), port + 1, port + 2);
+    // Converged: nothing to do again.
+    let again = apply(&s.lab, &spec, &[]);
+    assert_eq!(again["writes"], 0, "{again}");
+    // A proxy entry deleted by hand is put back.
+    let victim = alias_of(&net, "inner", 10).to_string();
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &["ip", "neigh", "del", "proxy", &victim, "dev", "eth2"],
+        )
+        .unwrap();
+    let repaired = apply(&s.lab, &spec, &[]);
+    assert_eq!(repaired["writes"], 1, "{repaired}");
+    assert_eq!(proxies(&s), held);
+    // Delete leaves nothing: no proxy entry, the sysctls back, the node as before.
+    delete(&s.lab, &spec);
+    assert!(proxies(&s).is_empty(), "{:#?}", proxies(&s));
+    let after = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    mirrornet_e2e::node::assert_same(&before, &after, "the middleman after delete");
+}
+
+#[test]
+fn untouched_hosts_reach_their_twins_through_on_link_aliases() {
+    untouched_hosts_reach_their_twins("onlink4", ON_LINK, 7301);
+}
+
+#[test]
+fn untouched_ipv6_hosts_reach_their_twins_through_on_link_aliases() {
+    untouched_hosts_reach_their_twins("onlink6", &ipv6(), 7311);
+}
+
+/// A host on an alias address is found before the node answers for it, and one that takes an
+/// address the node answers for is found at the next apply: the address is left to the host
+/// and reported, the host it stood for cannot open connections into that side (their replies
+/// would reach the squatter), and everything else keeps working.
+#[test]
+fn an_alias_address_a_host_uses_is_left_to_it_and_reported() {
+    let (mut s, spec) = scenario_of("onlinkdup", ON_LINK, false);
+    let net = s.network.clone();
+    // inner-squat sits on inner's LAN at the address by which inner reaches outer-11.
+    let squatted = alias_of(&net, "outer", 11);
+    let squat_with_len = format!("{squatted}/24");
+    s.lab.add_namespace("inner-squat").unwrap();
+    s.lab
+        .veth("inner-squat", "eth0", "inner-lan", "hsq")
+        .unwrap();
+    s.lab
+        .exec("inner-lan", &["ip", "link", "set", "hsq", "master", "br0"])
+        .unwrap();
+    let add_squatter = |s: &Scenario| {
+        s.lab
+            .exec(
+                "inner-squat",
+                &["ip", "addr", "add", &squat_with_len, "dev", "eth0"],
+            )
+            .unwrap();
+    };
+    add_squatter(&s);
+    let report = apply(&s.lab, &spec, &[]);
+    check_left_to_the_squatter(&mut s, &report, &squatted.to_string(), 7321);
+
+    // Later: the squatter goes, the address is claimed; it comes back, and the next apply
+    // finds it again.
+    s.lab
+        .exec("inner-squat", &["ip", "addr", "flush", "dev", "eth0"])
+        .unwrap();
+    apply(&s.lab, &spec, &[]);
+    assert!(
+        proxies(&s)
+            .iter()
+            .any(|l| l.starts_with(&format!("{squatted} dev eth1"))),
+        "claimed once free: {:#?}",
+        proxies(&s)
+    );
+    add_squatter(&s);
+    let report = apply(&s.lab, &spec, &[]);
+    check_left_to_the_squatter(&mut s, &report, &squatted.to_string(), 7331);
+}
+
+fn check_left_to_the_squatter(
+    s: &mut Scenario,
+    report: &serde_json::Value,
+    squatted: &str,
+    port: u16,
+) {
+    let net = s.network.clone();
+    let held = proxies(s);
+    assert_eq!(held.len(), 2 * 64 - 1, "{held:#?}");
+    assert!(
+        !held
+            .iter()
+            .any(|l| l.starts_with(&format!("{squatted} dev eth1"))),
+        "{held:#?}"
+    );
+    // `apply` and `show` say so.
+    let text = report.to_string();
+    assert!(
+        text.contains(squatted),
+        "apply reports {squatted}: {report}"
+    );
+    let show = agent(&s.lab, &["show"], &[]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains(squatted) && shown.contains("taken"),
+        "show reports {squatted}:\n{shown}"
+    );
+    // inner-10 resolves the address to the squatter, not to the middleman.
+    assert!(ping(&s.lab, "inner-10", squatted));
+    assert_eq!(
+        neighbour_mac(s, "inner-10", squatted),
+        Some(mac_of(s, "inner-squat", "eth0"))
+    );
+    // outer-11, whose alias on inner's side is taken, cannot open connections into it...
+    mirrornet_e2e::node::serve(s, "inner-10", port, 0);
+    let to_inner = std::net::SocketAddr::new(alias_of(&net, "inner", 10), port).to_string();
+    assert!(
+        connect_within(
+            &s.lab,
+            "outer-11",
+            &to_inner,
+            None,
+            std::time::Duration::from_secs(2)
+        )
+        .is_err(),
+        "outer-11 must not reach inner under the squatter's address"
+    );
+    // ...and the rest of the network works both ways.
+    let answer = connect(&s.lab, "outer-10", &to_inner, None).expect("outer-10 -> inner-10");
+    assert_eq!(answer.server, "inner-10");
+    mirrornet_e2e::node::serve(s, "outer-10", port, 0);
+    let to_outer = std::net::SocketAddr::new(alias_of(&net, "outer", 10), port).to_string();
+    let answer = connect(&s.lab, "inner-10", &to_outer, None).expect("inner-10 -> outer-10");
+    assert_eq!(answer.server, "outer-10");
+}
