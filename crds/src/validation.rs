@@ -681,9 +681,52 @@ fn on_link_alias(
         )
     } else if alias == hosts {
         format!("{alias} is spec.hostPrefix; an alias must not cover the hosts' own addresses")
+    } else if let IpNet::V4(v4) = subnet
+        && let Some(edge) = [v4.network(), v4.broadcast()]
+            .into_iter()
+            .find(|a| alias.contains(&IpAddr::V4(*a)))
+    {
+        format!(
+            "{alias} covers {edge}, the network or broadcast address of spec.subnet {subnet}: hosts send broadcasts there, which must not be forwarded; choose an alias prefix that leaves it out"
+        )
     } else {
         return true;
     };
     err(field.into(), reason);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::load_str;
+
+    const ON_LINK: &str = include_str!("../../examples/on-link.yaml");
+
+    #[test]
+    fn on_link_aliases_map_the_hosts_part_of_the_subnet() {
+        let valid = &load_str("on-link", ON_LINK).unwrap()[0].valid;
+        assert!(valid.on_link());
+        assert_eq!(valid.hosts, "192.168.2.0/26".parse::<IpNet>().unwrap());
+        let routed = &load_str("seed", include_str!("../../examples/seed.yaml")).unwrap()[0].valid;
+        assert!(!routed.on_link());
+        assert_eq!(routed.hosts, routed.subnet);
+    }
+
+    /// An alias over the subnet's broadcast address would turn a host's broadcast into a
+    /// unicast to a twin: refused, though CEL cannot compute the address to say so.
+    #[test]
+    fn an_on_link_alias_over_the_broadcast_address_is_refused() {
+        let text = ON_LINK
+            .replace("192.168.2.128/26", "192.168.2.192/26")
+            .replace("192.168.2.254", "192.168.2.190");
+        let errors = match load_str("broadcast", &text) {
+            Err(crate::file::FileError::Invalid { errors, .. }) => errors.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(
+            errors.contains("spec.sides[0].aliasPrefix: 192.168.2.192/26 covers 192.168.2.255"),
+            "{errors}"
+        );
+    }
 }

@@ -98,6 +98,20 @@ fn the_safety_suite_passes_with_vrf_inside_one_vm() {
     );
 }
 
+/// On-link aliases under VRF: untouched hosts in both families, and an alias address a host
+/// uses left to it (the ARP answer needs the alias route in each side's VRF table).
+#[test]
+fn the_on_link_suite_passes_with_vrf_inside_one_vm() {
+    run_suite_in_vm(
+        "on_link",
+        3,
+        &[
+            "untouched_hosts_reach_their_twins_through_on_link_aliases",
+            "an_alias_address_a_host_uses_is_left_to_it_and_reported",
+        ],
+    );
+}
+
 /// Runs the namespace test binary `name` inside a VM with backend VRF; at least `expected`
 /// tests must pass, among them `must_run`.
 fn run_suite_in_vm(name: &str, expected: usize, must_run: &[&str]) {

@@ -726,6 +726,101 @@ mod tests {
         assert_eq!(p.nft.chains[0], running.nft.chains[0]);
     }
 
+    fn on_link() -> (ValidNetwork, Allocation) {
+        let objs = mirrornet_api::file::load_str(
+            "on-link",
+            include_str!("../../../examples/on-link.yaml"),
+        )
+        .unwrap();
+        let valid = objs[0].valid.clone();
+        let allocation = Allocator::new(IdRanges::default())
+            .allocate("plant-twin-on-link", &valid)
+            .unwrap();
+        (valid, allocation)
+    }
+
+    #[test]
+    fn on_link_aliases_are_answered_for_on_every_side_and_routed_away_from_it() {
+        let (valid, allocation) = on_link();
+        for backend in [BackendKind::PolicyRouting, BackendKind::Vrf] {
+            let facts = NodeFacts {
+                vrf_available: true,
+                ..Default::default()
+            };
+            let p = plan("n", &valid, &allocation, backend, &facts).unwrap();
+            // Both sides share 192.168.2.128/26: each side answers for all 64 addresses.
+            assert_eq!(p.proxies.len(), 128);
+            for interface in ["eth1", "eth2"] {
+                let on: Vec<_> = p
+                    .proxies
+                    .iter()
+                    .filter(|x| x.interface == interface)
+                    .collect();
+                assert_eq!(on.len(), 64);
+                assert_eq!(on[0].address.to_string(), "192.168.2.128");
+                assert_eq!(on[63].address.to_string(), "192.168.2.191");
+            }
+            assert!(p.taken.is_empty());
+            // The ARP answer needs the alias routed by another device in the side's table.
+            for side in &p.sides {
+                assert!(p.routes.contains(&Route {
+                    table: side.ids.table,
+                    destination: "192.168.2.128/26".parse().unwrap(),
+                    interface: "lo".into(),
+                    source: valid.gateway,
+                }));
+            }
+            let iif_rules = p
+                .rules
+                .iter()
+                .filter(|r| matches!(r.selector, RuleSelector::Iif(_)))
+                .count();
+            let expected = if backend == BackendKind::Vrf { 0 } else { 2 };
+            assert_eq!(iif_rules, expected, "{backend}: {:#?}", p.rules);
+            assert!(p.sysctls.contains(&SysctlPlan {
+                path: "net/ipv4/neigh/eth1/proxy_delay".into(),
+                value: "0".into()
+            }));
+        }
+    }
+
+    #[test]
+    fn a_taken_alias_address_is_not_answered_for_and_its_host_may_not_open_connections() {
+        let (valid, allocation) = on_link();
+        let taken: IpAddr = "192.168.2.139".parse().unwrap();
+        let facts = NodeFacts {
+            taken: [("eth1".to_owned(), BTreeSet::from([taken]))].into(),
+            ..Default::default()
+        };
+        let p = plan("n", &valid, &allocation, BackendKind::PolicyRouting, &facts).unwrap();
+        assert_eq!(p.proxies.len(), 127);
+        assert!(!p.proxies.contains(&Proxy {
+            interface: "eth1".into(),
+            address: taken
+        }));
+        assert_eq!(
+            p.taken,
+            [TakenAlias {
+                side: "inner".into(),
+                interface: "eth1".into(),
+                address: taken,
+                for_side: "outer".into(),
+                for_host: "192.168.2.11".parse().unwrap(),
+            }]
+        );
+        // outer's .11 would appear on inner's side as the squatter: its connections into inner
+        // are dropped before the translation.
+        let snat = p
+            .nft
+            .chains
+            .iter()
+            .find(|c| c.name == "xlate-src.n.inner")
+            .unwrap();
+        assert_eq!(snat.rules.len(), 2);
+        assert!(snat.rules[0].expr.to_string().contains("192.168.2.11"));
+        assert!(snat.rules[0].expr.to_string().contains("drop"));
+    }
+
     #[test]
     fn strict_rp_filter_is_relaxed_to_loose_on_side_interfaces_only() {
         let (valid, allocation) = seed();
