@@ -15,6 +15,7 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::reconciler::{Metrics, NodeReport};
+use mirrornet_api::conditions::NodeReason;
 
 #[derive(Clone)]
 struct Shared {
@@ -94,6 +95,13 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
                 n.reason.map(|r| r.as_str()).unwrap_or_default()
             )
         })
+        .chain(
+            report
+                .networks
+                .values()
+                .filter(|n| n.taken.as_ref().is_some_and(|t| !t.is_empty()))
+                .map(|n| format!("{}: {}", n.name, NodeReason::AddressTaken)),
+        )
         .collect();
     let body = if failing.is_empty() {
         "ok\n".to_owned()

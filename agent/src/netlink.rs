@@ -472,6 +472,25 @@ impl Netlink {
     pub async fn proxies(&self, links: &BTreeMap<String, Link>) -> Result<Vec<ObservedProxy>> {
         let names: BTreeMap<u32, &str> =
             links.values().map(|l| (l.index, l.name.as_str())).collect();
+        Ok(self
+            .proxy_entries()
+            .await?
+            .into_iter()
+            .filter_map(|(index, address, ours)| {
+                Some(ObservedProxy {
+                    proxy: Proxy {
+                        interface: (*names.get(&index)?).to_owned(),
+                        address,
+                    },
+                    ours,
+                })
+            })
+            .collect())
+    }
+
+    /// Every proxy neighbour entry as (link index, address, ours): the dump alone, for a
+    /// watch that must stay cheap (the kernel announces no change of these entries).
+    pub async fn proxy_entries(&self) -> Result<Vec<(u32, IpAddr, bool)>> {
         let messages: Vec<NeighbourMessage> = dump(
             self.handle.neighbours().get().proxies().execute(),
             "listing proxy neighbour entries",
@@ -480,17 +499,10 @@ impl Netlink {
         Ok(messages
             .iter()
             .filter_map(|m| {
-                let interface = names.get(&m.header.ifindex)?;
                 let address = attr!(m, NeighbourAttribute::Destination(a) => neighbour_ip(a))??;
                 let ours = attr!(m, NeighbourAttribute::Protocol(p) => *p)
                     == Some(RouteProtocol::Other(PROTOCOL));
-                Some(ObservedProxy {
-                    proxy: Proxy {
-                        interface: (*interface).to_owned(),
-                        address,
-                    },
-                    ours,
-                })
+                Some((m.header.ifindex, address, ours))
             })
             .collect())
     }

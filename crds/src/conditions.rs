@@ -31,6 +31,10 @@ pub const INTERFACES_PRESENT: &str = "InterfacesPresent";
 pub const DATA_PATH_VERIFIED: &str = "DataPathVerified";
 /// Node: the network's kernel state was removed from the node (teardown finished).
 pub const REMOVED: &str = "Removed";
+/// Node, networks with on-link aliases only: the node answers address resolution for every
+/// alias address on every side. False when hosts use some of them: those are left to the
+/// hosts, and the message names them.
+pub const ALIASES_ANSWERED: &str = "AliasesAnswered";
 
 /// Reasons of summary conditions and of the operator's events, CamelCase as Kubernetes API
 /// conventions ask. Node condition reasons are [`NodeReason`]s; the few that the summary uses
@@ -115,6 +119,11 @@ pub enum NodeReason {
     AllPresent,
     /// Programmed=False and Removed=True: teardown finished.
     TornDown,
+    /// AliasesAnswered=True: no host uses an on-link alias address.
+    AllAnswered,
+    /// AliasesAnswered=False: hosts use some on-link alias addresses, which the node leaves to
+    /// them; the hosts those addresses stand for are out of reach from that side.
+    AddressTaken,
 }
 
 /// On the wire (the agent's `/readyz` and reports), the CamelCase word itself.
@@ -125,7 +134,7 @@ impl serde::Serialize for NodeReason {
 }
 
 impl NodeReason {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::Programmed,
         Self::Applied,
         Self::Suspended,
@@ -142,6 +151,8 @@ impl NodeReason {
         Self::WaitingForAllocation,
         Self::AllPresent,
         Self::TornDown,
+        Self::AllAnswered,
+        Self::AddressTaken,
     ];
 
     /// The CamelCase reason written in the condition (e2e tests and docs read these).
@@ -163,6 +174,8 @@ impl NodeReason {
             Self::WaitingForAllocation => "WaitingForAllocation",
             Self::AllPresent => "AllPresent",
             Self::TornDown => "TornDown",
+            Self::AllAnswered => "AllAnswered",
+            Self::AddressTaken => "AddressTaken",
         }
     }
 
@@ -183,14 +196,16 @@ impl NodeReason {
             | Self::AllocationFailed
             | Self::BackendUnavailable
             | Self::VerificationFailed
-            | Self::CheckFailed => true,
+            | Self::CheckFailed
+            | Self::AddressTaken => true,
             Self::Programmed
             | Self::Applied
             | Self::Suspended
             | Self::ChecksPassed
             | Self::WaitingForAllocation
             | Self::AllPresent
-            | Self::TornDown => false,
+            | Self::TornDown
+            | Self::AllAnswered => false,
         }
     }
 
@@ -278,6 +293,7 @@ mod tests {
                 "BackendUnavailable",
                 "VerificationFailed",
                 "CheckFailed",
+                "AddressTaken",
             ]
         );
         assert!(

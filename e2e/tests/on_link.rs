@@ -232,3 +232,82 @@ fn check_left_to_the_squatter(
     let answer = connect(&s.lab, "inner-10", &to_outer, None).expect("inner-10 -> outer-10");
     assert_eq!(answer.server, "outer-10");
 }
+
+/// Under `run`: a proxy entry deleted by hand comes back by itself, and a host that takes an
+/// alias address later is found by the next resync, left alone and reported; once it is gone
+/// the address is answered for again.
+#[test]
+fn the_run_loop_repairs_proxy_entries_and_finds_a_host_that_appears_later() {
+    let (s, spec) = scenario_of("onlinkrun", ON_LINK, false);
+    let net = s.network.clone();
+    let agent = mirrornet_e2e::node::RunningAgent::start(&s.lab, &spec, &["--resync-seconds", "2"]);
+    agent.wait_ready(&s.lab);
+    let limit = std::time::Duration::from_secs(15);
+    let full = || proxies(&s).len() == 2 * 64;
+    assert!(
+        mirrornet_e2e::node::time_until(limit, full).is_some(),
+        "{:#?}",
+        proxies(&s)
+    );
+    let victim = alias_of(&net, "inner", 10).to_string();
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &["ip", "neigh", "del", "proxy", &victim, "dev", "eth2"],
+        )
+        .unwrap();
+    let repaired = mirrornet_e2e::node::time_until(limit, full);
+    assert!(repaired.is_some(), "not repaired: {:#?}", proxies(&s));
+    eprintln!("proxy entry repaired after {repaired:?}");
+
+    let squatted = alias_of(&net, "outer", 11).to_string();
+    let mut s = s;
+    s.lab.add_namespace("inner-squat").unwrap();
+    s.lab
+        .veth("inner-squat", "eth0", "inner-lan", "hsq")
+        .unwrap();
+    s.lab
+        .exec("inner-lan", &["ip", "link", "set", "hsq", "master", "br0"])
+        .unwrap();
+    s.lab
+        .exec(
+            "inner-squat",
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{squatted}/24"),
+                "dev",
+                "eth0",
+            ],
+        )
+        .unwrap();
+    let claimed = |s: &Scenario| {
+        proxies(s)
+            .iter()
+            .any(|l| l.starts_with(&format!("{squatted} dev eth1")))
+    };
+    let found = mirrornet_e2e::node::time_until(limit, || !claimed(&s));
+    assert!(found.is_some(), "the squatter was not found");
+    eprintln!("a host on {squatted} found after {found:?}");
+    assert!(
+        mirrornet_e2e::node::time_until(limit, || agent
+            .get(&s.lab, "/readyz")
+            .1
+            .contains("AddressTaken"))
+        .is_some(),
+        "/readyz: {}",
+        agent.get(&s.lab, "/readyz").1
+    );
+    assert!(agent.log_text().contains("taken; left to its host"));
+    // The proxy watch does not fight the probe: the address stays the host's.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!claimed(&s));
+    s.lab
+        .exec("inner-squat", &["ip", "addr", "flush", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        mirrornet_e2e::node::time_until(limit, || claimed(&s)).is_some(),
+        "not claimed again once free"
+    );
+}

@@ -46,13 +46,18 @@ pub fn node_standing(
     }
     let programmed = c::find(&entry.conditions, c::PROGRAMMED);
     if programmed.is_some_and(|p| p.status == "True") {
-        // Programmed but its path does not answer: never Ready, and the check is named.
-        return match c::find(&entry.conditions, c::DATA_PATH_VERIFIED) {
-            Some(v) if v.status == "False" => NodeStanding::Failed {
+        // Programmed but its path does not answer, or hosts hold some of its on-link alias
+        // addresses: never Ready, and the check or the addresses are named.
+        let failed = [c::DATA_PATH_VERIFIED, c::ALIASES_ANSWERED]
+            .iter()
+            .filter_map(|t| c::find(&entry.conditions, t))
+            .find(|v| v.status == "False");
+        return match failed {
+            Some(v) => NodeStanding::Failed {
                 reason: v.reason.clone(),
                 message: v.message.clone(),
             },
-            _ => NodeStanding::Programmed,
+            None => NodeStanding::Programmed,
         };
     }
     let failure = [c::PROGRAMMED, c::INTERFACES_PRESENT]
@@ -354,6 +359,35 @@ mod tests {
                 assert_eq!(state, NodeStanding::Pending, "{why:?}");
             }
         }
+    }
+
+    /// Hosts on some on-link alias addresses: the node is programmed but not what the spec
+    /// asks for, so the network is Degraded and says which addresses.
+    #[test]
+    fn a_node_whose_alias_addresses_hosts_hold_has_failed() {
+        let facts = facts("n", true);
+        let taken = entry(
+            3,
+            &[
+                (c::PROGRAMMED, "True", NodeReason::Applied),
+                (c::ALIASES_ANSWERED, "False", NodeReason::AddressTaken),
+            ],
+        );
+        assert!(matches!(
+            node_standing(&facts, Some(&taken), 3),
+            NodeStanding::Failed { ref reason, .. } if reason == "AddressTaken"
+        ));
+        let answered = entry(
+            3,
+            &[
+                (c::PROGRAMMED, "True", NodeReason::Applied),
+                (c::ALIASES_ANSWERED, "True", NodeReason::AllAnswered),
+            ],
+        );
+        assert_eq!(
+            node_standing(&facts, Some(&answered), 3),
+            NodeStanding::Programmed
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn programmed(name: &str, generation: i64) -> NetworkReport {
         message: "programmed with backend PolicyRouting".into(),
         verified: None,
         verification: String::new(),
+        taken: None,
     }
 }
 
@@ -33,6 +34,7 @@ pub fn interface_missing(name: &str, generation: i64) -> NetworkReport {
         message: "interface(s) eth2 (side outer, absent) on this node; programming resumes when they are present and up".into(),
         verified: None,
         verification: String::new(),
+        taken: None,
     }
 }
 

@@ -153,6 +153,9 @@ fn held(network: &NetworkReport) -> Vec<Decided<String>> {
         )
     };
     let mut conditions = vec![programmed, interfaces];
+    if let Some(taken) = &network.taken {
+        conditions.push(aliases_answered(taken));
+    }
     // Left out until the node has checked: under server-side apply that also clears an old
     // verdict when the network stops being checked.
     if let Some(passed) = network.verified {
@@ -170,6 +173,30 @@ fn held(network: &NetworkReport) -> Vec<Decided<String>> {
         ));
     }
     conditions
+}
+
+/// `AliasesAnswered` of a network with on-link aliases: which addresses hosts hold, the first
+/// few named (a condition message is for people; `show` lists them all).
+fn aliases_answered(taken: &[crate::plan::TakenAlias]) -> Decided<String> {
+    const NAMED: usize = 4;
+    if taken.is_empty() {
+        return (
+            c::ALIASES_ANSWERED,
+            true,
+            NodeReason::AllAnswered.as_str().to_owned(),
+            "the node answers for every on-link alias address".to_owned(),
+        );
+    }
+    let mut message: Vec<String> = taken.iter().take(NAMED).map(ToString::to_string).collect();
+    if taken.len() > NAMED {
+        message.push(format!("and {} more", taken.len() - NAMED));
+    }
+    (
+        c::ALIASES_ANSWERED,
+        false,
+        NodeReason::AddressTaken.as_str().to_owned(),
+        message.join("; "),
+    )
 }
 
 fn is_true(entry: Option<&NodeStatus>, type_: &str) -> bool {
@@ -231,6 +258,17 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
                 reason: NodeReason::CheckFailed.as_str().into(),
                 note: format!("node {node}: {}", v.message),
                 action: "Verify",
+            });
+        }
+    }
+    if let Some(a) = c::find(&new.conditions, c::ALIASES_ANSWERED) {
+        let was = previous.and_then(|e| c::find(&e.conditions, c::ALIASES_ANSWERED));
+        if a.status == "False" && was.is_none_or(|w| w.status == "True") {
+            out.push(Notice {
+                warning: true,
+                reason: NodeReason::AddressTaken.as_str().into(),
+                note: format!("node {node}: {}", a.message),
+                action: "Program",
             });
         }
     }
@@ -512,6 +550,64 @@ mod tests {
                 .iter()
                 .all(|c| c.last_transition_time == Time(earlier))
         );
+    }
+
+    /// An on-link network says whether the node answers for every alias address; hosts on
+    /// some of them turn the condition False (a failure the operator reports as Degraded),
+    /// announced once.
+    #[test]
+    fn on_link_networks_report_the_alias_addresses_hosts_hold() {
+        let p = placement(Role::Program, true);
+        let mut clear = programmed("a", 3);
+        clear.taken = Some(Vec::new());
+        let first = entry("n", &p, &report(vec![clear], &["a"]), None, now()).unwrap();
+        let answered = c::find(&first.conditions, c::ALIASES_ANSWERED).unwrap();
+        assert_eq!(
+            (answered.status.as_str(), answered.reason.as_str()),
+            ("True", "AllAnswered")
+        );
+        let mut squatted = programmed("a", 3);
+        squatted.taken = Some(vec![crate::plan::TakenAlias {
+            side: "inner".into(),
+            interface: "eth1".into(),
+            address: "192.168.2.139".parse().unwrap(),
+            for_side: "outer".into(),
+            for_host: "192.168.2.11".parse().unwrap(),
+        }]);
+        let next = entry(
+            "n",
+            &p,
+            &report(vec![squatted], &["a"]),
+            Some(&first),
+            now(),
+        )
+        .unwrap();
+        let taken = c::find(&next.conditions, c::ALIASES_ANSWERED).unwrap();
+        assert_eq!(
+            (taken.status.as_str(), taken.reason.as_str()),
+            ("False", "AddressTaken")
+        );
+        assert!(
+            taken.message.contains("192.168.2.139 on side inner"),
+            "{}",
+            taken.message
+        );
+        let said = notices("n", Some(&first), &next);
+        assert!(
+            said.iter().any(|n| n.warning && n.reason == "AddressTaken"),
+            "{said:?}"
+        );
+        assert!(notices("n", Some(&next), &next).is_empty());
+        // A network without on-link aliases has no such condition.
+        let plain = entry(
+            "n",
+            &p,
+            &report(vec![programmed("a", 3)], &["a"]),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert!(c::find(&plain.conditions, c::ALIASES_ANSWERED).is_none());
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct NetworkPlan {
     pub routes: Vec<Route>,
     pub rules: Vec<Rule>,
     pub sysctls: Vec<SysctlPlan>,
+    /// The network has on-link aliases (`spec.hostPrefix`).
+    pub on_link: bool,
     /// On-link aliases: the addresses the node answers for on each side.
     pub proxies: Vec<Proxy>,
     /// On-link alias addresses left unclaimed because a host uses them.
@@ -320,6 +322,7 @@ pub fn plan(
             routes: Vec::new(),
             rules: Vec::new(),
             sysctls: Vec::new(),
+            on_link: network.on_link(),
             proxies: Vec::new(),
             taken: Vec::new(),
             take_over: Default::default(),
@@ -529,6 +532,7 @@ pub fn plan(
         routes,
         rules,
         sysctls,
+        on_link: network.on_link(),
         proxies,
         taken,
         nft,

@@ -48,7 +48,8 @@ use crate::allocate::BackendChoice;
 use crate::engine::Engine;
 use crate::observe::KernelView;
 use triggers::{
-    Notice, spawn_netconf_watch, spawn_netlink_watch, spawn_nft_watch, spawn_sysctl_watch,
+    Notice, spawn_netconf_watch, spawn_netlink_watch, spawn_nft_watch, spawn_proxy_watch,
+    spawn_sysctl_watch,
 };
 
 #[derive(Debug, Clone)]
@@ -98,6 +99,8 @@ pub async fn run(
     let watched_sysctls = Arc::new(std::sync::Mutex::new(Vec::new()));
     let announced = spawn_netconf_watch(kick.clone());
     spawn_sysctl_watch(kick.clone(), watched_sysctls.clone(), announced);
+    let watched_proxies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    spawn_proxy_watch(kick.clone(), watched_proxies.clone());
     let mut resync = tokio::time::interval(settings.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once: the initial pass, which programs rather than repairs.
@@ -111,6 +114,7 @@ pub async fn run(
     // since; `None` once one could not be applied (the next pass reads the node).
     let mut view: Option<KernelView> = None;
     let mut sysctls: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut proxies: BTreeMap<String, Vec<crate::plan::Proxy>> = BTreeMap::new();
     loop {
         let (cause, scope) = if std::mem::take(&mut first) {
             (Cause::Spec, Scope::Node)
@@ -188,14 +192,20 @@ pub async fn run(
                 owners.absorb(passed.owners);
                 sysctls.retain(|name, _| !names.contains(name));
                 sysctls.extend(passed.sysctls);
+                proxies.retain(|name, _| !names.contains(name));
+                proxies.extend(passed.proxies);
             }
             Scope::Node | Scope::Nothing => {
                 owners = passed.owners;
                 sysctls = passed.sysctls;
+                proxies = passed.proxies;
             }
         }
         if let Ok(mut w) = watched_sysctls.lock() {
             *w = sysctls.values().flatten().cloned().collect();
+        }
+        if let Ok(mut w) = watched_proxies.lock() {
+            *w = proxies.values().flatten().cloned().collect();
         }
         metrics.last_pass_networks.set(passed.converged as i64);
         tracing::debug!(

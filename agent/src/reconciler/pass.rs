@@ -29,6 +29,8 @@ use crate::session::{Change, Session};
 pub struct Passed {
     pub report: NodeReport,
     pub sysctls: BTreeMap<String, Vec<(String, String)>>,
+    /// The proxy neighbour entries of the programmed networks, to watch (by network).
+    pub proxies: BTreeMap<String, Vec<crate::plan::Proxy>>,
     pub owners: Owners,
     /// The networks it converged.
     pub converged: usize,
@@ -198,7 +200,26 @@ pub async fn pass(
         probe(&accepted, &checked, verdicts, &report).await;
     }
     verdicts.report_checks(&mut report, &wanted);
+    // A host on an alias address is news once: when it appears, and when it is gone.
+    for (name, entry) in &report.networks {
+        let before = previous.networks.get(name).and_then(|n| n.taken.as_ref());
+        let (Some(now), before) = (entry.taken.as_ref(), before) else {
+            continue;
+        };
+        for t in now.iter().filter(|t| before.is_none_or(|b| !b.contains(t))) {
+            warn!(network = %name, taken = %t, "an on-link alias address is taken; left to its host");
+        }
+        for t in before.into_iter().flatten().filter(|t| !now.contains(t)) {
+            info!(network = %name, address = %t.address, side = %t.side, "an on-link alias address is free again; answered for");
+        }
+    }
     let sysctls = watched_sysctls(&plans, &report);
+    let proxies = plans
+        .iter()
+        .filter(|p| !p.proxies.is_empty())
+        .filter(|p| report.networks.get(&p.name).is_some_and(|n| n.programmed))
+        .map(|p| (p.name.clone(), p.proxies.clone()))
+        .collect();
     let programmed = report.networks.values().filter(|n| n.programmed).count();
     metrics.networks_programmed.set(programmed as i64);
     metrics
@@ -207,6 +228,7 @@ pub async fn pass(
     Passed {
         report,
         sysctls,
+        proxies,
         owners,
         converged: effective.len() + remove.len(),
         view: untouched.then(|| std::mem::take(&mut session.view)),

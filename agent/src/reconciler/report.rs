@@ -27,6 +27,9 @@ pub struct NetworkReport {
     pub verified: Option<bool>,
     /// The last checks: what passed, or the check that failed and why.
     pub verification: String,
+    /// On-link aliases: `None` for a network without them, else the alias addresses hosts
+    /// use, which the node leaves to them.
+    pub taken: Option<Vec<crate::plan::TakenAlias>>,
 }
 
 impl NetworkReport {
@@ -42,12 +45,14 @@ impl NetworkReport {
             message: String::new(),
             verified: None,
             verification: String::new(),
+            taken: None,
         }
     }
 
     /// The node holds `plan`: the datapath, or, suspended, only the ids.
     pub fn programmed_with(&mut self, plan: &NetworkPlan) {
         self.programmed = true;
+        self.taken = (plan.on_link && !plan.suspended).then(|| plan.taken.clone());
         if plan.suspended {
             self.reason = Some(NodeReason::Suspended);
             self.message = "suspended: datapath withdrawn, ids kept".into();

@@ -35,6 +35,9 @@ pub enum KernelEvent {
     Netconf { index: i32 },
     /// A polled sysctl no longer holds the value a network needs.
     Sysctl { path: String },
+    /// A proxy neighbour entry a network needs on side interface `interface` is gone (polled:
+    /// the kernel announces no change of these).
+    Proxy { interface: String },
     /// A message this build cannot decode.
     Unknown,
 }
@@ -212,10 +215,12 @@ impl Owners {
             KernelEvent::Sysctl { path } => {
                 let link = path
                     .split_once("/conf/")
+                    .or_else(|| path.split_once("/neigh/"))
                     .and_then(|(_, rest)| rest.split_once('/'))
                     .map(|(link, _)| link);
                 Scope::known_or_node(link.and_then(|l| self.links.get(l)))
             }
+            KernelEvent::Proxy { interface } => Scope::known_or_node(self.links.get(interface)),
             KernelEvent::Unknown => Scope::Node,
         }
     }

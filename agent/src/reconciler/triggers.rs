@@ -1,6 +1,7 @@
 //! Triggers: what makes the loop run a pass, the desired networks aside: kernel events
 //! (rtnetlink groups, the nftables group of nfnetlink), sysctls that drift, and the resync.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::scope::KernelEvent;
+use crate::plan::Proxy;
 
 /// Where the watches send what they saw. Unbounded, so that no event is dropped: the pass that
 /// follows must know every network a burst touched (a flushed table is a few thousand small
@@ -311,6 +313,60 @@ pub(super) fn spawn_sysctl_watch(
                 .unwrap_or_default();
             for path in drifted {
                 if kick.send(KernelEvent::Sysctl { path }.into()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Kicks a pass when a proxy neighbour entry an on-link network needs is gone. Polled once a
+/// second, and only while some network needs one: the kernel sends no notification when such
+/// an entry is added or deleted.
+pub(super) fn spawn_proxy_watch(kick: Kicks, watched: Arc<std::sync::Mutex<Vec<Proxy>>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut netlink: Option<crate::netlink::Netlink> = None;
+        let mut indexes: BTreeMap<String, u32> = BTreeMap::new();
+        loop {
+            tick.tick().await;
+            let wanted: Vec<Proxy> = watched.lock().map(|w| w.clone()).unwrap_or_default();
+            if wanted.is_empty() {
+                continue;
+            }
+            if netlink.is_none() {
+                netlink = crate::netlink::Netlink::connect().ok();
+            }
+            let Some(nl) = netlink.as_ref() else {
+                continue;
+            };
+            let Ok(entries) = nl.proxy_entries().await else {
+                continue;
+            };
+            let held: BTreeSet<(u32, std::net::IpAddr)> = entries
+                .into_iter()
+                .filter(|(_, _, ours)| *ours)
+                .map(|(index, address, _)| (index, address))
+                .collect();
+            let mut gone: BTreeSet<String> = BTreeSet::new();
+            for p in &wanted {
+                if !indexes.contains_key(&p.interface)
+                    && let Ok(Some(index)) = nl.link_index(&p.interface).await
+                {
+                    indexes.insert(p.interface.clone(), index);
+                }
+                // An interface that is gone is the link watch's news, not this one's.
+                let Some(index) = indexes.get(&p.interface) else {
+                    continue;
+                };
+                if !held.contains(&(*index, p.address)) {
+                    gone.insert(p.interface.clone());
+                }
+            }
+            for interface in gone {
+                // The index may be stale (the link was made again): look it up anew.
+                indexes.remove(&interface);
+                if kick.send(KernelEvent::Proxy { interface }.into()).is_err() {
                     return;
                 }
             }
