@@ -475,6 +475,7 @@ async fn trace(
         network,
         allocation.as_ref(),
         &session.view.nft,
+        &session.view.proxies,
         &from,
         src,
         dst,

@@ -133,6 +133,7 @@ pub fn trace(
     network: &LoadedNetwork,
     allocation: Option<&Allocation>,
     nft: &ObservedNft,
+    proxies: &[crate::netlink::ObservedProxy],
     from: &str,
     src: IpAddr,
     dst: IpAddr,
@@ -182,6 +183,27 @@ pub fn trace(
         hops.push(route_get(dst, src, interface, None));
         return hops;
     };
+    if valid.on_link() {
+        // The host reaches the alias on its own link: the node must answer for it.
+        let answered = proxies
+            .iter()
+            .any(|p| p.ours && p.proxy.interface == interface && p.proxy.address == dst);
+        hops.push(hop(
+            if dst.is_ipv4() { "arp" } else { "ndp" },
+            format!(
+                "{dst} is an on-link alias: {}",
+                if answered {
+                    format!("the node answers for it on {interface} (proxy entry)")
+                } else {
+                    format!(
+                        "the node does NOT answer for it on {interface} (a host there uses it, \
+                         see `show`; or the proxy entry is missing)"
+                    )
+                }
+            ),
+            answered,
+        ));
+    }
     let ids = |side: &str| allocation.and_then(|a| a.sides.iter().find(|s| s.side == side));
     let steer = format!("steer.{name}.{from}.{}", target.name.as_str());
     let element_present = nft

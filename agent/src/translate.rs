@@ -134,6 +134,24 @@ mod tests {
     }
 
     #[test]
+    fn on_link_aliases_map_the_hosts_part_only() {
+        let n = network(include_str!("../../examples/on-link.yaml"));
+        let m = translate(&n, "inner", "192.168.2.138".parse().unwrap()).unwrap();
+        assert_eq!(
+            (m.host_side.as_str(), m.real.to_string()),
+            ("outer", "192.168.2.10".into())
+        );
+        assert_eq!(
+            m.seen_by,
+            vec![("inner".into(), "192.168.2.138".parse().unwrap())]
+        );
+        let own = translate(&n, "outer", "192.168.2.10".parse().unwrap()).unwrap();
+        assert_eq!(own.host_side, "outer");
+        // In the subnet but neither a host nor an alias: nothing.
+        assert!(translate(&n, "inner", "192.168.2.100".parse().unwrap()).is_err());
+    }
+
+    #[test]
     fn three_sides_and_ipv6() {
         let n = network(include_str!("../../examples/three-sides.yaml"));
         let m = translate(&n, "prod", "10.23.0.7".parse().unwrap()).unwrap();

@@ -6,8 +6,9 @@
 
 use mirrornet_agent::lab::{MIDDLEMAN, Scenario};
 use mirrornet_e2e::node::{
-    agent, alias_of, apply, connect, connect_within, delete, identical_tuples_land_in_two_zones,
-    ping, scenario_of, snapshot, tens_reach_the_other_sides_elevens, zone_of,
+    SpecFile, agent, alias_of, apply, connect, connect_within, delete,
+    identical_tuples_land_in_two_zones, ping, scenario_of, snapshot,
+    tens_reach_the_other_sides_elevens, zone_of,
 };
 
 const ON_LINK: &str = include_str!("../../examples/on-link.yaml");
@@ -310,4 +311,76 @@ fn the_run_loop_repairs_proxy_entries_and_finds_a_host_that_appears_later() {
         mirrornet_e2e::node::time_until(limit, || claimed(&s)).is_some(),
         "not claimed again once free"
     );
+}
+
+/// The guardrails on on-link aliases: OneWay, an allow-list and verify probes of hosts in the
+/// host prefix; `trace` and `translate` speak of the on-link alias; suspend withdraws the proxy
+/// entries with the rest and brings them back.
+#[test]
+fn guardrails_suspend_trace_and_translate_understand_on_link_aliases() {
+    let guarded = format!(
+        "{ON_LINK}  direction: OneWay\n  answerOnly: [outer]\n  allow:\n    - {{protocol: TCP, port: 7341}}\n    - {{protocol: ICMP}}\n  verify:\n    timeoutSeconds: 10\n    probes:\n      - {{side: inner, address: 192.168.2.10, port: 7341}}\n      - {{side: outer, address: 192.168.2.10, port: 7341}}\n"
+    );
+    let (mut s, spec) = scenario_of("onlinkguard", &guarded, false);
+    let net = s.network.clone();
+    for side in ["inner", "outer"] {
+        for n in [10, 11] {
+            mirrornet_e2e::node::serve(&mut s, &format!("{side}-{n}"), 7341, 0);
+            mirrornet_e2e::node::serve(&mut s, &format!("{side}-{n}"), 7342, 0);
+        }
+    }
+    let report = apply(&s.lab, &spec, &[]);
+    let checks = report["verification"]["checks"].to_string();
+    assert!(checks.contains("192.168.2.10"), "the probes ran: {report}");
+    let to = |side: &str, n: u32, port: u16| {
+        std::net::SocketAddr::new(alias_of(&net, side, n), port).to_string()
+    };
+    let short = std::time::Duration::from_secs(2);
+    // inner opens to outer on the allowed port; not on another one.
+    let answer = connect(&s.lab, "inner-10", &to("outer", 11, 7341), None).expect("allowed");
+    assert_eq!(answer.server, "outer-11");
+    assert!(connect_within(&s.lab, "inner-10", &to("outer", 11, 7342), None, short).is_err());
+    // outer only answers.
+    assert!(connect_within(&s.lab, "outer-10", &to("inner", 11, 7341), None, short).is_err());
+
+    let trace = agent(
+        &s.lab,
+        &[
+            "trace",
+            "192.168.2.10",
+            &alias_of(&net, "outer", 11).to_string(),
+            "--from",
+            "inner",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&trace.stdout);
+    assert!(
+        text.contains("on-link alias: the node answers for it on eth1"),
+        "{text}"
+    );
+    let translate = agent(
+        &s.lab,
+        &["translate", "192.168.2.139", "--from", "inner"],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&translate.stdout);
+    assert!(text.contains("is side outer's host 192.168.2.11"), "{text}");
+
+    // Suspended: no proxy entry is left; resumed: all come back.
+    let suspended = SpecFile::new("onlinkguard", &format!("{guarded}  suspend: true\n"));
+    apply(&s.lab, &suspended, &[]);
+    assert!(proxies(&s).is_empty(), "{:#?}", proxies(&s));
+    assert!(!ping(
+        &s.lab,
+        "inner-10",
+        &alias_of(&net, "outer", 11).to_string()
+    ));
+    apply(&s.lab, &spec, &[]);
+    assert_eq!(proxies(&s).len(), 2 * 64);
+    assert!(ping(
+        &s.lab,
+        "inner-10",
+        &alias_of(&net, "outer", 11).to_string()
+    ));
 }
