@@ -474,8 +474,7 @@ async fn trace(
     let hops = mirrornet_agent::trace::trace(
         network,
         allocation.as_ref(),
-        &session.view.nft,
-        &session.view.proxies,
+        &session.view,
         &from,
         src,
         dst,

@@ -132,13 +132,13 @@ fn guardrails(valid: &ValidNetwork, name: &str, from: &str, flow: Option<Flow>) 
 pub fn trace(
     network: &LoadedNetwork,
     allocation: Option<&Allocation>,
-    nft: &ObservedNft,
-    proxies: &[crate::netlink::ObservedProxy],
+    view: &crate::observe::KernelView,
     from: &str,
     src: IpAddr,
     dst: IpAddr,
     flow: Option<Flow>,
 ) -> Vec<Hop> {
+    let (nft, proxies): (&ObservedNft, _) = (&view.nft, &view.proxies);
     let valid: &ValidNetwork = &network.valid;
     let name = network.name();
     let mut hops = Vec::new();
