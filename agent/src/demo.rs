@@ -5,6 +5,10 @@
 //! want to see: pings crossing with the addresses each host sees (tcpdump on the receiver),
 //! the identical 5-tuple opened from both sides at once and answered by the right servers, the
 //! conntrack entries in their zones; then `delete` and the namespaces go.
+//!
+//! Without `--file`, a second act follows: the on-link example, where the hosts have an
+//! address and nothing else (no route, no gateway), and still reach their twins, because the
+//! middleman answers ARP for the alias addresses inside their own subnet.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use mirrornet_api::{ValidNetwork, file};
 use crate::lab::{MIDDLEMAN, Scenario, alias_of, wait_for};
 
 const SEED: &str = include_str!("../../examples/seed.yaml");
+const ON_LINK: &str = include_str!("../../examples/on-link.yaml");
 const PORT: u16 = 7000;
 const CLIENT_PORT: u16 = 40000;
 
@@ -69,18 +74,35 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
     let style = Style {
         colour: std::io::stdout().is_terminal(),
     };
-    let text = match file {
+    match file {
         Some(f) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            play(style, &f.display().to_string(), &text, "demo")?;
         }
-        None => SEED.to_owned(),
-    };
-    let networks = file::load_str(
-        &file
-            .map(|f| f.display().to_string())
-            .unwrap_or("seed.yaml".into()),
-        &text,
-    )?;
+        None => {
+            play(style, "seed.yaml", SEED, "demo")?;
+            println!(
+                "\n{}",
+                style.paint(
+                    "1",
+                    "Second act: hosts nobody may touch (examples/on-link.yaml)"
+                )
+            );
+            play(style, "on-link.yaml", ON_LINK, "demo2")?;
+        }
+    }
+    println!(
+        "\n{} in {:.1} s; every namespace removed.",
+        style.good("done"),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One network from `text`, shown end to end in namespaces tagged `tag`.
+fn play(style: Style, origin: &str, text: &str, tag: &str) -> Result<()> {
+    let networks = file::load_str(origin, text)?;
     let network = networks
         .first()
         .context("the file holds no MirrorNetwork")?;
@@ -104,7 +126,7 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
     }
     let spec_file =
         TempFile(std::env::temp_dir().join(format!("mirrornet-demo-{}.yaml", std::process::id())));
-    std::fs::write(&spec_file.0, &text)?;
+    std::fs::write(&spec_file.0, text)?;
     let agent = std::env::current_exe()?;
     let agent = agent.to_str().context("agent path is not UTF-8")?;
     let spec_path = spec_file.0.to_str().context("temp path is not UTF-8")?;
@@ -112,26 +134,27 @@ pub async fn run(file: Option<&Path>) -> Result<()> {
     let (a, b) = (valid.sides[0].name.as_str(), valid.sides[1].name.as_str());
     introduce(&style, network.name(), valid, a, b);
     let mut demo = Demo {
-        scenario: build(&style, valid)?,
+        scenario: build(&style, valid, tag)?,
         style,
         valid,
         agent,
         spec_path,
         a,
         b,
+        act: std::cell::Cell::new(1),
     };
     demo.apply()?;
-    demo.ping_across()?;
-    demo.identical_tuples()?;
-    demo.zones()?;
+    if valid.on_link() {
+        demo.untouched()?;
+        demo.ping_across()?;
+        demo.answered()?;
+    } else {
+        demo.ping_across()?;
+        demo.identical_tuples()?;
+        demo.zones()?;
+    }
     demo.show()?;
     demo.delete()?;
-    drop(demo);
-    println!(
-        "\n{} in {:.1} s; every namespace removed.",
-        style.good("done"),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -144,6 +167,8 @@ struct Demo<'a> {
     spec_path: &'a str,
     a: &'a str,
     b: &'a str,
+    /// The number of the last act shown.
+    act: std::cell::Cell<usize>,
 }
 
 /// The opening lines: which network joins which LANs, and how each side sees the other.
@@ -164,10 +189,10 @@ fn introduce(style: &Style, name: &str, valid: &ValidNetwork, a: &str, b: &str) 
     );
 }
 
-/// Act 1: the topology in network namespaces.
-fn build(style: &Style, valid: &ValidNetwork) -> Result<Scenario> {
+/// The topology in network namespaces.
+fn build(style: &Style, valid: &ValidNetwork, tag: &str) -> Result<Scenario> {
     style.heading(1, "Build the topology in network namespaces");
-    let scenario = Scenario::build("demo", valid, &[10, 11], false)?;
+    let scenario = Scenario::build(tag, valid, &[10, 11], false)?;
     for side in &scenario.sides {
         let hosts: Vec<String> = side
             .hosts
@@ -193,29 +218,101 @@ fn build(style: &Style, valid: &ValidNetwork) -> Result<Scenario> {
 }
 
 impl Demo<'_> {
-    /// Act 2: `mirrornet-agent apply` on the middleman.
+    /// The heading of the next act.
+    fn next(&self, text: &str) {
+        self.act.set(self.act.get() + 1);
+        self.style.heading(self.act.get(), text);
+    }
+
+    /// On-link: what the hosts hold — an address, and no route to anywhere.
+    fn untouched(&self) -> Result<()> {
+        self.next("The hosts hold an address and nothing else: no route, no gateway");
+        for side in [self.a, self.b] {
+            let host = format!("{side}-10");
+            let routes = self.scenario.lab.stdout(&host, &["ip", "route", "show"])?;
+            println!("  {} ip route:", self.style.host(&host));
+            for line in routes.lines() {
+                println!("    {}", self.style.dim(line));
+            }
+        }
+        Ok(())
+    }
+
+    /// On-link: who answered the ARP request for the alias address.
+    fn answered(&self) -> Result<()> {
+        self.next("Who answered ARP for the alias: the middleman, on each side");
+        for (from, to, interface) in [
+            (self.a, self.b, self.valid.sides[0].interface.as_str()),
+            (self.b, self.a, self.valid.sides[1].interface.as_str()),
+        ] {
+            let host = format!("{from}-10");
+            let target = alias_of(self.valid, to, 11).to_string();
+            let entry = self
+                .scenario
+                .lab
+                .stdout(&host, &["ip", "neigh", "show", &target])?;
+            let mac = self.scenario.lab.stdout(
+                MIDDLEMAN,
+                &["cat", &format!("/sys/class/net/{interface}/address")],
+            )?;
+            println!(
+                "  {} ip neigh: {}   (middleman {interface} is {})",
+                self.style.host(&host),
+                entry.trim(),
+                self.style.good(mac.trim())
+            );
+        }
+        let proxies = self
+            .scenario
+            .lab
+            .stdout(MIDDLEMAN, &["ip", "neigh", "show", "proxy"])?;
+        let count = proxies.lines().count();
+        let first = proxies.lines().next().unwrap_or_default();
+        println!(
+            "  {}",
+            self.style.dim(&format!(
+                "middleman: {count} proxy entries (ip neigh show proxy), e.g. {first}"
+            ))
+        );
+        Ok(())
+    }
+
+    /// `mirrornet-agent apply` on the middleman.
     fn apply(&self) -> Result<()> {
         let (style, scenario, agent, spec_path) =
             (&self.style, &self.scenario, self.agent, self.spec_path);
-        style.heading(
-            2,
-            "Apply the network on the middleman: mirrornet-agent apply",
-        );
+        self.next("Apply the network on the middleman: mirrornet-agent apply");
         let out = scenario
             .lab
             .stdout(MIDDLEMAN, &[agent, "apply", "--file", spec_path])?;
+        // One line per proxy entry is what `plan` is for; here they are counted.
+        let proxies = out
+            .lines()
+            .filter(|l| l.starts_with("+ neigh proxy"))
+            .count();
         for line in out.lines() {
+            if line.starts_with("+ neigh proxy") {
+                continue;
+            }
+            if line.contains(": converged") && proxies > 0 {
+                println!(
+                    "  {}",
+                    style.dim(&format!(
+                        "+ neigh proxy ... ({proxies} alias addresses answered for)"
+                    ))
+                );
+            }
             println!("  {}", style.dim(line));
         }
 
         Ok(())
     }
 
-    /// Act 3: a ping each way, seen from both ends.
+    /// A ping each way, seen from both ends.
     fn ping_across(&self) -> Result<()> {
         let (style, scenario, valid, a, b) =
             (&self.style, &self.scenario, self.valid, self.a, self.b);
-        style.heading(3, "Ping across, seen from both ends");
+        self.next("Ping across, seen from both ends");
         for (from, to) in [(a, b), (b, a)] {
             let target = alias_of(valid, to, 11);
             let receiver = format!("{to}-11");
@@ -242,8 +339,9 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Act 4: the identical 5-tuple from both sides at once, each answered by the right server.
+    /// The identical 5-tuple from both sides at once, each answered by the right server.
     fn identical_tuples(&mut self) -> Result<()> {
+        self.next("The same 5-tuple from both sides at once: each reaches the right server");
         let (style, scenario, valid, agent, a, b) = (
             &self.style,
             &mut self.scenario,
@@ -252,10 +350,7 @@ impl Demo<'_> {
             self.a,
             self.b,
         );
-        style.heading(
-            4,
-            "The same 5-tuple from both sides at once: each reaches the right server",
-        );
+
         for side in [a, b] {
             let identity = format!("{side}-11");
             scenario.lab.spawn(
@@ -313,13 +408,10 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Act 5: conntrack on the middleman, one entry per side in its own zone.
+    /// Conntrack on the middleman, one entry per side in its own zone.
     fn zones(&self) -> Result<()> {
         let (style, scenario) = (&self.style, &self.scenario);
-        style.heading(
-            5,
-            "Conntrack on the middleman: one entry per side, in its own zone",
-        );
+        self.next("Conntrack on the middleman: one entry per side, in its own zone");
         let entries = scenario
             .lab
             .stdout(MIDDLEMAN, &["conntrack", "-L", "-p", "tcp"])?;
@@ -330,10 +422,10 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Act 6: `mirrornet-agent show`.
+    /// `mirrornet-agent show`.
     fn show(&self) -> Result<()> {
         let (style, scenario, agent) = (&self.style, &self.scenario, self.agent);
-        style.heading(6, "What the node holds: mirrornet-agent show");
+        self.next("What the node holds: mirrornet-agent show");
         let shown = scenario.lab.stdout(MIDDLEMAN, &[agent, "show"])?;
         for line in shown.lines() {
             println!("  {}", style.dim(line));
@@ -342,11 +434,11 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Act 7: `mirrornet-agent delete`, and nothing left.
+    /// `mirrornet-agent delete`, and nothing left.
     fn delete(&self) -> Result<()> {
         let (style, scenario, agent, spec_path) =
             (&self.style, &self.scenario, self.agent, self.spec_path);
-        style.heading(7, "Remove it: mirrornet-agent delete");
+        self.next("Remove it: mirrornet-agent delete");
         let out = scenario
             .lab
             .stdout(MIDDLEMAN, &[agent, "delete", "--file", spec_path])?;
