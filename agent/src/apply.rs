@@ -223,6 +223,16 @@ impl Run<'_> {
         match sysctl::write(path, value) {
             Ok(()) => Ok(()),
             Err(e) if sysctl::is_read_only(&e) => {
+                // The sysctl counts in hundredths of a second, netlink in milliseconds.
+                if let (Some((interface, ipv6)), Ok(hundredths)) =
+                    (sysctl::proxy_delay(path), value.parse::<u64>())
+                {
+                    let index = self.index(interface).await?;
+                    return Ok(self
+                        .netlink
+                        .set_proxy_delay(index, interface, ipv6, hundredths * 10)
+                        .await?);
+                }
                 let (Some((interface, key)), Ok(number)) =
                     (sysctl::ipv4_devconf(path), value.parse::<u32>())
                 else {

@@ -737,6 +737,48 @@ impl Netlink {
             )))
     }
 
+    /// Sets a link's `proxy_delay` (`net.ipv{4,6}.neigh.<link>.proxy_delay`) over netlink,
+    /// for a container whose /proc/sys is read-only: the per-link parameters of the ARP or
+    /// NDP neighbour table (RTM_SETNEIGHTBL).
+    pub async fn set_proxy_delay(
+        &self,
+        index: u32,
+        interface: &str,
+        ipv6: bool,
+        milliseconds: u64,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_route::neighbour_table::{
+            NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
+        };
+        let what = || format!("setting proxy_delay of {interface} over netlink");
+        let mut message = NeighbourTableMessage::default();
+        message.header.family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        message.attributes = vec![
+            NeighbourTableAttribute::Name(if ipv6 { "ndisc_cache" } else { "arp_cache" }.into()),
+            NeighbourTableAttribute::Parms(vec![
+                NeighbourTableParameter::Ifindex(index),
+                NeighbourTableParameter::ProxyDelay(milliseconds),
+            ]),
+        ];
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::SetNeighbourTable(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut handle = self.handle.clone();
+        let mut answers = handle.request(request).map_err(ctx(what()))?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                return Err(ctx(what())(rtnetlink::Error::NetlinkError(e)));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the l3mdev rule of one family at `priority`, as the kernel itself does with a
     /// namespace's first VRF device (`ip rule add l3mdev`).
     pub async fn add_l3mdev_rule(&self, ipv6: bool, priority: u32) -> Result<()> {

@@ -45,6 +45,21 @@ pub fn ipv4_devconf(path: &str) -> Option<(&str, u16)> {
     Some((interface, index))
 }
 
+/// The link and family of a `net/ipv{4,6}/neigh/<link>/proxy_delay` path, which has a
+/// netlink form ([`crate::netlink::Netlink::set_proxy_delay`]).
+pub fn proxy_delay(path: &str) -> Option<(&str, bool)> {
+    let (family, rest) = path.strip_prefix("net/")?.split_once("/neigh/")?;
+    let interface = rest.strip_suffix("/proxy_delay")?;
+    if interface == "default" || interface.contains('/') {
+        return None;
+    }
+    match family {
+        "ipv4" => Some((interface, false)),
+        "ipv6" => Some((interface, true)),
+        _ => None,
+    }
+}
+
 /// Whether a failed write means "/proc/sys is read-only here".
 pub fn is_read_only(e: &SysctlError) -> bool {
     e.source.raw_os_error() == Some(30) // EROFS

@@ -384,3 +384,48 @@ fn guardrails_suspend_trace_and_translate_understand_on_link_aliases() {
         &alias_of(&net, "outer", 11).to_string()
     ));
 }
+
+/// In a container that is not privileged (/proc/sys read-only, NET_ADMIN only), as the
+/// DaemonSet runs the agent: the conflict probe needs nothing more, and `proxy_delay` is set
+/// over netlink (the ARP table's per-link parameters) and put back on delete.
+#[test]
+fn on_link_aliases_need_nothing_beyond_net_admin() {
+    let (mut s, spec) = scenario_of("onlinkro", ON_LINK, false);
+    let before = snapshot(&s.lab, MIDDLEMAN).unwrap();
+    let bin = mirrornet_e2e::node::agent_bin();
+    let in_container = |s: &Scenario, command: &str| {
+        let script = format!(
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+             ! sh -c 'echo 0 > /proc/sys/net/ipv4/neigh/eth1/proxy_delay' 2>/dev/null && \
+             exec setpriv --bounding-set -all,+net_admin --inh-caps -all -- {} {command} --file {}",
+            bin.display(),
+            spec.path()
+        );
+        let out = s
+            .lab
+            .command(MIDDLEMAN, &["unshare", "--mount", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    in_container(&s, "apply");
+    let delay = s
+        .lab
+        .stdout(
+            MIDDLEMAN,
+            &["sysctl", "-n", "net.ipv4.neigh.eth1.proxy_delay"],
+        )
+        .unwrap();
+    assert_eq!(delay.trim(), "0");
+    tens_reach_the_other_sides_elevens(&mut s, 7351);
+    in_container(&s, "delete");
+    mirrornet_e2e::node::assert_same(
+        &before,
+        &snapshot(&s.lab, MIDDLEMAN).unwrap(),
+        "the middleman after delete",
+    );
+}
