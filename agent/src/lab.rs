@@ -383,15 +383,15 @@ pub fn nth(net: IpNet, host: u32) -> IpAddr {
 }
 
 /// The address by which the other sides reach host `host` of side `to`: its number inside
-/// `to`'s alias prefix.
+/// `to`'s alias prefix, as it is its number inside the hosts' part of the subnet
+/// ([`Scenario::build`]).
 pub fn alias_of(network: &ValidNetwork, to: &str, host: u32) -> IpAddr {
     let side = network
         .sides
         .iter()
         .find(|s| s.name.as_str() == to)
         .expect("side exists");
-    let offset = host - host_number(network.hosts.network());
-    nth(side.alias, offset)
+    nth(side.alias, host)
 }
 
 /// A network's topology built in a lab: a middleman namespace `mm` holding every side's
@@ -434,7 +434,8 @@ impl Scenario {
                 let port = format!("h{n}");
                 lab.veth(&ns, "eth0", &lan, &port)?;
                 lab.exec(&lan, &["ip", "link", "set", &port, "master", "br0"])?;
-                let address = nth(network.subnet, n);
+                // Numbered inside the hosts' part of the subnet (all of it, unless on-link).
+                let address = nth(network.hosts, n);
                 // On-link aliases are for hosts nobody may touch: they get no route at all.
                 if network.on_link() {
                     lab.untouched_host(&ns, with_prefix(address, network.subnet))?;

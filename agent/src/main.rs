@@ -273,7 +273,10 @@ async fn dispatch(command: Cmd, flags: &RangeFlags) -> Result<()> {
             // On-link aliases: whether hosts use any of them, asked now.
             let held = show::held_specs(&session.memory);
             let valid: Vec<_> = specs.iter().chain(&held).map(|n| &n.valid).collect();
+            // Probing writes the neighbour table: one prober at a time.
+            let lock = mirrornet_agent::lock::NodeLock::acquire().await?;
             session.probe_on_link(&valid, Duration::ZERO).await?;
+            drop(lock);
             let report = show::show(&session, &specs)?;
             print(output, &serde_json::to_value(&report)?, |out| {
                 show::write_text(out, &report)
@@ -359,19 +362,20 @@ async fn apply(
     let networks = load(&file)?;
     let engine = engine(ranges)?;
     rollback::recover(&engine).await?;
-    let mut session = Session::locked(&engine).await?;
-    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
-    session.probe_on_link(&valid, Duration::ZERO).await?;
-    let plans = session.plans(&networks, backend)?;
-    let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
-    let change = Change {
-        plans: &plans,
-        specs: &specs,
-        networks: &valid,
-        remove: &[],
-        endpoints: &[],
-    };
-    let verified = rollback::converge_verified(&session, change).await?;
+    let (mut verified, unprobed) = apply_once(&engine, &networks, backend).await?;
+    if unprobed {
+        // On-link aliases of a side that did not hold the node's address yet: the side is
+        // asked now that it does, and the addresses no host uses are claimed.
+        let (then, _) = apply_once(&engine, &networks, backend).await?;
+        let first = std::mem::replace(&mut verified, then);
+        verified.outcome.writes += first.outcome.writes;
+        let mut steps = first.outcome.steps;
+        steps.append(&mut verified.outcome.steps);
+        verified.outcome.steps = steps;
+        if verified.verification.is_none() {
+            verified.verification = first.verification;
+        }
+    }
     print(output, &serde_json::to_value(&verified)?, |out| {
         let outcome = &verified.outcome;
         for step in &outcome.steps {
@@ -395,6 +399,29 @@ async fn apply(
         Ok(())
     })?;
     Ok(())
+}
+
+/// One locked observe-probe-plan-converge-verify of `networks`; also says whether some
+/// on-link alias addresses could not be asked about yet.
+async fn apply_once(
+    engine: &Engine,
+    networks: &[LoadedNetwork],
+    backend: BackendChoice,
+) -> Result<(rollback::VerifiedOutcome, bool)> {
+    let mut session = Session::locked(engine).await?;
+    let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+    session.probe_on_link(&valid, Duration::ZERO).await?;
+    let plans = session.plans(networks, backend)?;
+    let specs: Vec<_> = networks.iter().map(|n| &n.object.spec).collect();
+    let change = Change {
+        plans: &plans,
+        specs: &specs,
+        networks: &valid,
+        remove: &[],
+        endpoints: &[],
+    };
+    let verified = rollback::converge_verified(&session, change).await?;
+    Ok((verified, plans.iter().any(|p| p.unprobed > 0)))
 }
 
 /// `delete`: every network in `file`, completely.
@@ -435,7 +462,10 @@ async fn plan(
     let engine = engine(ranges)?;
     let mut session = Session::read(&engine).await?;
     let valid: Vec<_> = networks.iter().map(|n| &n.valid).collect();
+    // Probing writes the neighbour table: one prober at a time.
+    let lock = mirrornet_agent::lock::NodeLock::acquire().await?;
     session.probe_on_link(&valid, Duration::ZERO).await?;
+    drop(lock);
     let plans = session.plans(&networks, backend)?;
     let changes = session.diff(&plans, &[]);
     print(output, &serde_json::to_value(&changes)?, |out| {

@@ -37,13 +37,16 @@ pub struct ConflictProbe {
 
 impl ConflictProbe {
     /// Probes every on-link alias address of `networks` whose finding is older than
-    /// `max_age` (or missing), on the side interfaces that exist. A link that cannot be
+    /// `max_age` (or missing), on the side interfaces that exist and hold the network's
+    /// gateway address (`ready`): the request must come from the node's address on that
+    /// side, or a host that filters by reverse path would ignore it. A link that cannot be
     /// probed keeps its last findings.
     pub async fn refresh(
         &self,
         netlink: &Netlink,
         networks: &[&ValidNetwork],
         max_age: Duration,
+        ready: impl Fn(&str, IpAddr) -> bool,
     ) -> Result<()> {
         let now = Instant::now();
         let due: Vec<Proxy> = {
@@ -53,8 +56,12 @@ impl ConflictProbe {
                 .expect("the probe's lock is never poisoned");
             networks
                 .iter()
-                .flat_map(|n| plan::on_link_claims(n))
-                .map(|c| c.proxy)
+                .flat_map(|n| {
+                    plan::on_link_claims(n)
+                        .into_iter()
+                        .map(|c| c.proxy)
+                        .filter(|p| ready(&p.interface, n.gateway))
+                })
                 .filter(|p| {
                     found
                         .get(p)
@@ -76,8 +83,9 @@ impl ConflictProbe {
             .filter_map(|p| Some((indexes.get(&p.interface).copied().flatten()?, p)))
             .collect();
         for batch in due.chunks(BATCH) {
-            let taken = probe(netlink, batch).await?;
+            // A finding is as old as its question, not its answer.
             let at = Instant::now();
+            let taken = probe(netlink, batch).await?;
             let mut found = self
                 .found
                 .lock()
@@ -94,21 +102,21 @@ impl ConflictProbe {
         Ok(())
     }
 
-    /// The alias addresses found taken, by side interface: what [`plan::NodeFacts::taken`]
-    /// holds.
-    pub fn taken(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+    /// What was found of each alias address, by side interface (`true`: a host uses it):
+    /// what [`plan::NodeFacts::aliases`] starts from.
+    pub fn findings(&self) -> BTreeMap<String, BTreeMap<IpAddr, bool>> {
         let found = self
             .found
             .lock()
             .expect("the probe's lock is never poisoned");
-        let mut taken: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
-        for (p, _) in found.iter().filter(|(_, (used, _))| *used) {
-            taken
+        let mut findings: BTreeMap<String, BTreeMap<IpAddr, bool>> = BTreeMap::new();
+        for (p, (used, _)) in found.iter() {
+            findings
                 .entry(p.interface.clone())
                 .or_default()
-                .insert(p.address);
+                .insert(p.address, *used);
         }
-        taken
+        findings
     }
 }
 

@@ -543,9 +543,12 @@ impl Netlink {
     /// Starts resolving `address` on link `index`, as a packet to it would (`NTF_USE`): the
     /// kernel sends an ARP request or a neighbour solicitation from the link's own address.
     pub async fn resolve(&self, index: u32, address: IpAddr) -> Result<()> {
+        // State none, not rtnetlink's default (permanent): the kernel's garbage collector
+        // must be free to drop what the probe leaves.
         self.handle
             .neighbours()
             .add(index, address)
+            .state(NeighbourState::None)
             .flags(NeighbourFlags::Use)
             .replace()
             .execute()

@@ -363,7 +363,7 @@ pub fn node_facts(links: &BTreeMap<String, Link>) -> NodeFacts {
         ipv6_force_forwarding: sysctl::read("net/ipv6/conf/all/force_forwarding").is_some(),
         vrf_available: vrf_available(),
         ipv6: has_ipv6(),
-        taken: BTreeMap::new(),
+        aliases: BTreeMap::new(),
     }
 }
 

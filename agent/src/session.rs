@@ -104,7 +104,7 @@ impl<'e> Session<'e> {
 
     /// The session over `view`, with the memory as it stands for it.
     fn of(engine: &'e Engine, mut view: KernelView) -> Result<Self> {
-        view.facts.taken = engine.conflicts().taken();
+        view.facts.aliases = alias_findings(engine, &view);
         let started = std::time::Instant::now();
         let memory = engine.memory(&view)?;
         tracing::debug!(
@@ -122,16 +122,29 @@ impl<'e> Session<'e> {
 
     /// Probes the on-link alias addresses of `networks` whose findings are older than
     /// `max_age` ([`crate::neighbours`]), so that the plans made next leave taken ones alone.
+    ///
+    /// The caller holds the node lock (the session's, or its own for a read-only command), so
+    /// that two probes never forget each other's entries. Only sides that hold the node's own
+    /// address are probed: the request comes from it.
     pub async fn probe_on_link(
         &mut self,
         networks: &[&mirrornet_api::ValidNetwork],
         max_age: std::time::Duration,
     ) -> Result<()> {
+        if networks.is_empty() {
+            return Ok(());
+        }
+        let view = &self.view;
+        let ready = |interface: &str, gateway: std::net::IpAddr| {
+            view.addresses
+                .iter()
+                .any(|a| a.interface == interface && a.address == gateway)
+        };
         self.engine
             .conflicts()
-            .refresh(self.engine.netlink(), networks, max_age)
+            .refresh(self.engine.netlink(), networks, max_age, ready)
             .await?;
-        self.view.facts.taken = self.engine.conflicts().taken();
+        self.view.facts.aliases = alias_findings(self.engine, &self.view);
         Ok(())
     }
 
@@ -252,6 +265,22 @@ impl<'e> Session<'e> {
         }
         Ok(outcome(writes, changes, plans))
     }
+}
+
+/// What is known of on-link alias addresses: the probe's findings, and every address someone
+/// else's proxy entry holds (taken: ours would overwrite it, and then delete it).
+fn alias_findings(
+    engine: &Engine,
+    view: &KernelView,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<std::net::IpAddr, bool>> {
+    let mut aliases = engine.conflicts().findings();
+    for foreign in view.proxies.iter().filter(|p| !p.ours) {
+        aliases
+            .entry(foreign.proxy.interface.clone())
+            .or_default()
+            .insert(foreign.proxy.address, true);
+    }
+    aliases
 }
 
 fn outcome(writes: usize, changes: &Changes, plans: &[NetworkPlan]) -> Outcome {

@@ -185,6 +185,11 @@ pub enum Phase {
     /// VRF devices, and interfaces moving in or out of them while the plan routes through
     /// them (releasing cycles the link, which flushes its routes: they are added after).
     RoutingDomains,
+    /// IPv6 forwarding of a side interface (on-link aliases), before its address: set after
+    /// it, the kernel can join the subnet-router anycast address twice (for the change, and
+    /// again when the new address's own notification runs a moment later) and leaves it once
+    /// when the address goes, leaving an `anycast` route behind (measured on 6.18).
+    EarlySysctls,
     /// Routes the plan no longer has: they may hold the key a new route needs.
     StaleRoutes,
     Addresses,

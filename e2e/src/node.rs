@@ -201,7 +201,7 @@ pub fn add_network(lab: &mut Lab, network: &mirrornet_api::ValidNetwork, tag: &s
             lab.veth(&host, "eth0", &lan, &port)
                 .expect("joining the host");
             ip(lab, &lan, &format!("link set {port} master br0"));
-            let address = mirrornet_agent::lab::nth(network.subnet, n);
+            let address = mirrornet_agent::lab::nth(network.hosts, n);
             let address = mirrornet_agent::lab::with_prefix(address, network.subnet);
             lab.host(&host, address, network.gateway)
                 .unwrap_or_else(|e| panic!("in {host}: {e}"));
@@ -669,7 +669,7 @@ pub fn identical_tuples_land_in_two_zones(
     want.sort_unstable();
     assert_eq!(seen, want, "one entry in each side's zone:\n{entries}");
     // The identical original tuple, where both sides use one alias prefix.
-    let real = mirrornet_agent::lab::nth(net.subnet, 10);
+    let real = mirrornet_agent::lab::nth(net.hosts, 10);
     let tuple = format!(
         "src={real} dst={} sport={client_port} dport={port}",
         alias("outer", 11)

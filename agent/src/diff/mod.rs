@@ -42,7 +42,22 @@ pub fn changes(
         let (tables, interfaces) = owned.of(&p.name, Some(p));
         let released_first = links::network(&mut diff, view, p, &tables, &interfaces);
         routing::network(&mut diff, &owned, p, &tables, &interfaces, &released_first);
-        neighbours::network(&mut diff, &owned, p, &interfaces);
+        // A link moving into or out of a VRF is cycled, and a link going down loses its
+        // proxy entries: those are made again after the move.
+        let cycled: BTreeSet<String> = diff
+            .steps
+            .iter()
+            .filter_map(|(_, step)| match step {
+                Step::Enslave {
+                    network, interface, ..
+                }
+                | Step::Release {
+                    network, interface, ..
+                } if *network == p.name => Some(interface.clone()),
+                _ => None,
+            })
+            .collect();
+        neighbours::network(&mut diff, &owned, p, &interfaces, &cycled);
         sysctls::network(&mut diff, sysctls, p, memory);
     }
     for name in remove {

@@ -8,13 +8,19 @@ use crate::plan::NetworkPlan;
 use crate::step::{Phase, Step};
 
 /// The proxy entries a planned network adds, and ours on its interfaces it no longer needs.
+/// Entries on `cycled` links count as gone: the move into or out of a VRF flushes them.
 pub(super) fn network(
     diff: &mut Diff,
     owned: &Ownership,
     p: &NetworkPlan,
     interfaces: &BTreeSet<String>,
+    cycled: &BTreeSet<String>,
 ) {
-    let have = owned.proxies(interfaces);
+    let have: Vec<&crate::plan::Proxy> = owned
+        .proxies(interfaces)
+        .into_iter()
+        .filter(|p| !cycled.contains(&p.interface))
+        .collect();
     let want: BTreeSet<&crate::plan::Proxy> = p.proxies.iter().collect();
     let held: BTreeSet<&crate::plan::Proxy> = have.iter().copied().collect();
     for proxy in want.difference(&held) {

@@ -11,8 +11,13 @@ pub(super) fn network(diff: &mut Diff, sysctls: &Sysctls, p: &NetworkPlan, memor
     for SysctlPlan { path, value } in &p.sysctls {
         let current = sysctls.get(path).unwrap_or_default();
         if current != *value {
+            let early = path.starts_with("net/ipv6/conf/") && path.ends_with("/forwarding");
             diff.push(
-                Phase::Sysctls,
+                if early {
+                    Phase::EarlySysctls
+                } else {
+                    Phase::Sysctls
+                },
                 Step::SetSysctl {
                     network: p.name.clone(),
                     path: path.clone(),

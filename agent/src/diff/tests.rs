@@ -68,7 +68,7 @@ impl Node {
                     ipv6_force_forwarding: false,
                     vrf_available,
                     ipv6: true,
-                    taken: BTreeMap::new(),
+                    aliases: BTreeMap::new(),
                 },
                 l3mdev: L3mdevRules::default(),
                 default_routes: BTreeSet::from([DefaultRoute {

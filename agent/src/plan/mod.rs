@@ -36,7 +36,7 @@
 //! A suspended network plans its sides and ids and nothing else: the `ids.<network>` chain
 //! keeps the ids on the node, and the diff withdraws every other piece as for any spec change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -85,9 +85,11 @@ pub struct NodeFacts {
     pub vrf_available: bool,
     /// Whether this namespace has IPv6 (the kernel then keeps an IPv6 l3mdev rule as well).
     pub ipv6: bool,
-    /// On-link alias addresses a host already answers for, by side interface: found by the
-    /// conflict probe ([`crate::neighbours`]), never claimed.
-    pub taken: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// What is known of on-link alias addresses, by side interface: `true` where a host uses
+    /// the address (the conflict probe of [`crate::neighbours`] found it) or someone else's
+    /// proxy entry holds it, `false` where neither. An address missing here was never asked
+    /// about, and is not claimed until it is.
+    pub aliases: BTreeMap<String, BTreeMap<IpAddr, bool>>,
 }
 
 /// One side of a planned network, with its ids.
@@ -234,6 +236,9 @@ pub struct NetworkPlan {
     pub proxies: Vec<Proxy>,
     /// On-link alias addresses left unclaimed because a host uses them.
     pub taken: Vec<TakenAlias>,
+    /// On-link alias addresses not claimed yet because nobody has asked the side about them
+    /// (the first probe waits for the node's own address on the side).
+    pub unprobed: usize,
     pub nft: NetworkNft,
     /// Interfaces the spec allows even though the node itself uses them.
     pub take_over: std::collections::BTreeSet<String>,
@@ -325,6 +330,7 @@ pub fn plan(
             on_link: network.on_link(),
             proxies: Vec::new(),
             taken: Vec::new(),
+            unprobed: 0,
             take_over: Default::default(),
             suspended: true,
         });
@@ -435,15 +441,20 @@ pub fn plan(
 
     let mut proxies = Vec::new();
     let mut taken = Vec::new();
+    let mut unprobed = 0;
     if network.on_link() {
         for claim in on_link_claims(network) {
             let Some(side) = sides.iter().find(|s| s.interface == claim.proxy.interface) else {
                 continue;
             };
-            let used = facts
-                .taken
+            let known = facts
+                .aliases
                 .get(&claim.proxy.interface)
-                .is_some_and(|t| t.contains(&claim.proxy.address));
+                .and_then(|a| a.get(&claim.proxy.address));
+            let Some(&used) = known else {
+                unprobed += 1;
+                continue;
+            };
             if used {
                 taken.extend(
                     claim
@@ -535,6 +546,7 @@ pub fn plan(
         on_link: network.on_link(),
         proxies,
         taken,
+        unprobed,
         nft,
         take_over: network
             .sides
@@ -555,25 +567,31 @@ pub struct Claim {
 }
 
 /// Every address an on-link network answers for, on every side: each address of each other
-/// side's alias prefix, except the subnet's own network and broadcast addresses (IPv4).
-/// What the conflict probe checks before any of them is claimed. Pure.
+/// side's alias prefix, except those standing for no host (the subnet's network address, and
+/// its broadcast address in IPv4) and the gateway address. What the conflict probe checks
+/// before any of them is claimed. Pure.
 pub fn on_link_claims(network: &ValidNetwork) -> Vec<Claim> {
     let mut claims = Vec::new();
     if !network.on_link() {
         return claims;
     }
+    // No host has these: IPv4's network and broadcast addresses, IPv6's subnet-router
+    // anycast address.
     let reserved: Vec<IpAddr> = match network.subnet {
         IpNet::V4(net) => vec![net.network().into(), net.broadcast().into()],
-        IpNet::V6(_) => Vec::new(),
+        IpNet::V6(net) => vec![net.network().into()],
     };
     for side in &network.sides {
         let mut by_address: BTreeMap<IpAddr, Vec<(String, IpAddr)>> = BTreeMap::new();
         for other in network.sides.iter().filter(|o| o.name != side.name) {
             for (offset, address) in addresses(other.alias).enumerate() {
-                if reserved.contains(&address) || address == network.gateway {
+                let host = nth(network.hosts, offset);
+                if reserved.contains(&host)
+                    || reserved.contains(&address)
+                    || address == network.gateway
+                {
                     continue;
                 }
-                let host = nth(network.hosts, offset);
                 by_address
                     .entry(address)
                     .or_default()
@@ -743,26 +761,52 @@ mod tests {
         (valid, allocation)
     }
 
+    /// Facts where the probe found every alias address of `valid` free, but `taken`.
+    fn probed(valid: &ValidNetwork, taken: &[(&str, &str)]) -> NodeFacts {
+        let mut aliases: BTreeMap<String, BTreeMap<IpAddr, bool>> = BTreeMap::new();
+        for c in on_link_claims(valid) {
+            let used = taken.iter().any(|(i, a)| {
+                *i == c.proxy.interface && a.parse::<IpAddr>().unwrap() == c.proxy.address
+            });
+            aliases
+                .entry(c.proxy.interface)
+                .or_default()
+                .insert(c.proxy.address, used);
+        }
+        NodeFacts {
+            vrf_available: true,
+            aliases,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn on_link_aliases_are_answered_for_on_every_side_and_routed_away_from_it() {
         let (valid, allocation) = on_link();
+        // Nothing is claimed before the sides were asked.
+        let unasked = NodeFacts {
+            vrf_available: true,
+            ..Default::default()
+        };
+        let p = plan("n", &valid, &allocation, BackendKind::Vrf, &unasked).unwrap();
+        assert!(p.proxies.is_empty());
+        assert_eq!(p.unprobed, 2 * 63);
         for backend in [BackendKind::PolicyRouting, BackendKind::Vrf] {
-            let facts = NodeFacts {
-                vrf_available: true,
-                ..Default::default()
-            };
+            let facts = probed(&valid, &[]);
             let p = plan("n", &valid, &allocation, backend, &facts).unwrap();
-            // Both sides share 192.168.2.128/26: each side answers for all 64 addresses.
-            assert_eq!(p.proxies.len(), 128);
+            // Both sides share 192.168.2.128/26: each side answers for its addresses but
+            // .128, which stands for the subnet's own network address.
+            assert_eq!(p.proxies.len(), 2 * 63);
+            assert_eq!(p.unprobed, 0);
             for interface in ["eth1", "eth2"] {
                 let on: Vec<_> = p
                     .proxies
                     .iter()
                     .filter(|x| x.interface == interface)
                     .collect();
-                assert_eq!(on.len(), 64);
-                assert_eq!(on[0].address.to_string(), "192.168.2.128");
-                assert_eq!(on[63].address.to_string(), "192.168.2.191");
+                assert_eq!(on.len(), 63);
+                assert_eq!(on[0].address.to_string(), "192.168.2.129");
+                assert_eq!(on[62].address.to_string(), "192.168.2.191");
             }
             assert!(p.taken.is_empty());
             // The ARP answer needs the alias routed by another device in the side's table.
@@ -792,12 +836,9 @@ mod tests {
     fn a_taken_alias_address_is_not_answered_for_and_its_host_may_not_open_connections() {
         let (valid, allocation) = on_link();
         let taken: IpAddr = "192.168.2.139".parse().unwrap();
-        let facts = NodeFacts {
-            taken: [("eth1".to_owned(), BTreeSet::from([taken]))].into(),
-            ..Default::default()
-        };
+        let facts = probed(&valid, &[("eth1", "192.168.2.139")]);
         let p = plan("n", &valid, &allocation, BackendKind::PolicyRouting, &facts).unwrap();
-        assert_eq!(p.proxies.len(), 127);
+        assert_eq!(p.proxies.len(), 2 * 63 - 1);
         assert!(!p.proxies.contains(&Proxy {
             interface: "eth1".into(),
             address: taken

@@ -218,6 +218,17 @@ pub async fn run(
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+        // A first pass put the node's address on an on-link side: now it can ask the side.
+        if passed.view.is_none() {
+            for interface in &passed.unprobed {
+                let _ = kick.send(
+                    KernelEvent::Proxy {
+                        interface: interface.clone(),
+                    }
+                    .into(),
+                );
+            }
+        }
         view = passed.view;
         let next = passed.report;
         last = next.clone();

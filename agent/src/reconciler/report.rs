@@ -52,7 +52,9 @@ impl NetworkReport {
     /// The node holds `plan`: the datapath, or, suspended, only the ids.
     pub fn programmed_with(&mut self, plan: &NetworkPlan) {
         self.programmed = true;
-        self.taken = (plan.on_link && !plan.suspended).then(|| plan.taken.clone());
+        // Said once every alias address has been asked about.
+        self.taken =
+            (plan.on_link && !plan.suspended && plan.unprobed == 0).then(|| plan.taken.clone());
         if plan.suspended {
             self.reason = Some(NodeReason::Suspended);
             self.message = "suspended: datapath withdrawn, ids kept".into();
