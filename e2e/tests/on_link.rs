@@ -137,13 +137,22 @@ fn untouched_ipv6_hosts_reach_their_twins_through_on_link_aliases() {
 /// would reach the squatter), and everything else keeps working.
 #[test]
 fn an_alias_address_a_host_uses_is_left_to_it_and_reported() {
+    left_to_the_host("onlinkdup", ON_LINK);
+}
+
+#[test]
+fn an_ipv6_alias_address_a_host_uses_is_left_to_it_and_reported() {
+    left_to_the_host("onlinkdup6", &ipv6());
+}
+
+fn left_to_the_host(tag: &str, yaml: &str) {
     // The middleman has an address of its own elsewhere (eth9), which a probe sent before the
     // node's address is on the side would come from.
-    let (mut s, spec) = scenario_of("onlinkdup", ON_LINK, true);
+    let (mut s, spec) = scenario_of(tag, yaml, true);
     let net = s.network.clone();
     // inner-squat sits on inner's LAN at the address by which inner reaches outer-11.
     let squatted = alias_of(&net, "outer", 11);
-    let squat_with_len = format!("{squatted}/24");
+    let squat_with_len = format!("{squatted}/{}", net.subnet.prefix_len());
     s.lab.add_namespace("inner-squat").unwrap();
     s.lab
         .veth("inner-squat", "eth0", "inner-lan", "hsq")
@@ -164,7 +173,8 @@ fn an_alias_address_a_host_uses_is_left_to_it_and_reported() {
         s.lab
             .exec(
                 "inner-squat",
-                &["ip", "addr", "add", &squat_with_len, "dev", "eth0"],
+                &["ip", "addr", "add", &squat_with_len, "dev", "eth0", "nodad"]
+                    [..if net.is_ipv6() { 7 } else { 6 }],
             )
             .unwrap();
     };
@@ -439,5 +449,39 @@ fn on_link_aliases_need_nothing_beyond_net_admin() {
         &before,
         &snapshot(&s.lab, MIDDLEMAN).unwrap(),
         "the middleman after delete",
+    );
+}
+
+/// An alias address someone else's proxy entry already holds on a side is theirs: mirrornet
+/// neither relabels nor deletes it, and reports it as taken.
+#[test]
+fn someone_elses_proxy_entry_is_left_alone() {
+    let (s, spec) = scenario_of("onlinkforeign", ON_LINK, false);
+    let net = s.network.clone();
+    let theirs = alias_of(&net, "outer", 12).to_string();
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &["ip", "neigh", "add", "proxy", &theirs, "dev", "eth1"],
+        )
+        .unwrap();
+    let report = apply(&s.lab, &spec, &[]);
+    assert!(report.to_string().contains(&theirs), "reported: {report}");
+    let held = proxies(&s);
+    let line = format!("{theirs} dev eth1 proxy");
+    let entry: Vec<&String> = held.iter().filter(|l| l.starts_with(&line)).collect();
+    assert_eq!(entry.len(), 1, "{held:#?}");
+    assert!(!entry[0].contains("proto 77"), "relabelled: {}", entry[0]);
+    assert_eq!(held.len(), 2 * 63, "ours but one, and theirs: {held:#?}");
+    // A re-apply keeps it theirs.
+    let again = apply(&s.lab, &spec, &[]);
+    assert_eq!(again["writes"], 0, "{again}");
+    // Delete takes ours; the kernel itself flushes a link's IPv4 proxy entries with its last
+    // IPv4 address (the node's, here), theirs included.
+    delete(&s.lab, &spec);
+    assert!(
+        proxies(&s).iter().all(|l| !l.contains("proto 77")),
+        "{:#?}",
+        proxies(&s)
     );
 }
