@@ -475,6 +475,19 @@ async fn plan(
         for step in &changes.steps {
             writeln!(out, "{step}")?;
         }
+        for p in plans.iter().filter(|p| p.unprobed > 0) {
+            writeln!(
+                out,
+                "{}: {} on-link alias address(es) not shown: apply asks the sides about them \
+                 once the node's address is on them, and claims those no host uses",
+                p.name, p.unprobed
+            )?;
+        }
+        for p in &plans {
+            for t in &p.taken {
+                writeln!(out, "{}: taken: {t}", p.name)?;
+            }
+        }
         Ok(())
     })?;
     Ok(())
