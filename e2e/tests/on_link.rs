@@ -41,6 +41,16 @@ fn proxies(s: &Scenario) -> Vec<String> {
     lines
 }
 
+/// `ip neigh <verb> proxy <address> dev <interface>` on the middleman, by hand.
+fn proxy_entry(s: &Scenario, verb: &str, address: &str, interface: &str) {
+    s.lab
+        .exec(
+            MIDDLEMAN,
+            &["ip", "neigh", verb, "proxy", address, "dev", interface],
+        )
+        .unwrap();
+}
+
 /// The link-layer address host `ns` holds for `address` (after reaching for it).
 fn neighbour_mac(s: &Scenario, ns: &str, address: &str) -> Option<String> {
     let out = s
@@ -105,12 +115,7 @@ fn untouched_hosts_reach_their_twins(tag: &str, yaml: &str, port: u16) {
     assert_eq!(again["writes"], 0, "{again}");
     // A proxy entry deleted by hand is put back.
     let victim = alias_of(&net, "inner", 10).to_string();
-    s.lab
-        .exec(
-            MIDDLEMAN,
-            &["ip", "neigh", "del", "proxy", &victim, "dev", "eth2"],
-        )
-        .unwrap();
+    proxy_entry(&s, "del", &victim, "eth2");
     let repaired = apply(&s.lab, &spec, &[]);
     assert_eq!(repaired["writes"], 1, "{repaired}");
     assert_eq!(proxies(&s), held);
@@ -273,12 +278,7 @@ fn the_run_loop_repairs_proxy_entries_and_finds_a_host_that_appears_later() {
         proxies(&s)
     );
     let victim = alias_of(&net, "inner", 10).to_string();
-    s.lab
-        .exec(
-            MIDDLEMAN,
-            &["ip", "neigh", "del", "proxy", &victim, "dev", "eth2"],
-        )
-        .unwrap();
+    proxy_entry(&s, "del", &victim, "eth2");
     let repaired = mirrornet_e2e::node::time_until(limit, full);
     assert!(repaired.is_some(), "not repaired: {:#?}", proxies(&s));
     eprintln!("proxy entry repaired after {repaired:?}");
@@ -459,12 +459,7 @@ fn someone_elses_proxy_entry_is_left_alone() {
     let (s, spec) = scenario_of("onlinkforeign", ON_LINK, false);
     let net = s.network.clone();
     let theirs = alias_of(&net, "outer", 12).to_string();
-    s.lab
-        .exec(
-            MIDDLEMAN,
-            &["ip", "neigh", "add", "proxy", &theirs, "dev", "eth1"],
-        )
-        .unwrap();
+    proxy_entry(&s, "add", &theirs, "eth1");
     let report = apply(&s.lab, &spec, &[]);
     assert!(report.to_string().contains(&theirs), "reported: {report}");
     let held = proxies(&s);

@@ -250,25 +250,22 @@ pub fn notices(node: &str, previous: Option<&NodeStatus>, new: &NodeStatus) -> V
             });
         }
     }
-    if let Some(v) = c::find(&new.conditions, c::DATA_PATH_VERIFIED) {
-        let was = previous.and_then(|e| c::find(&e.conditions, c::DATA_PATH_VERIFIED));
-        if v.status == "False" && was.is_none_or(|w| w.status == "True") {
+    // Checks that fail, and alias addresses hosts take: a Warning when the condition turns
+    // False, not again while it stays so.
+    for (type_, reason, action) in [
+        (c::DATA_PATH_VERIFIED, NodeReason::CheckFailed, "Verify"),
+        (c::ALIASES_ANSWERED, NodeReason::AddressTaken, "Program"),
+    ] {
+        let Some(now) = c::find(&new.conditions, type_) else {
+            continue;
+        };
+        let was = previous.and_then(|e| c::find(&e.conditions, type_));
+        if now.status == "False" && was.is_none_or(|w| w.status == "True") {
             out.push(Notice {
                 warning: true,
-                reason: NodeReason::CheckFailed.as_str().into(),
-                note: format!("node {node}: {}", v.message),
-                action: "Verify",
-            });
-        }
-    }
-    if let Some(a) = c::find(&new.conditions, c::ALIASES_ANSWERED) {
-        let was = previous.and_then(|e| c::find(&e.conditions, c::ALIASES_ANSWERED));
-        if a.status == "False" && was.is_none_or(|w| w.status == "True") {
-            out.push(Notice {
-                warning: true,
-                reason: NodeReason::AddressTaken.as_str().into(),
-                note: format!("node {node}: {}", a.message),
-                action: "Program",
+                reason: reason.as_str().into(),
+                note: format!("node {node}: {}", now.message),
+                action,
             });
         }
     }
